@@ -1,0 +1,202 @@
+// pybind11 module spattn._core: conversion and shape checks only, no algorithm lives here.
+// Arrays arrive C-contiguous float32 (forcecast); compute runs with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <omp.h>
+
+#include <cstring>
+#include <functional>
+#include <string>
+
+#include "spattn/estimators.hpp"
+#include "spattn/kernels.hpp"
+
+namespace py = pybind11;
+using namespace spattn;
+
+using FArr = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using IArr = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using BArr = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+void need_ndim(const py::array& a, int nd, const char* name) {
+  if (a.ndim() != nd)
+    throw py::value_error(std::string(name) + " must have " + std::to_string(nd) +
+                          " dimensions, got shape " + shape_str(a));
+}
+
+AttnShape qkv_shape(const FArr& q, const FArr& k, const FArr* v) {
+  need_ndim(q, 4, "q");
+  need_ndim(k, 4, "k");
+  AttnShape s;
+  s.B = int(q.shape(0)); s.Hq = int(q.shape(1)); s.Nq = int(q.shape(2)); s.D = int(q.shape(3));
+  s.Hkv = int(k.shape(1)); s.Nk = int(k.shape(2)); s.Dv = 0;
+  if (k.shape(0) != s.B || k.shape(3) != s.D || s.Hkv < 1 || s.Hq % s.Hkv != 0)
+    throw py::value_error("k must have shape (B, Hkv, Nk, D) with B and D of q and Hq % Hkv == 0; q " +
+                          shape_str(q) + ", k " + shape_str(k));
+  if (v != nullptr) {
+    need_ndim(*v, 4, "v");
+    if (v->shape(0) != s.B || v->shape(1) != s.Hkv || v->shape(2) != s.Nk)
+      throw py::value_error("v must have shape (B, Hkv, Nk, Dv) matching k " + shape_str(k) +
+                            ", got " + shape_str(*v));
+    s.Dv = int(v->shape(3));
+  }
+  if (s.D < 1) throw py::value_error("head dim D must be >= 1");
+  return s;
+}
+
+AttnArgs make_args(const FArr& q, const FArr& k, const FArr* v, const AttnShape& s, bool causal,
+                   double scale) {
+  AttnArgs a;
+  a.q = q.data(); a.k = k.data(); a.v = v ? v->data() : nullptr;
+  a.shape = s; a.causal = causal; a.scale = float(scale);
+  return a;
+}
+
+py::tuple run_attention(const FArr& q, const FArr& k, const FArr& v, bool causal, double scale,
+                        const std::function<void(AttnArgs&)>& kernel) {
+  const AttnShape s = qkv_shape(q, k, &v);
+  FArr out({s.B, s.Hq, s.Nq, s.Dv});
+  FArr lse({s.B, s.Hq, s.Nq});
+  AttnArgs a = make_args(q, k, &v, s, causal, scale);
+  a.out = out.mutable_data();
+  a.lse = lse.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    kernel(a);
+  }
+  return py::make_tuple(out, lse);
+}
+
+BlockMaskView mask_view(const BArr& blocks, int block_q, int block_k) {
+  need_ndim(blocks, 4, "mask.blocks");
+  return {blocks.data(), int(blocks.shape(0)), int(blocks.shape(1)), int(blocks.shape(2)),
+          int(blocks.shape(3)), block_q, block_k};
+}
+
+TokenIndicesView index_view(const IArr& idx, int group_size) {
+  need_ndim(idx, 4, "indices");
+  return {idx.data(), int(idx.shape(0)), int(idx.shape(1)), int(idx.shape(2)), int(idx.shape(3)),
+          group_size};
+}
+
+py::array_t<bool> to_numpy(const BlockMask& m) {
+  py::array_t<bool> out({m.B, m.H, m.nqb, m.nkb});
+  std::memcpy(out.mutable_data(), m.blocks.data(), m.blocks.size());
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "spattn C++ core (kernels and estimators); use the spattn package, not this module.";
+
+  m.def("dense_attention", [](const FArr& q, const FArr& k, const FArr& v, bool causal, double scale) {
+    return run_attention(q, k, v, causal, scale, [](AttnArgs& a) { dense_attention(a); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("scale"));
+
+  m.def("block_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const BArr& blocks,
+                                     int block_q, int block_k, bool causal, double scale) {
+    const BlockMaskView mv = mask_view(blocks, block_q, block_k);
+    return run_attention(q, k, v, causal, scale, [&](AttnArgs& a) { block_sparse_attention(a, mv); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("blocks"), py::arg("block_q"),
+     py::arg("block_k"), py::arg("causal"), py::arg("scale"));
+
+  m.def("token_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& idx,
+                                     int group_size, bool causal, double scale) {
+    const TokenIndicesView iv = index_view(idx, group_size);
+    return run_attention(q, k, v, causal, scale, [&](AttnArgs& a) { token_sparse_attention(a, iv); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("indices"), py::arg("group_size"),
+     py::arg("causal"), py::arg("scale"));
+
+  m.def("merge_states", [](const FArr& oa, const FArr& la, const FArr& ob, const FArr& lb) {
+    if (oa.ndim() < 1 || oa.ndim() != ob.ndim() || la.ndim() != oa.ndim() - 1)
+      throw py::value_error("merge_states: out arrays must share their ndim and lse drop the last axis");
+    for (py::ssize_t i = 0; i < oa.ndim(); ++i)
+      if (oa.shape(i) != ob.shape(i)) throw py::value_error("merge_states: out_a and out_b shapes differ");
+    for (py::ssize_t i = 0; i + 1 < oa.ndim(); ++i)
+      if (la.shape(i) != oa.shape(i) || lb.shape(i) != oa.shape(i))
+        throw py::value_error("merge_states: lse shapes must equal out shapes without the last axis");
+    const long long rows = la.size();
+    const int dv = int(oa.shape(oa.ndim() - 1));
+    std::vector<py::ssize_t> oshape(oa.shape(), oa.shape() + oa.ndim());
+    std::vector<py::ssize_t> lshape(la.shape(), la.shape() + la.ndim());
+    FArr out(oshape), lse(lshape);
+    float* o = out.mutable_data();
+    float* l = lse.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      merge_states(oa.data(), la.data(), ob.data(), lb.data(), rows, dv, o, l);
+    }
+    return py::make_tuple(out, lse);
+  }, py::arg("out_a"), py::arg("lse_a"), py::arg("out_b"), py::arg("lse_b"));
+
+  m.def("block_attention_map", [](const FArr& q, const FArr& k, int block_q, int block_k,
+                                  bool causal, double scale, const std::string& pool) {
+    const AttnShape s = qkv_shape(q, k, nullptr);
+    if (block_q < 1 || block_k < 1) throw py::value_error("block sizes must be >= 1");
+    if (pool != "sum" && pool != "max") throw py::value_error("pool must be 'sum' or 'max'");
+    FArr map({s.B, s.Hq, ceil_div(s.Nq, block_q), ceil_div(s.Nk, block_k)});
+    FArr lse({s.B, s.Hq, s.Nq});
+    AttnArgs a = make_args(q, k, nullptr, s, causal, scale);
+    a.lse = lse.mutable_data();
+    float* mp = map.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      block_attention_map(a, block_q, block_k, pool == "sum" ? BlockPool::Sum : BlockPool::Max, mp);
+    }
+    return py::make_tuple(map, lse);
+  }, py::arg("q"), py::arg("k"), py::arg("block_q"), py::arg("block_k"), py::arg("causal"),
+     py::arg("scale"), py::arg("pool"));
+
+  m.def("token_attention_mass", [](const FArr& q, const FArr& k, const IArr& idx, int group_size,
+                                   bool causal, double scale) {
+    const AttnShape s = qkv_shape(q, k, nullptr);
+    const TokenIndicesView iv = index_view(idx, group_size);
+    FArr mass({s.B, s.Hq, s.Nq});
+    AttnArgs a = make_args(q, k, nullptr, s, causal, scale);
+    float* mp = mass.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      token_attention_mass(a, iv, mp);
+    }
+    return mass;
+  }, py::arg("q"), py::arg("k"), py::arg("indices"), py::arg("group_size"), py::arg("causal"),
+     py::arg("scale"));
+
+  m.def("estimate_streaming", [](int B, int Hq, int Hkv, int Nq, int Nk, bool causal, int block_size,
+                                 int sink_tokens, int local_tokens) {
+    AttnShape s;
+    s.B = B; s.Hq = Hq; s.Hkv = Hkv; s.Nq = Nq; s.Nk = Nk; s.D = 1;
+    StreamingParams p;
+    p.block_size = block_size; p.sink_tokens = sink_tokens; p.local_tokens = local_tokens;
+    return to_numpy(estimate_streaming(s, causal, p));
+  }, py::arg("B"), py::arg("Hq"), py::arg("Hkv"), py::arg("Nq"), py::arg("Nk"), py::arg("causal"),
+     py::arg("block_size"), py::arg("sink_tokens"), py::arg("local_tokens"));
+
+  m.def("estimate_oracle_topk", [](const FArr& q, const FArr& k, bool causal, double scale,
+                                   int block_size, double gamma) {
+    const AttnShape s = qkv_shape(q, k, nullptr);
+    AttnArgs a = make_args(q, k, nullptr, s, causal, scale);
+    OracleParams p;
+    p.block_size = block_size; p.gamma = float(gamma);
+    BlockMask m;
+    {
+      py::gil_scoped_release nogil;
+      m = estimate_oracle_topk(a, p);
+    }
+    return to_numpy(m);
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("block_size"),
+     py::arg("gamma"));
+
+  m.def("max_threads", []() { return omp_get_max_threads(); });
+}

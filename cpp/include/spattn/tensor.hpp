@@ -1,0 +1,62 @@
+// spattn tensor conventions: raw views over C-contiguous float32 buffers.
+//
+// q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv), out (B, Hq, Nq, Dv),
+// lse (B, Hq, Nq). Query head h reads kv head h / (Hq / Hkv). Causal masks are
+// bottom-right aligned: query row i sees key j iff j <= i + (Nk - Nq).
+// The views own nothing; callers (bindings, tests) keep the buffers alive.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace spattn {
+
+struct AttnShape {
+  int B = 1, Hq = 1, Hkv = 1, Nq = 0, Nk = 0, D = 0, Dv = 0;
+
+  int group() const { return Hq / Hkv; }
+  // Offset of the causal diagonal: row i sees key j iff j <= i + causal_offset().
+  int causal_offset() const { return Nk - Nq; }
+
+  size_t q_index(int b, int h, int i) const {
+    return ((size_t(b) * Hq + h) * Nq + i) * size_t(D);
+  }
+  size_t k_index(int b, int hk, int j) const {
+    return ((size_t(b) * Hkv + hk) * Nk + j) * size_t(D);
+  }
+  size_t v_index(int b, int hk, int j) const {
+    return ((size_t(b) * Hkv + hk) * Nk + j) * size_t(Dv);
+  }
+  size_t out_index(int b, int h, int i) const {
+    return ((size_t(b) * Hq + h) * Nq + i) * size_t(Dv);
+  }
+  size_t row_index(int b, int h, int i) const { return (size_t(b) * Hq + h) * Nq + i; }
+
+  void validate() const {
+    if (B < 1 || Hq < 1 || Hkv < 1 || Nq < 0 || Nk < 0 || D < 1 || Dv < 0)
+      throw std::invalid_argument("spattn: invalid attention shape");
+    if (Hq % Hkv != 0)
+      throw std::invalid_argument("spattn: Hq (" + std::to_string(Hq) +
+                                  ") must be a multiple of Hkv (" + std::to_string(Hkv) + ")");
+  }
+};
+
+// Inputs and outputs of one attention call. `v` may be null when Dv == 0 (statistics-only
+// passes); `lse` may be null when the caller does not want it.
+struct AttnArgs {
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  AttnShape shape;
+  float scale = 0.f;  // <= 0 means 1/sqrt(D)
+  bool causal = false;
+  float* out = nullptr;
+  float* lse = nullptr;
+
+  float effective_scale() const { return scale > 0.f ? scale : 1.f / std::sqrt(float(shape.D)); }
+};
+
+}  // namespace spattn

@@ -1,0 +1,37 @@
+// StreamingLLM attention sinks + local window (Xiao et al., ICLR 2024) in the block "A-shape"
+// form of MInference (Jiang et al., NeurIPS 2024): a kv block is kept for a q block when it holds
+// a sink token or intersects the local window of any row of the q block. Causal visibility inside
+// the kept blocks is applied by the kernel.
+#include <algorithm>
+
+#include "spattn/estimators.hpp"
+
+namespace spattn {
+
+BlockMask estimate_streaming(const AttnShape& s, bool causal, const StreamingParams& p) {
+  if (p.block_size < 1 || p.sink_tokens < 0 || p.local_tokens < 0)
+    throw std::invalid_argument("streaming: block_size must be >= 1, sink/local tokens >= 0");
+  BlockMask m(s.B, 1, s.Nq, s.Nk, p.block_size, p.block_size);
+  const int off = s.causal_offset();
+  const int sink_blocks = std::min(m.nkb, ceil_div(p.sink_tokens, p.block_size));
+  for (int qb = 0; qb < m.nqb; ++qb) {
+    const int i0 = qb * p.block_size, i1 = std::min(s.Nq, i0 + p.block_size) - 1;
+    // Keys covered by the windows of rows i0..i1: [i0+off-local+1, i1+off] (causal) or that
+    // range extended by local-1 to the right (non-causal, centred window).
+    const int lo = i0 + off - p.local_tokens + 1;
+    const int hi = causal ? i1 + off : i1 + off + p.local_tokens - 1;
+    for (int b = 0; b < s.B; ++b) {
+      uint8_t* row = m.row(b, 0, qb);
+      for (int c = 0; c < sink_blocks; ++c) row[c] = 1;
+      if (p.local_tokens > 0) {
+        const int c0 = std::max(0, lo) / p.block_size;
+        const int c1 = std::min(s.Nk - 1, hi);
+        for (int c = c0; c >= 0 && c * p.block_size <= c1 && c < m.nkb; ++c)
+          if ((c + 1) * p.block_size - 1 >= lo) row[c] = 1;
+      }
+    }
+  }
+  return m;
+}
+
+}  // namespace spattn
