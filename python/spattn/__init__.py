@@ -1,0 +1,30 @@
+"""spattn: the reference CPU library of sparse attention.
+
+Few fast kernels (dense flash-style, block-sparse, token-sparse, merge of states) and many mask
+estimators, one per method, behind a registry. All arrays are numpy; q (B, Hq, Nq, D),
+k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right aligned.
+
+>>> import spattn
+>>> w = spattn.synthetic.structured_qkv(N=1024)
+>>> out = spattn.attention(w.q, w.k, w.v, causal=True)
+>>> mask = spattn.methods.get("streaming").estimate(w.q, w.k, causal=True)
+>>> spattn.metrics.recall(w.q, w.k, mask, causal=True).shape
+(1, 8)
+"""
+
+from . import _core, methods, metrics, synthetic
+from .kernels import attention, block_sparse_attention, merge_states, token_sparse_attention
+from .masks import BlockMask, TokenIndices
+
+__version__ = "0.1.0"
+
+
+def num_threads() -> int:
+    """Threads the core uses (OpenMP; set OMP_NUM_THREADS before importing to change it)."""
+    return int(_core.max_threads())
+
+
+__all__ = [
+    "attention", "block_sparse_attention", "token_sparse_attention", "merge_states",
+    "BlockMask", "TokenIndices", "methods", "metrics", "synthetic", "num_threads", "__version__",
+]

@@ -1,0 +1,277 @@
+"""Mask formats: BlockMask (block-level boolean map) and TokenIndices (key positions per query
+group). Both are plain numpy-backed values: build, combine, count and plot them with numpy;
+the kernels compile them, never the user. See DESIGN.md, "Mask formats".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+
+from ._validation import check_positive_int
+
+_DENSE_LIMIT = 1 << 28  # elements; to_dense refuses larger element masks
+
+
+def _visible_pairs(q_len: int, kv_len: int, block_q: int, block_k: int, causal: bool) -> np.ndarray:
+    """Number of visible (query, key) pairs inside each block, shape (nqb, nkb), int64.
+
+    Closed form per block, no element mask: with bottom-right causal alignment row i sees
+    min(max(i + off + 1 - j0, 0), w) keys of a block starting at j0 of width w.
+    """
+    nqb, nkb = math.ceil(q_len / block_q), math.ceil(kv_len / block_k)
+    i0 = np.arange(nqb, dtype=np.int64)[:, None] * block_q
+    n = np.minimum(q_len, i0 + block_q) - i0
+    j0 = np.arange(nkb, dtype=np.int64)[None, :] * block_k
+    w = np.minimum(kv_len, j0 + block_k) - j0
+    if not causal:
+        return (n * w).astype(np.int64)
+    off = kv_len - q_len
+
+    def F(t):  # sum over integers x < t of clip(x, 0, w)
+        t = np.asarray(t, dtype=np.int64)
+        tri = t * (t - 1) // 2
+        full = w * (w + 1) // 2 + (t - 1 - w) * w
+        return np.where(t <= 1, 0, np.where(t <= w + 1, tri, full))
+
+    a = i0 + off + 1 - j0
+    return (F(a + n) - F(a)).astype(np.int64)
+
+
+class BlockMask:
+    """Boolean block map of shape (B, H, ceil(q_len/block_q), ceil(kv_len/block_k)).
+
+    H is the number of query heads, or 1 for a mask shared by all heads. When attention runs
+    causally, the causal rule also applies element-wise inside the selected blocks.
+
+    Parameters
+    ----------
+    blocks : array_like of bool or int (0/1), shape (B, H, nqb, nkb)
+    block_q, block_k : int
+        Block sizes along queries and keys (>= 1).
+    q_len, kv_len : int
+        Sequence lengths the mask was made for.
+    """
+
+    def __init__(self, blocks, block_q: int, block_k: int, q_len: int, kv_len: int):
+        self.block_q = check_positive_int(block_q, "block_q")
+        self.block_k = check_positive_int(block_k, "block_k")
+        if isinstance(q_len, bool) or not isinstance(q_len, (int, np.integer)) or q_len < 0:
+            raise ValueError(f"q_len must be an int >= 0, got {q_len!r}")
+        if isinstance(kv_len, bool) or not isinstance(kv_len, (int, np.integer)) or kv_len < 0:
+            raise ValueError(f"kv_len must be an int >= 0, got {kv_len!r}")
+        self.q_len, self.kv_len = int(q_len), int(kv_len)
+        arr = np.asarray(blocks)
+        if arr.dtype != np.bool_:
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise TypeError(f"blocks must be a bool or integer array, got dtype {arr.dtype}")
+            if arr.size and (arr.min() < 0 or arr.max() > 1):
+                raise ValueError("blocks given as integers must hold only 0 and 1")
+            arr = arr.astype(bool)
+        expected = (math.ceil(self.q_len / self.block_q), math.ceil(self.kv_len / self.block_k))
+        if arr.ndim != 4 or arr.shape[2:] != expected:
+            raise ValueError(
+                f"blocks must have shape (B, H, {expected[0]}, {expected[1]}) for q_len={q_len}, "
+                f"kv_len={kv_len}, block_q={block_q}, block_k={block_k}; got {arr.shape}")
+        self.blocks = np.ascontiguousarray(arr)
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def full(cls, B: int, H: int, q_len: int, kv_len: int, block_q: int = 64, block_k: int = 64) -> "BlockMask":
+        """A mask selecting every block."""
+        nqb, nkb = math.ceil(q_len / block_q), math.ceil(kv_len / block_k)
+        return cls(np.ones((B, H, nqb, nkb), dtype=bool), block_q, block_k, q_len, kv_len)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple:
+        return self.blocks.shape
+
+    @property
+    def num_heads(self) -> int:
+        return self.blocks.shape[1]
+
+    def __repr__(self) -> str:
+        return (f"BlockMask(shape={self.blocks.shape}, block_q={self.block_q}, block_k={self.block_k}, "
+                f"q_len={self.q_len}, kv_len={self.kv_len}, block_density={self.blocks.mean():.3f})")
+
+    # ------------------------------------------------------------------ statistics
+    def density(self, causal: bool = False) -> np.ndarray:
+        """Share of the visible (query, key) pairs that the mask computes, per (B, H).
+
+        Counted exactly at element level (causal rule inside diagonal blocks included), without
+        building the element mask. Rows of a causal call that see no key count as nothing.
+        """
+        pairs = _visible_pairs(self.q_len, self.kv_len, self.block_q, self.block_k, causal)
+        total = pairs.sum()
+        kept = np.einsum("bhqk,qk->bh", self.blocks.astype(np.int64), pairs)
+        return kept / total if total > 0 else np.zeros(kept.shape)
+
+    def to_dense(self, causal: bool = False) -> np.ndarray:
+        """Element mask (B, H, q_len, kv_len) bool, for small sizes (plots, tests)."""
+        B, H = self.blocks.shape[:2]
+        if B * H * self.q_len * self.kv_len > _DENSE_LIMIT:
+            raise ValueError(f"to_dense would build {B * H * self.q_len * self.kv_len} elements; "
+                             f"it is meant for small masks (<= {_DENSE_LIMIT})")
+        m = np.repeat(np.repeat(self.blocks, self.block_q, axis=2), self.block_k, axis=3)
+        m = m[:, :, : self.q_len, : self.kv_len]
+        if causal:
+            off = self.kv_len - self.q_len
+            m = m & (np.arange(self.kv_len)[None, :] <= np.arange(self.q_len)[:, None] + off)
+        return np.ascontiguousarray(m)
+
+    # ------------------------------------------------------------------ algebra
+    def _check_compatible(self, other: "BlockMask", op: str) -> None:
+        if not isinstance(other, BlockMask):
+            raise TypeError(f"BlockMask {op} needs another BlockMask, got {type(other).__name__}")
+        mine = (self.block_q, self.block_k, self.q_len, self.kv_len)
+        theirs = (other.block_q, other.block_k, other.q_len, other.kv_len)
+        if mine != theirs:
+            raise ValueError(f"BlockMask {op}: (block_q, block_k, q_len, kv_len) differ: {mine} vs {theirs}")
+
+    def _combine(self, other: "BlockMask", fn, op: str) -> "BlockMask":
+        self._check_compatible(other, op)
+        try:
+            blocks = fn(self.blocks, other.blocks)  # H = 1 broadcasts against H = Hq
+        except ValueError as exc:
+            raise ValueError(f"BlockMask {op}: shapes {self.shape} and {other.shape} do not broadcast") from exc
+        return BlockMask(blocks, self.block_q, self.block_k, self.q_len, self.kv_len)
+
+    def __or__(self, other: "BlockMask") -> "BlockMask":
+        return self._combine(other, np.logical_or, "|")
+
+    def __and__(self, other: "BlockMask") -> "BlockMask":
+        return self._combine(other, np.logical_and, "&")
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, BlockMask):
+            return NotImplemented
+        return ((self.block_q, self.block_k, self.q_len, self.kv_len) ==
+                (other.block_q, other.block_k, other.q_len, other.kv_len)
+                and self.blocks.shape == other.blocks.shape and bool(np.all(self.blocks == other.blocks)))
+
+    __hash__ = None
+
+    # ------------------------------------------------------------------ checks / plots
+    def check_against(self, B: int, Hq: int, Nq: int, Nk: int) -> None:
+        """Raise ValueError unless the mask fits attention of the given shape."""
+        if (self.q_len, self.kv_len) != (Nq, Nk):
+            raise ValueError(f"mask was made for q_len={self.q_len}, kv_len={self.kv_len}, "
+                             f"but q/k have Nq={Nq}, Nk={Nk}")
+        Bm, Hm = self.blocks.shape[:2]
+        if Bm != B or Hm not in (1, Hq):
+            raise ValueError(f"mask.blocks must have B={B} and H in (1, {Hq}), got shape {self.blocks.shape}")
+
+    def plot(self, b: int = 0, h: int = 0, ax=None, causal: bool = False, title: Optional[str] = None):
+        """Draw the block map of (b, h) with matplotlib; returns the Axes."""
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(4, 4))
+        img = self.blocks[b, min(h, self.blocks.shape[1] - 1)].astype(float)
+        if causal:
+            vis = _visible_pairs(self.q_len, self.kv_len, self.block_q, self.block_k, True) > 0
+            img = np.where(vis, img, np.nan)
+        ax.imshow(img, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xlabel(f"kv block ({self.block_k})")
+        ax.set_ylabel(f"q block ({self.block_q})")
+        d = self.density(causal)[b, min(h, self.blocks.shape[1] - 1)]
+        ax.set_title(title or f"b={b} h={h} density={d:.2f}")
+        return ax
+
+
+class TokenIndices:
+    """Selected key positions per group of `group_size` consecutive queries.
+
+    Parameters
+    ----------
+    indices : array_like of int, shape (B, Hq, G, K)
+        Key positions in [0, kv_len); -1 marks an unused slot. Each row is treated as a set:
+        it is sorted ascending, duplicates are dropped and -1 slots moved to the end (so the
+        stored `.indices` may differ from the input in order, never in content).
+    group_size : int
+        Queries per group: 1 = per query, block_q = per query block; G = ceil(Nq / group_size).
+    kv_len : int
+        Number of keys the indices refer to.
+    """
+
+    def __init__(self, indices, group_size: int, kv_len: int):
+        self.group_size = check_positive_int(group_size, "group_size")
+        if isinstance(kv_len, bool) or not isinstance(kv_len, (int, np.integer)) or kv_len < 0:
+            raise ValueError(f"kv_len must be an int >= 0, got {kv_len!r}")
+        self.kv_len = int(kv_len)
+        arr = np.asarray(indices)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"indices must be an integer array, got dtype {arr.dtype}")
+        if arr.ndim != 4:
+            raise ValueError(f"indices must have shape (B, Hq, G, K), got {arr.shape}")
+        if arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < -1 or hi >= self.kv_len:
+                raise ValueError(f"indices must lie in [-1, kv_len={self.kv_len}), got values in [{lo}, {hi}]")
+        big = np.where(arr < 0, np.iinfo(np.int64).max, arr.astype(np.int64))
+        big = np.sort(big, axis=-1)
+        dup = np.zeros(big.shape, dtype=bool)
+        dup[..., 1:] = big[..., 1:] == big[..., :-1]
+        big[dup] = np.iinfo(np.int64).max
+        big = np.sort(big, axis=-1)
+        self.indices = np.ascontiguousarray(np.where(big == np.iinfo(np.int64).max, -1, big).astype(np.int32))
+
+    @property
+    def shape(self) -> tuple:
+        return self.indices.shape
+
+    def __repr__(self) -> str:
+        return (f"TokenIndices(shape={self.indices.shape}, group_size={self.group_size}, "
+                f"kv_len={self.kv_len}, used={(self.indices >= 0).mean():.3f})")
+
+    def check_against(self, B: int, Hq: int, Nq: int, Nk: int) -> None:
+        """Raise ValueError unless the indices fit attention of the given shape."""
+        if self.kv_len != Nk:
+            raise ValueError(f"indices were made for kv_len={self.kv_len}, but k has Nk={Nk}")
+        G = math.ceil(Nq / self.group_size)
+        if self.indices.shape[:3] != (B, Hq, G):
+            raise ValueError(f"indices must have shape (B, Hq, G, K) = ({B}, {Hq}, {G}, K) for Nq={Nq}, "
+                             f"group_size={self.group_size}; got {self.indices.shape}")
+
+    def to_dense(self, q_len: int, causal: bool = False) -> np.ndarray:
+        """Element mask (B, Hq, q_len, kv_len) bool, for small sizes."""
+        B, H, G, K = self.indices.shape
+        if B * H * q_len * self.kv_len > _DENSE_LIMIT:
+            raise ValueError("to_dense is meant for small masks")
+        m = np.zeros((B, H, G, self.kv_len + 1), dtype=bool)
+        idx = np.where(self.indices < 0, self.kv_len, self.indices)
+        np.put_along_axis(m, idx.astype(np.int64), True, axis=-1)
+        m = np.repeat(m[..., : self.kv_len], self.group_size, axis=2)[:, :, :q_len]
+        if causal:
+            off = self.kv_len - q_len
+            m = m & (np.arange(self.kv_len)[None, :] <= np.arange(q_len)[:, None] + off)
+        return np.ascontiguousarray(m)
+
+    def density(self, q_len: Optional[int] = None, causal: bool = False) -> np.ndarray:
+        """Share of visible (query, key) pairs selected, per (B, Hq).
+
+        q_len defaults to G * group_size; pass the real Nq when it is not a multiple.
+        """
+        B, H, G, K = self.indices.shape
+        q_len = G * self.group_size if q_len is None else int(q_len)
+        off = self.kv_len - q_len
+        rows = np.arange(q_len)
+        g = rows // self.group_size
+        total = 0
+        kept = np.zeros((B, H))
+        for gi in range(G):
+            r = rows[g == gi]
+            if r.size == 0:
+                continue
+            idx = self.indices[:, :, gi, :]
+            if causal:
+                lim = r + off  # visible iff idx <= lim
+                kept += ((idx[..., None] >= 0) & (idx[..., None] <= lim)).sum(axis=(-1, -2))
+                total += np.clip(lim + 1, 0, self.kv_len).sum()
+            else:
+                kept += (idx >= 0).sum(axis=-1) * r.size
+                total += r.size * self.kv_len
+        return kept / total if total > 0 else kept

@@ -1,0 +1,172 @@
+"""Method registry: one small class per sparse-attention method.
+
+A method is an estimator (``estimate(q, k, causal=...) -> BlockMask | TokenIndices``) plus the
+kernel that executes its mask format (``__call__(q, k, v, causal=..., return_lse=False)``).
+The CLI, the comparison harness, the README table and the parametrised tests iterate this
+registry, so adding a method is: an estimator in C++, a binding, a class here, tests, a README row.
+
+>>> import spattn
+>>> spattn.methods.available()
+['dense', 'oracle_topk', 'streaming']
+>>> m = spattn.methods.get("streaming", local_tokens=512)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Type, Union
+
+import numpy as np
+
+from . import _core
+from ._validation import check_positive_int, check_qkv, check_scale
+from .kernels import attention, block_sparse_attention, token_sparse_attention
+from .masks import BlockMask, TokenIndices
+
+Mask = Union[BlockMask, TokenIndices]
+_REGISTRY: Dict[str, Type["Method"]] = {}
+
+
+def register(cls: Type["Method"]) -> Type["Method"]:
+    """Class decorator adding a Method subclass to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"method {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> List[str]:
+    """Names of the registered methods, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **params: Any) -> "Method":
+    """Instantiate method `name` with parameters overriding its defaults."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {available()}")
+    return _REGISTRY[name](**params)
+
+
+class Method:
+    """Base class: parameters with defaults, an estimator and the kernel for its mask."""
+
+    name: str = ""
+    paper: str = ""
+    pattern: str = ""
+    defaults: Dict[str, Any] = {}
+
+    def __init__(self, **params: Any):
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; "
+                            f"known: {sorted(self.defaults)}")
+        self.params: Dict[str, Any] = {**self.defaults, **params}
+        self.last_info: Dict[str, Any] = {}
+        self._check_params()
+
+    def _check_params(self) -> None:
+        """Validate self.params; subclasses raise ValueError/TypeError naming the parameter."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"spattn.methods.get({self.name!r}{', ' if args else ''}{args})"
+
+    def estimate(self, q, k, *, causal: bool = False, scale: Optional[float] = None) -> Mask:
+        """Return the mask this method selects for (q, k)."""
+        raise TypeError(f"{type(self).__name__} must define estimate()")  # abstract
+
+    def __call__(self, q, k, v, *, causal: bool = False, scale: Optional[float] = None,
+                 return_lse: bool = False):
+        """Estimate the mask, then run the kernel of its format."""
+        mask = self.estimate(q, k, causal=causal, scale=scale)
+        if isinstance(mask, BlockMask):
+            return block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+        return token_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+
+
+@register
+class Dense(Method):
+    """Exact attention (the baseline every method is measured against)."""
+
+    name = "dense"
+    paper = "exact attention (FlashAttention-style tiling, Dao et al. 2022)"
+    pattern = "all blocks"
+    defaults = {"block_size": 64}
+
+    def _check_params(self) -> None:
+        check_positive_int(self.params["block_size"], "block_size")
+
+    def estimate(self, q, k, *, causal=False, scale=None) -> BlockMask:
+        q, k, _ = check_qkv(q, k)
+        bs = self.params["block_size"]
+        return BlockMask.full(q.shape[0], 1, q.shape[2], k.shape[2], bs, bs)
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, return_lse=False):
+        return attention(q, k, v, causal=causal, scale=scale, return_lse=return_lse)
+
+
+@register
+class Streaming(Method):
+    """Attention sinks + local window (StreamingLLM; the A-shape of MInference), as a BlockMask.
+
+    Parameters
+    ----------
+    block_size : int, default 64
+    sink_tokens : int, default 128
+        Initial keys every query keeps (rounded up to whole blocks).
+    local_tokens : int, default 1024
+        Width of the window ending at each query's causal limit (centred when not causal);
+        every block it touches is kept.
+    """
+
+    name = "streaming"
+    paper = "Xiao et al., Efficient Streaming Language Models with Attention Sinks, ICLR 2024"
+    pattern = "sink + local window (A-shape)"
+    defaults = {"block_size": 64, "sink_tokens": 128, "local_tokens": 1024}
+
+    def _check_params(self) -> None:
+        check_positive_int(self.params["block_size"], "block_size")
+        for name in ("sink_tokens", "local_tokens"):
+            val = self.params[name]
+            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {val!r}")
+
+    def estimate(self, q, k, *, causal=False, scale=None) -> BlockMask:
+        q, k, _ = check_qkv(q, k)
+        B, Hq, Nq, _ = q.shape
+        p = self.params
+        blocks = _core.estimate_streaming(B, Hq, k.shape[1], Nq, k.shape[2], bool(causal),
+                                          p["block_size"], p["sink_tokens"], p["local_tokens"])
+        return BlockMask(blocks, p["block_size"], p["block_size"], Nq, k.shape[2])
+
+
+@register
+class OracleTopK(Method):
+    """Exact per-(head, q-block) smallest set of kv blocks whose true attention mass reaches gamma.
+
+    An upper bound, not a practical method: it reads the exact block-pooled attention map
+    (mass of a block = sum of softmax probabilities over it, averaged over the q-block's rows
+    that see a key). Ties go to the lower block index.
+
+    Parameters
+    ----------
+    block_size : int, default 64
+    gamma : float in (0, 1], default 0.9
+    """
+
+    name = "oracle_topk"
+    paper = "oracle (exact block attention mass), upper bound for every estimator"
+    pattern = "exact top blocks per q-block"
+    defaults = {"block_size": 64, "gamma": 0.9}
+
+    def _check_params(self) -> None:
+        check_positive_int(self.params["block_size"], "block_size")
+        g = self.params["gamma"]
+        if not isinstance(g, (float, int, np.floating)) or not 0 < float(g) <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {g!r}")
+
+    def estimate(self, q, k, *, causal=False, scale=None) -> BlockMask:
+        q, k, _ = check_qkv(q, k)
+        p = self.params
+        blocks = _core.estimate_oracle_topk(q, k, bool(causal), check_scale(scale, q.shape[3]),
+                                            p["block_size"], float(p["gamma"]))
+        return BlockMask(blocks, p["block_size"], p["block_size"], q.shape[2], k.shape[2])

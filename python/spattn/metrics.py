@@ -1,0 +1,70 @@
+"""Metrics for comparing sparse attention honestly: recall (share of the exact softmax mass a
+mask keeps), density (share of visible pairs it computes) and relative error of outputs.
+All computed tile by tile in the C++ core; no Nq x Nk buffer.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import numpy as np
+
+from . import _core
+from ._validation import check_qkv, check_scale
+from .masks import BlockMask, TokenIndices
+
+
+def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
+           scale: Optional[float] = None) -> np.ndarray:
+    """Share of the exact softmax mass that falls inside `mask`, per (B, Hq).
+
+    For each query row the mass of the selected, visible keys under the exact (dense) softmax
+    is summed; rows are averaged over the queries that see at least one key. A row-set with no
+    such query gives NaN.
+
+    BlockMask: computed from the exact block-summed attention map (two flash-style passes).
+    TokenIndices: exact row log-sum-exp, then the mass of the listed keys.
+    """
+    q, k, _ = check_qkv(q, k)
+    B, Hq, Nq, D = q.shape
+    Nk = k.shape[2]
+    s = check_scale(scale, D)
+    if isinstance(mask, BlockMask):
+        mask.check_against(B, Hq, Nq, Nk)
+        block_map, lse = _core.block_attention_map(q, k, mask.block_q, mask.block_k, bool(causal), s, "sum")
+        kept = np.einsum("bhqk,bhqk->bh", block_map.astype(np.float64),
+                         np.broadcast_to(mask.blocks, block_map.shape).astype(np.float64))
+        valid = np.isfinite(lse).sum(axis=-1)
+    elif isinstance(mask, TokenIndices):
+        mask.check_against(B, Hq, Nq, Nk)
+        mass = _core.token_attention_mass(q, k, mask.indices, mask.group_size, bool(causal), s).astype(np.float64)
+        ok = np.isfinite(mass)
+        kept = np.where(ok, mass, 0.0).sum(axis=-1)
+        valid = ok.sum(axis=-1)
+    else:
+        raise TypeError(f"mask must be a BlockMask or TokenIndices, got {type(mask).__name__}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(valid > 0, kept / np.maximum(valid, 1), np.nan)
+
+
+def density(mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
+            q_len: Optional[int] = None) -> np.ndarray:
+    """Share of the visible (query, key) pairs that `mask` computes, per (B, H)."""
+    if isinstance(mask, BlockMask):
+        return mask.density(causal=causal)
+    if isinstance(mask, TokenIndices):
+        return mask.density(q_len=q_len, causal=causal)
+    raise TypeError(f"mask must be a BlockMask or TokenIndices, got {type(mask).__name__}")
+
+
+def relative_error(out, ref) -> float:
+    """||out - ref||_F / ||ref||_F in float64 (0 when both are zero)."""
+    a = np.asarray(out, dtype=np.float64)
+    b = np.asarray(ref, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"out and ref must have the same shape, got {a.shape} and {b.shape}")
+    den = np.linalg.norm(b)
+    num = np.linalg.norm(a - b)
+    if den == 0:
+        return 0.0 if num == 0 else float("inf")
+    return float(num / den)

@@ -1,0 +1,149 @@
+"""Seeded synthetic workloads whose heads carry the attention structures that sparse-attention
+papers exploit: attention sinks, local windows, vertical stripes, slash (diagonal) lines,
+scattered retrieval and diffuse heads. Used by the demo, the notebooks and the tests; no data
+is downloaded.
+
+Construction (per kv head): the first half of the head dim is a rotary code (pairs
+[cos w j, sin w j] with low frequencies for local windows and high ones for sharp diagonals),
+the second half carries content directions planted on chosen key positions (the sink at key 0,
+vertical stripe keys, retrieval needles). Each query head picks the structure it attends to by
+which part of that code it aligns with; Gaussian noise is added everywhere. The planted logit
+gain is about `strength * 10` above the noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+
+HEAD_KINDS: Tuple[str, ...] = ("sink", "local", "vertical", "slash", "retrieval", "diffuse")
+
+
+@dataclass
+class Workload:
+    """q, k, v arrays plus the kind of structure planted in each query head.
+
+    Unpacks like a tuple: ``q, k, v = structured_qkv(...)``.
+    """
+
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    head_kinds: Tuple[str, ...]
+    causal: bool = True
+    info: dict = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.q, self.k, self.v))
+
+
+def _unit(rng, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def structured_qkv(B: int = 1, Hq: int = 8, Hkv: int = 2, N: int = 4096, D: int = 128,
+                   Dv: Optional[int] = None, *, Nq: Optional[int] = None,
+                   head_kinds: Optional[Sequence[str]] = None, seed: int = 0,
+                   strength: float = 1.0, local_window: int = 128, n_vertical: int = 8,
+                   slash_offsets: Sequence[int] = (0, 256, 1000), n_needles: int = 32,
+                   dtype=np.float32) -> Workload:
+    """Build a seeded structured workload.
+
+    Parameters
+    ----------
+    B, Hq, Hkv, N, D, Dv : int
+        Batch, query heads, kv heads (Hq % Hkv == 0), key length, head dim, value dim (default D).
+    Nq : int, optional
+        Number of queries (default N); queries are the last Nq positions (bottom-right aligned).
+    head_kinds : sequence of str, optional
+        Kind per query head from HEAD_KINDS; default cycles through them.
+    seed : int
+        Everything is drawn from ``numpy.random.default_rng(seed)``.
+    strength : float
+        Scales the planted logit gain (1.0 gives sharp, realistic heads; 0 gives pure noise).
+    local_window, n_vertical, slash_offsets, n_needles
+        Width of the local heads' window, number of vertical stripes, diagonal offsets of the
+        slash heads, number of retrieval needles.
+    """
+    if Hkv < 1 or Hq % Hkv != 0:
+        raise ValueError(f"Hq={Hq} must be a multiple of Hkv={Hkv}")
+    if D < 8 or D % 4 != 0:
+        raise ValueError(f"D must be a multiple of 4 and >= 8, got {D}")
+    Nq = N if Nq is None else Nq
+    if not 1 <= Nq <= N:
+        raise ValueError(f"Nq must be in [1, N={N}], got {Nq}")
+    Dv = D if Dv is None else Dv
+    kinds = tuple(head_kinds) if head_kinds is not None else tuple(HEAD_KINDS[h % len(HEAD_KINDS)] for h in range(Hq))
+    if len(kinds) != Hq or any(kd not in HEAD_KINDS for kd in kinds):
+        raise ValueError(f"head_kinds must list {Hq} kinds from {HEAD_KINDS}, got {kinds}")
+    rng = np.random.default_rng(seed)
+    R = D // 2                       # rotary dims
+    F = R // 2                       # frequency pairs
+    C = D - R                        # content dims
+    F_low = F // 2                   # low frequencies (local), the rest high (slash)
+    gain = 10.0 * strength * np.sqrt(D)  # q.k for a planted match; logit = gain / sqrt(D)
+    pos_k = np.arange(N)
+    pos_q = np.arange(N - Nq, N)
+    off = N - Nq
+
+    q = rng.standard_normal((B, Hq, Nq, D)).astype(dtype)
+    k = rng.standard_normal((B, Hkv, N, D)).astype(dtype)
+    v = rng.standard_normal((B, Hkv, N, Dv)).astype(dtype)
+    G = Hq // Hkv
+    info = {"vertical": [], "needles": []}
+    for b in range(B):
+        for hk in range(Hkv):
+            omega = np.concatenate([rng.uniform(0, np.pi / local_window, F_low),
+                                    rng.uniform(0.3, np.pi, F - F_low)])
+            ang_k = pos_k[:, None] * omega[None, :]
+            rot_k = np.empty((N, R))
+            rot_k[:, 0::2], rot_k[:, 1::2] = np.cos(ang_k), np.sin(ang_k)
+            dirs = _unit(rng, 2 + n_needles, C)  # sink, vertical, needles
+            u_sink, u_vert, needles = dirs[0], dirs[1], dirs[2:]
+            vert_pos = np.sort(rng.choice(np.arange(1, N), size=min(n_vertical, N - 1), replace=False))
+            needle_pos = np.sort(rng.choice(np.arange(1, max(2, N // 2)), size=min(n_needles, max(1, N // 2 - 1)), replace=False))
+            needles = needles[: needle_pos.size]
+            info["vertical"].append(vert_pos)
+            info["needles"].append(needle_pos)
+            kk = k[b, hk].astype(np.float64)
+            a = np.sqrt(gain)
+            kk[:, :R] = rot_k * np.sqrt(gain / F_low) + 0.3 * kk[:, :R]
+            kk[0, R:] += a * u_sink
+            kk[vert_pos, R:] += a * u_vert
+            kk[needle_pos, R:] += a * needles
+            k[b, hk] = kk.astype(dtype)
+            for g in range(G):
+                h = hk * G + g
+                kind = kinds[h]
+                qq = q[b, h].astype(np.float64) * (0.5 if kind == "diffuse" else 1.0)
+                if kind in ("sink", "vertical", "retrieval", "diffuse"):
+                    qq[:, :R] *= 0.3
+                if kind == "sink":
+                    qq[:, R:] += a * u_sink
+                elif kind == "vertical":
+                    qq[:, R:] += a * u_vert + 0.5 * a * u_sink
+                elif kind == "local":
+                    ang = pos_q[:, None] * omega[None, :F_low]
+                    qq[:, : 2 * F_low : 2] = np.cos(ang) * np.sqrt(gain / F_low)
+                    qq[:, 1 : 2 * F_low : 2] = np.sin(ang) * np.sqrt(gain / F_low)
+                    qq[:, 2 * F_low : R] = 0.0
+                    qq[:, R:] += 0.6 * a * u_sink
+                elif kind == "slash":
+                    qr = np.zeros((Nq, R - 2 * F_low))
+                    for t in slash_offsets:
+                        ang = (pos_q[:, None] - t) * omega[None, F_low:]
+                        qr[:, 0::2] += np.cos(ang)
+                        qr[:, 1::2] += np.sin(ang)
+                    qq[:, : 2 * F_low] = 0.0
+                    qq[:, 2 * F_low : R] = qr * np.sqrt(gain / F_low) * 1.5
+                    qq[:, R:] += 0.5 * a * u_sink
+                elif kind == "retrieval":
+                    # Each query looks for one needle it can see (causal), else the sink.
+                    pick = rng.integers(0, needle_pos.size, size=Nq)
+                    ok = needle_pos[pick] <= pos_q
+                    qq[:, R:] += np.where(ok[:, None], a * needles[pick], a * u_sink[None, :])
+                q[b, h] = qq.astype(dtype)
+    return Workload(q, k, v, kinds, True, {"vertical": info["vertical"], "needles": info["needles"], "off": off})
