@@ -198,5 +198,29 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("block_size"),
      py::arg("gamma"));
 
+  m.def("estimate_flexprefill", [](const FArr& q, const FArr& k, bool causal, double gamma, double tau,
+                                   int min_budget, int max_budget, int block_size) {
+    const AttnShape s = qkv_shape(q, k, nullptr);
+    AttnArgs a = make_args(q, k, nullptr, s, causal, 0.0);
+    FlexPrefillParams p;
+    p.gamma = float(gamma); p.tau = float(tau); p.min_budget = min_budget;
+    p.max_budget = max_budget; p.block_size = block_size;
+    BlockMask m;
+    FlexPrefillInfo info;
+    {
+      py::gil_scoped_release nogil;
+      m = estimate_flexprefill(a, p, &info);
+    }
+    py::array_t<int8_t> pattern({s.B, s.Hq});
+    py::array_t<float> js({s.B, s.Hq});
+    py::array_t<int32_t> nv({s.B, s.Hq}), ns({s.B, s.Hq});
+    std::memcpy(pattern.mutable_data(), info.pattern.data(), info.pattern.size());
+    std::memcpy(js.mutable_data(), info.js.data(), info.js.size() * sizeof(float));
+    std::memcpy(nv.mutable_data(), info.n_vertical.data(), info.n_vertical.size() * sizeof(int));
+    std::memcpy(ns.mutable_data(), info.n_slash.data(), info.n_slash.size() * sizeof(int));
+    return py::make_tuple(to_numpy(m), pattern, js, nv, ns);
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("gamma"), py::arg("tau"),
+     py::arg("min_budget"), py::arg("max_budget"), py::arg("block_size"));
+
   m.def("max_threads", []() { return omp_get_max_threads(); });
 }

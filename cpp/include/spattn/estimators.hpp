@@ -31,3 +31,34 @@ struct OracleParams {
 BlockMask estimate_oracle_topk(const AttnArgs& qk, const OracleParams& p);
 
 }  // namespace spattn
+
+namespace spattn {
+
+// FlexPrefill (Lai et al., "FlexPrefill: A Context-Aware Sparse Attention Mechanism for
+// Efficient Long-Sequence Inference", ICLR 2025), following the official `get_active_blocks`.
+// Defaults are the paper's experiment settings (gamma 0.9, tau 0.1, min_budget 1024 tokens,
+// unlimited max_budget, block 128); the official function's own defaults are tau = 0 (query-aware
+// switched off) and min_budget = 1 token.
+struct FlexPrefillParams {
+  float gamma = 0.9f;     // coverage of the cumulative attention
+  float tau = 0.1f;       // sqrt-JS threshold: d < tau -> query-aware head
+  int min_budget = 1024;  // tokens, converted to ceil(min_budget / block_size) blocks
+  int max_budget = -1;    // tokens; <= 0 = unlimited
+  int block_size = 128;
+};
+
+enum class FlexPattern : int8_t { VerticalSlash = 0, QueryAware = 1, Dense = 2 };
+
+// Per (b, query head) readouts: the chosen pattern, the sqrt-JS distance (NaN when not computed
+// or when the official formula gives NaN), the vertical / slash budgets in blocks.
+struct FlexPrefillInfo {
+  std::vector<int8_t> pattern;
+  std::vector<float> js;
+  std::vector<int> n_vertical, n_slash;
+};
+
+// Causal prefill (Nq == Nk) or decode (Nq == 1, dense). Mask per query head (H = Hq), square
+// blocks of block_size. Throws std::invalid_argument for other shapes.
+BlockMask estimate_flexprefill(const AttnArgs& qk, const FlexPrefillParams& p, FlexPrefillInfo* info);
+
+}  // namespace spattn

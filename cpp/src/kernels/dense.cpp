@@ -11,7 +11,7 @@ namespace spattn {
 
 namespace {
 // Query rows per head in one work item: the stacked tile (group * rows) stays near 128-256 rows.
-int query_tile_rows(int group) { return std::max(16, 128 / std::max(1, group)); }
+int query_tile_rows(int group) { return std::max(16, detail::kRowsTarget / std::max(1, group)); }
 }  // namespace
 
 void dense_attention(const AttnArgs& a) {

@@ -24,13 +24,20 @@ using ArrMap = Eigen::Map<Eigen::ArrayXf>;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Key tile width used by the kernels; tuned with `python -m spattn bench` (see README).
+// Key tile width and stacked query rows per work item, tuned with `python -m spattn bench` on the
+// 2-core Zen 4 machine (bk 128/256/512 x rows 128/256 at N = 8192, D = 128: 256 x 256 was best).
 constexpr int kKeyTile = 256;
+constexpr int kRowsTarget = 256;
 
 // Query rows stacked for one work item, their running softmax state and the tile scratch.
 // Allocated once per thread per call, reused across work items.
+// Buffers are 64-byte aligned: Eigen peels reductions by address, so equal alignment in every
+// thread keeps results bitwise reproducible from run to run.
+using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
+
 struct TileScratch {
   int max_rows = 0, d = 0, dv = 0, bk = 0;
-  std::vector<float> q, s, acc, m, l;
+  AlignedFloats q, s, acc, m, l;
   std::vector<int> qlim;  // largest visible key position of each row (causal)
 
   TileScratch(int max_rows_, int d_, int dv_, int bk_)

@@ -12,7 +12,7 @@ namespace {
 
 // Gathers the valid (>= 0) keys of one index row; returns how many.
 struct Gathered {
-  std::vector<float> k, v;
+  detail::AlignedFloats k, v;
   std::vector<int> pos;
   Gathered(int K, int d, int dv) : k(size_t(K) * d), v(size_t(K) * dv), pos(K) {}
 

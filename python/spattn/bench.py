@@ -1,0 +1,180 @@
+"""Kernel benchmark: ``python -m spattn bench``.
+
+Sweeps sequence length and head dim for causal (optionally non-causal) GQA prefill and reports
+time, GFLOP/s of useful work (4 * D * visible pairs per head), the ratio to
+``torch.nn.functional.scaled_dot_product_attention`` at the same thread count when torch is
+installed, block-sparse speedups against spattn dense at given block densities, decode
+bandwidth, and peak memory growth (in a fresh subprocess per size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, nargs="*", default=[1024, 2048, 4096, 8192, 16384, 32768])
+    p.add_argument("--d", type=int, nargs="*", default=[64, 128])
+    p.add_argument("--hq", type=int, default=8)
+    p.add_argument("--hkv", type=int, default=2)
+    p.add_argument("--non-causal", action="store_true", help="also run non-causal")
+    p.add_argument("--densities", type=float, nargs="*", default=[0.1, 0.3],
+                   help="block densities for the block-sparse kernel")
+    p.add_argument("--block", type=int, default=64, help="block size of the block-sparse masks")
+    p.add_argument("--no-torch", action="store_true", help="skip the torch SDPA comparison")
+    p.add_argument("--decode", type=int, nargs="*", default=[], metavar="NK",
+                   help="decode (Nq = 1) against these key lengths")
+    p.add_argument("--memory", type=int, nargs="*", default=[], metavar="N",
+                   help="peak memory of dense and block-sparse calls at these N (subprocesses)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--json", help="write machine-readable results here")
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def visible_pairs(nq: int, nk: int, causal: bool) -> int:
+    if not causal:
+        return nq * nk
+    off = nk - nq
+    i = np.arange(nq, dtype=np.int64)
+    return int(np.clip(i + off + 1, 0, nk).sum())
+
+
+def random_block_mask(B: int, H: int, nq: int, nk: int, block: int, density: float, causal: bool, seed: int = 0):
+    """Random BlockMask keeping about `density` of the visible blocks, diagonal always kept."""
+    from .masks import BlockMask
+
+    rng = np.random.default_rng(seed)
+    nqb, nkb = math.ceil(nq / block), math.ceil(nk / block)
+    blocks = rng.random((B, H, nqb, nkb)) < density
+    if causal:
+        r = np.arange(nqb)[:, None]
+        c = np.arange(nkb)[None, :]
+        diag = (nkb - nqb) + r
+        blocks &= c <= diag
+        blocks |= c == np.minimum(diag, nkb - 1)
+    return BlockMask(blocks, block, block, nq, nk)
+
+
+def _torch_sdpa(torch, q, k, v, causal: bool):
+    qt, kt, vt = (torch.from_numpy(x) for x in (q, k, v))
+    with torch.no_grad():
+        return lambda: torch.nn.functional.scaled_dot_product_attention(
+            qt, kt, vt, is_causal=causal, enable_gqa=qt.shape[1] != kt.shape[1])
+
+
+_MEMORY_SCRIPT = r"""
+import resource, sys, numpy as np, spattn
+from spattn.bench import random_block_mask
+kind, N, D = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = np.random.default_rng(0)
+q = rng.standard_normal((1, 8, N, D), dtype=np.float32)
+k = rng.standard_normal((1, 2, N, D), dtype=np.float32)
+v = rng.standard_normal((1, 2, N, D), dtype=np.float32)
+mask = random_block_mask(1, 8, N, N, 64, 0.1, True) if kind == "block_sparse" else None
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if kind == "dense":
+    spattn.attention(q, k, v, causal=True)
+else:
+    spattn.block_sparse_attention(q, k, v, mask, causal=True)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - base) / 1024.0)
+"""
+
+
+def run(args) -> int:
+    import spattn
+
+    threads = spattn.num_threads()
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch as _torch
+
+            _torch.set_num_threads(threads)
+            torch = _torch
+        except ImportError:
+            print("torch not installed: no SDPA comparison (pip install '.[bench]')")
+    env = {"threads": threads, "machine": platform.processor() or platform.machine(),
+           "torch": getattr(torch, "__version__", None), "spattn": spattn.__version__}
+    print(f"threads={threads} torch={env['torch']}")
+    results: Dict[str, Any] = {"env": env, "dense": [], "block_sparse": [], "decode": [], "memory": []}
+    causal_modes = [True] + ([False] if args.non_causal else [])
+    rng = np.random.default_rng(0)
+    hdr = f"{'N':>6}{'D':>5}{'causal':>7}{'spattn s':>10}{'GFLOP/s':>9}{'torch s':>9}{'torch/spattn':>13}"
+    print("\n== dense (B=1, Hq=%d, Hkv=%d, fp32)" % (args.hq, args.hkv))
+    print(hdr)
+    for D in args.d:
+        for N in args.n:
+            q = rng.standard_normal((1, args.hq, N, D), dtype=np.float32)
+            k = rng.standard_normal((1, args.hkv, N, D), dtype=np.float32)
+            v = rng.standard_normal((1, args.hkv, N, D), dtype=np.float32)
+            for causal in causal_modes:
+                reps = args.repeats if N <= 8192 else 1
+                t = _best(lambda: spattn.attention(q, k, v, causal=causal), reps)
+                flops = 4.0 * D * args.hq * visible_pairs(N, N, causal)
+                row = {"N": N, "D": D, "causal": causal, "spattn_s": t, "gflops": flops / t / 1e9}
+                if torch is not None:
+                    tt = _best(_torch_sdpa(torch, q, k, v, causal), reps)
+                    row.update(torch_s=tt, torch_over_spattn=tt / t)
+                results["dense"].append(row)
+                print(f"{N:>6}{D:>5}{str(causal):>7}{t:>10.4f}{row['gflops']:>9.1f}"
+                      + (f"{row['torch_s']:>9.4f}{row['torch_over_spattn']:>12.2f}x" if torch else ""))
+                if args.densities and causal:
+                    for dens in args.densities:
+                        mask = random_block_mask(1, args.hq, N, N, args.block, dens, causal)
+                        ts = _best(lambda: spattn.block_sparse_attention(q, k, v, mask, causal=causal), reps)
+                        real = float(np.mean(mask.density(causal=causal)))
+                        srow = {"N": N, "D": D, "causal": causal, "target_density": dens, "density": real,
+                                "spattn_s": ts, "speedup_vs_dense": t / ts, "ideal": 1.0 / real,
+                                "gflops": flops * real / ts / 1e9}
+                        results["block_sparse"].append(srow)
+                        print(f"{'':>6}{'':>5}{'':>7}  block-sparse density {real:.3f}: {ts:.4f} s, "
+                              f"{t / ts:.2f}x vs dense (ideal {1 / real:.2f}x), {srow['gflops']:.1f} GFLOP/s")
+    if args.decode:
+        print("\n== decode (Nq=1, B=1, Hq=%d, Hkv=%d, D=128)" % (args.hq, args.hkv))
+        for Nk in args.decode:
+            q = rng.standard_normal((1, args.hq, 1, 128), dtype=np.float32)
+            k = rng.standard_normal((1, args.hkv, Nk, 128), dtype=np.float32)
+            v = rng.standard_normal((1, args.hkv, Nk, 128), dtype=np.float32)
+            t = _best(lambda: spattn.attention(q, k, v, causal=True), 5)
+            gbs = (k.nbytes + v.nbytes) / t / 1e9
+            row = {"Nk": Nk, "spattn_s": t, "kv_GBps": gbs}
+            if torch is not None:
+                tt = _best(_torch_sdpa(torch, q, k, v, False), 5)
+                row.update(torch_s=tt, torch_over_spattn=tt / t)
+            results["decode"].append(row)
+            print(f"Nk={Nk:>7}: {t * 1e3:.2f} ms, {gbs:.1f} GB/s of K/V"
+                  + (f", torch {row['torch_s'] * 1e3:.2f} ms" if torch else ""))
+    if args.memory:
+        print("\n== peak memory above inputs (B=1, Hq=8, Hkv=2, D=128, causal), fresh process per size")
+        for N in args.memory:
+            for kind in ("dense", "block_sparse"):
+                res = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, kind, str(N), "128"],
+                                     capture_output=True, text=True, check=True)
+                mb = float(res.stdout.strip().splitlines()[-1])
+                results["memory"].append({"N": N, "kernel": kind, "peak_extra_MB": mb})
+                out_mb = 8 * N * 128 * 4 / 2**20
+                print(f"N={N:>6} {kind:<13} +{mb:8.1f} MB incl. output of {out_mb:.1f} MB (an N x N fp32 "
+                      f"score matrix per head would be {N * N * 4 / 2**20:.0f} MB)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+        print(f"wrote {args.json}")
+    return 0
