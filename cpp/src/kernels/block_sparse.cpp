@@ -1,12 +1,46 @@
 // Block-sparse attention executing a BlockMask (the FlexAttention / MInference block format).
 // Each (batch, head, q-block) reads its row of the block map (the per-row kv-block list, CSR
-// in FlexAttention's terms, built on the fly from the row), merges runs of adjacent selected
-// blocks into contiguous key spans and feeds them through the shared tile update. A mask shared
-// by all heads (H = 1) stacks the query heads of a GQA group like the dense kernel.
+// in FlexAttention's terms, built on the fly from the row) and merges runs of adjacent selected
+// blocks into key spans. Spans at least one key tile long run in place; shorter ones are packed
+// (K and V rows copied) into a per-thread tile so the tile GEMMs stay large: isolated small
+// blocks otherwise leave the GEMMs dominated by per-call overhead. A mask shared by all heads
+// (H = 1) stacks the query heads of a GQA group like the dense kernel.
 #include "spattn/kernels.hpp"
 #include "tile.hpp"
 
 namespace spattn {
+
+namespace {
+
+// Per-thread packing buffer for short key spans.
+struct SpanPacker {
+  int d, dv, cap, n = 0;
+  detail::AlignedFloats k, v;
+  std::vector<int> pos;
+  SpanPacker(int d_, int dv_, int cap_) : d(d_), dv(dv_), cap(cap_), k(size_t(cap_) * d_), v(size_t(cap_) * dv_), pos(cap_) {}
+
+  void flush(detail::TileScratch& t, int rows, bool causal, int min_lim) {
+    if (n == 0) return;
+    const bool masked = causal && pos[n - 1] > min_lim;  // positions ascend
+    detail::tile_update(t, rows, k.data(), d, dv > 0 ? v.data() : nullptr, dv, n, 0, pos.data(), masked);
+    n = 0;
+  }
+  // Append keys [j0, j1) of one head, flushing whenever the tile fills.
+  void add(detail::TileScratch& t, int rows, const float* kh, const float* vh, int j0, int j1,
+           bool causal, int min_lim) {
+    while (j0 < j1) {
+      const int take = std::min(cap - n, j1 - j0);
+      std::memcpy(k.data() + size_t(n) * d, kh + size_t(j0) * d, sizeof(float) * size_t(take) * d);
+      if (dv > 0) std::memcpy(v.data() + size_t(n) * dv, vh + size_t(j0) * dv, sizeof(float) * size_t(take) * dv);
+      for (int c = 0; c < take; ++c) pos[n + c] = j0 + c;
+      n += take;
+      j0 += take;
+      if (n == cap) flush(t, rows, causal, min_lim);
+    }
+  }
+};
+
+}  // namespace
 
 void block_sparse_attention(const AttnArgs& a, const BlockMaskView& mask) {
   const AttnShape& s = a.shape;
@@ -23,6 +57,7 @@ void block_sparse_attention(const AttnArgs& a, const BlockMaskView& mask) {
 #pragma omp parallel
   {
     detail::TileScratch t(stack * mask.block_q, s.D, s.Dv, detail::kKeyTile);
+    SpanPacker pack(s.D, s.Dv, detail::kKeyTile);
 #pragma omp for schedule(dynamic, 1)
     for (long long it = 0; it < items; ++it) {
       const int qb = mask.nqb - 1 - int(it % mask.nqb);
@@ -43,9 +78,13 @@ void block_sparse_attention(const AttnArgs& a, const BlockMaskView& mask) {
         int c1 = c + 1;
         while (c1 < mask.nkb && sel[c1]) ++c1;
         const int j0 = c * mask.block_k, j1 = std::min(kend, c1 * mask.block_k);
-        if (j0 < j1) detail::run_key_span(t, rows, kh, vh, s.D, s.Dv, j0, j1, a.causal, i0 + off);
+        if (j1 - j0 >= detail::kKeyTile)
+          detail::run_key_span(t, rows, kh, vh, s.D, s.Dv, j0, j1, a.causal, i0 + off);
+        else if (j0 < j1)
+          pack.add(t, rows, kh, vh, j0, j1, a.causal, i0 + off);
         c = c1;
       }
+      pack.flush(t, rows, a.causal, i0 + off);
       for (int g = 0; g < stack; ++g)
         for (int r = 0; r < n; ++r) detail::store_row(t, g * n + r, a, b, h0 + g, i0 + r);
     }
