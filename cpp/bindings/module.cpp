@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+
 #include <omp.h>
 
 #include <cstring>
@@ -221,6 +223,75 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(to_numpy(m), pattern, js, nv, ns);
   }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("gamma"), py::arg("tau"),
      py::arg("min_budget"), py::arg("max_budget"), py::arg("block_size"));
+
+  m.def("seer_gate_scores", [](const FArr& q, const FArr& k, std::optional<FArr> wq, const FArr& wk,
+                               const std::vector<std::string>& q_pool, const std::vector<std::string>& k_pool,
+                               int hidden, double rope_theta, int block_size) {
+    const AttnShape s = qkv_shape(q, k, nullptr);
+    auto kinds = [](const std::vector<std::string>& names) {
+      std::vector<PoolKind> out;
+      for (const auto& n : names) {
+        if (n == "max") out.push_back(PoolKind::Max);
+        else if (n == "min") out.push_back(PoolKind::Min);
+        else if (n == "avg") out.push_back(PoolKind::Avg);
+        else throw py::value_error("pooling kinds must be 'max', 'min' or 'avg', got '" + n + "'");
+      }
+      return out;
+    };
+    SeerGate g;
+    g.hidden = hidden; g.q_pool = kinds(q_pool); g.k_pool = kinds(k_pool);
+    need_ndim(wk, 3, "wk");
+    if (wk.shape(1) != py::ssize_t(g.k_pool.size()) * s.D || wk.shape(2) != hidden)
+      throw py::value_error("wk must have shape (heads, len(k_pool) * D, hidden), got " + shape_str(wk));
+    g.wk = wk.data(); g.wk_heads = int(wk.shape(0));
+    if (wq) {
+      need_ndim(*wq, 3, "wq");
+      if (wq->shape(0) != s.Hq || wq->shape(1) != py::ssize_t(g.q_pool.size()) * s.D || wq->shape(2) != hidden)
+        throw py::value_error("wq must have shape (Hq, len(q_pool) * D, hidden), got " + shape_str(*wq));
+      g.wq = wq->data();
+    }
+    g.rope_theta = float(rope_theta);
+    const int nb = ceil_div(s.Nq, block_size);
+    FArr scores({s.B, s.Hq, nb, nb});
+    AttnArgs a = make_args(q, k, nullptr, s, true, 0.0);
+    float* sp = scores.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      seer_gate_scores(a, g, block_size, sp);
+    }
+    return scores;
+  }, py::arg("q"), py::arg("k"), py::arg("wq"), py::arg("wk"), py::arg("q_pool"), py::arg("k_pool"),
+     py::arg("hidden"), py::arg("rope_theta"), py::arg("block_size"));
+
+  m.def("seer_select", [](const FArr& scores, int n, int block_size, const std::string& mode, double threshold,
+                          double nz_ratio, int topk, bool last_block_dense) {
+    need_ndim(scores, 4, "scores");
+    SeerParams p;
+    p.block_size = block_size; p.threshold = float(threshold); p.nz_ratio = float(nz_ratio); p.topk = topk;
+    p.last_block_dense = last_block_dense;
+    if (mode == "threshold") p.mode = SeerSelect::Threshold;
+    else if (mode == "nz_ratio") p.mode = SeerSelect::NzRatio;
+    else if (mode == "topk") p.mode = SeerSelect::TopK;
+    else throw py::value_error("mode must be 'threshold', 'nz_ratio' or 'topk'");
+    const int nb = ceil_div(n, block_size);
+    if (scores.shape(2) != nb || scores.shape(3) != nb) throw py::value_error("scores do not match n / block_size");
+    return to_numpy(seer_select(scores.data(), int(scores.shape(0)), int(scores.shape(1)), n, p));
+  }, py::arg("scores"), py::arg("n"), py::arg("block_size"), py::arg("mode"), py::arg("threshold"),
+     py::arg("nz_ratio"), py::arg("topk"), py::arg("last_block_dense"));
+
+  m.def("seer_ground_truth", [](const FArr& q, const FArr& k, int block_size, double scale) {
+    const AttnShape s = qkv_shape(q, k, nullptr);
+    if (block_size < 1) throw py::value_error("block_size must be >= 1");
+    const int nb = ceil_div(s.Nq, block_size);
+    FArr target({s.B, s.Hq, nb, ceil_div(s.Nk, block_size)});
+    AttnArgs a = make_args(q, k, nullptr, s, true, scale);
+    float* tp = target.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      seer_ground_truth(a, block_size, tp);
+    }
+    return target;
+  }, py::arg("q"), py::arg("k"), py::arg("block_size"), py::arg("scale"));
 
   m.def("max_threads", []() { return omp_get_max_threads(); });
 }

@@ -35,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode (Nq = 1) against these key lengths")
     p.add_argument("--memory", type=int, nargs="*", default=[], metavar="N",
                    help="peak memory of dense and block-sparse calls at these N (subprocesses)")
+    p.add_argument("--methods", nargs="*", default=[], metavar="NAME",
+                   help="end-to-end methods on the synthetic structured workload (B=1, Hq, Hkv, D=128)")
+    p.add_argument("--method-n", type=int, nargs="*", default=[16384, 32768], metavar="N",
+                   help="sequence lengths for --methods")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+                   help="method parameters for --methods")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
@@ -96,6 +102,42 @@ else:
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print((peak - base) / 1024.0)
 """
+
+
+def _bench_methods(args, torch) -> List[Dict[str, Any]]:
+    """Estimate cost, end-to-end time, density and recall of methods against dense and SDPA."""
+    import spattn
+    from .__main__ import _parse_sets
+
+    params = _parse_sets(args.set)
+    rows: List[Dict[str, Any]] = []
+    print(f"\n== methods on the synthetic structured workload (B=1, Hq={args.hq}, Hkv={args.hkv}, D=128, causal)")
+    print(f"{'method':<12}{'N':>6}{'density':>9}{'recall':>8}{'estimate s':>11}{'est/dense':>10}"
+          f"{'total s':>9}{'dense s':>9}{'speedup':>9}{'vs torch':>9}")
+    for N in args.method_n:
+        w = spattn.synthetic.structured_qkv(B=1, Hq=args.hq, Hkv=args.hkv, N=N, D=128, seed=0)
+        dense_s = _best(lambda: spattn.attention(w.q, w.k, w.v, causal=True), 1)
+        torch_s = _best(_torch_sdpa(torch, w.q, w.k, w.v, True), 1) if torch is not None else None
+        for name in args.methods:
+            m = spattn.methods.get(name, **params.get(name, {}))
+            est_s = _best(lambda: m.estimate(w.q, w.k, causal=True), args.repeats)
+            mask = m.estimate(w.q, w.k, causal=True)
+            tot_s = _best(lambda: m(w.q, w.k, w.v, causal=True), 1)
+            dens = float(np.mean(mask.density(causal=True)))
+            rec = float(np.nanmean(spattn.metrics.recall(w.q, w.k, mask, causal=True)))
+            row = {"method": name, "params": dict(m.params), "N": N, "density": dens, "recall": rec,
+                   "estimate_s": est_s, "estimate_share_of_dense": est_s / dense_s, "total_s": tot_s,
+                   "dense_s": dense_s, "speedup_vs_dense": dense_s / tot_s,
+                   "torch_s": torch_s, "speedup_vs_torch": (torch_s / tot_s) if torch_s else None}
+            info = getattr(m, "last_info", {})
+            if "pattern" in info:
+                kinds, counts = np.unique(info["pattern"], return_counts=True)
+                row["patterns"] = {str(kd): int(c) for kd, c in zip(kinds, counts)}
+            rows.append(row)
+            print(f"{name:<12}{N:>6}{dens:>9.3f}{rec:>8.3f}{est_s:>11.4f}{est_s / dense_s:>9.1%}"
+                  f"{tot_s:>9.3f}{dense_s:>9.3f}{dense_s / tot_s:>8.2f}x"
+                  + (f"{torch_s / tot_s:>8.2f}x" if torch_s else ""))
+    return rows
 
 
 def run(args) -> int:
@@ -173,6 +215,8 @@ def run(args) -> int:
                 out_mb = 8 * N * 128 * 4 / 2**20
                 print(f"N={N:>6} {kind:<13} +{mb:8.1f} MB incl. output of {out_mb:.1f} MB (an N x N fp32 "
                       f"score matrix per head would be {N * N * 4 / 2**20:.0f} MB)")
+    if args.methods:
+        results["methods"] = _bench_methods(args, torch)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -250,3 +250,89 @@ class FlexPrefill(Method):
         self.last_info = {"pattern": np.array(self.PATTERNS, dtype=object)[pattern].astype(str),
                           "js": js, "n_vertical": nv, "n_slash": ns}
         return BlockMask(blocks, p["block_size"], p["block_size"], Nq, Nk)
+
+
+@register
+class SeerAttention(Method):
+    """SeerAttention: a learned block gate (AttnGate) predicts the block mask.
+
+    Gao et al., "SeerAttention: Learning Intrinsic Sparse Attention in Your LLMs", 2024; follows
+    microsoft/SeerAttention's prefill gate (see :mod:`spattn.seer` for the gate, its ground truth
+    and its training). Train a gate with :func:`spattn.seer.train_gate`, or load one with
+    :func:`spattn.seer.load_gates`.
+
+    Parameters
+    ----------
+    gate : spattn.seer.SeerGate, optional
+        The layer's gate. Default None: a fresh, *untrained* gate (normal(0, 0.02) weights,
+        seed ``seed``) sized from the inputs; useful only as a baseline.
+    threshold : float, default 5e-4
+        Keep blocks whose gate score is strictly above it (the README's example value; the
+        official code's default is 0.0, its docstring says 2e-3). Used when neither
+        ``nz_ratio`` nor ``topk`` is given.
+    nz_ratio : float, optional
+        Official top-k mode: every row keeps ``int((1 - sqrt(1 - nz_ratio)) * nb)`` blocks (>= 1),
+        so the causal density is about nz_ratio.
+    topk : int, optional
+        Every row keeps this many blocks.
+    last_block_dense : bool, default True
+        Keep the last two query-block rows whole (official default).
+    seed : int, default 0
+        Seed of the untrained default gate.
+
+    Nothing else is forced (no diagonal or sink block), as in the official code. Causal prefill
+    only (Nq == Nk); decode (Nq == 1) runs dense, as the official gate returns no mask there.
+    After ``estimate``, ``last_info["scores"]`` holds the gate scores (B, Hq, nb, nb).
+    """
+
+    name = "seerattention"
+    paper = "Gao et al., SeerAttention: Learning Intrinsic Sparse Attention in Your LLMs, 2024"
+    pattern = "learned block gate (threshold or top-k per row)"
+    defaults = {"gate": None, "threshold": 5e-4, "nz_ratio": None, "topk": None, "last_block_dense": True, "seed": 0}
+    supports_noncausal = False
+
+    def _check_params(self) -> None:
+        from .seer import SeerGate
+
+        p = self.params
+        if p["gate"] is not None and not isinstance(p["gate"], SeerGate):
+            raise TypeError(f"gate must be a spattn.seer.SeerGate, got {type(p['gate']).__name__}")
+        if p["nz_ratio"] is not None and p["topk"] is not None:
+            raise ValueError("give at most one of nz_ratio and topk")
+        if p["nz_ratio"] is not None and not 0 < float(p["nz_ratio"]) <= 1:
+            raise ValueError(f"nz_ratio must be in (0, 1], got {p['nz_ratio']!r}")
+        if p["topk"] is not None:
+            check_positive_int(p["topk"], "topk")
+        if not float(p["threshold"]) >= 0:
+            raise ValueError(f"threshold must be >= 0, got {p['threshold']!r}")
+
+    def gate_for(self, q, k):
+        from .seer import SeerGate
+
+        g = self.params["gate"]
+        if g is None:
+            g = SeerGate.init(q.shape[3], q.shape[1], k.shape[1], seed=self.params["seed"])
+        if g.wk.shape[0] not in (q.shape[1], k.shape[1]) or g.head_dim != q.shape[3]:
+            raise ValueError(f"gate (wk {g.wk.shape}) does not fit q {q.shape} / k {k.shape}")
+        return g
+
+    def estimate(self, q, k, *, causal=False, scale=None) -> BlockMask:
+        q, k, _ = check_qkv(q, k)
+        if not causal:
+            raise ValueError("seerattention's prefill gate is causal; call it with causal=True")
+        B, Hq, Nq, _ = q.shape
+        Nk = k.shape[2]
+        g = self.gate_for(q, k)
+        bs = g.block_size
+        if Nq == 1:
+            self.last_info = {"scores": None}
+            return BlockMask.full(B, Hq, Nq, Nk, bs, bs)
+        if Nq != Nk:
+            raise ValueError(f"seerattention needs Nq == Nk (prefill) or Nq == 1; got Nq={Nq}, Nk={Nk}")
+        scores = g.scores(q, k)
+        p = self.params
+        mode = "nz_ratio" if p["nz_ratio"] is not None else "topk" if p["topk"] is not None else "threshold"
+        blocks = _core.seer_select(scores, Nq, bs, mode, float(p["threshold"]),
+                                   float(p["nz_ratio"] or 0.1), int(p["topk"] or 1), bool(p["last_block_dense"]))
+        self.last_info = {"scores": scores}
+        return BlockMask(blocks, bs, bs, Nq, Nk)

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "spattn/masks.hpp"
+#include "spattn/selection.hpp"
 #include "spattn/tensor.hpp"
 
 namespace spattn {
@@ -60,5 +61,47 @@ struct FlexPrefillInfo {
 // Causal prefill (Nq == Nk) or decode (Nq == 1, dense). Mask per query head (H = Hq), square
 // blocks of block_size. Throws std::invalid_argument for other shapes.
 BlockMask estimate_flexprefill(const AttnArgs& qk, const FlexPrefillParams& p, FlexPrefillInfo* info);
+
+}  // namespace spattn
+
+namespace spattn {
+
+// SeerAttention prefill AttnGate (Gao et al., "SeerAttention: Learning Intrinsic Sparse
+// Attention in Your LLMs", 2024), following microsoft/SeerAttention's prefill gate:
+// pool q and k per block (q: the `q_pool` kinds, k: the `k_pool` kinds, channels concatenated
+// in the order max, min, avg), project per head without bias (q: identity when wq is null),
+// rotate-half RoPE at block-start positions, scores (Qg . Kg^T) / sqrt(hidden) with the causal
+// block mask, softmax per query-block row.
+struct SeerGate {
+  int hidden = 0;               // gate hidden size
+  std::vector<PoolKind> q_pool; // e.g. {Avg}
+  std::vector<PoolKind> k_pool; // e.g. {Max, Min, Avg}
+  const float* wq = nullptr;    // (Hq, |q_pool| * D, hidden) or null = identity (|q_pool| == 1, hidden == D)
+  const float* wk = nullptr;    // (Hw, |k_pool| * D, hidden), Hw = Hq (per query head) or Hkv
+  int wk_heads = 0;
+  float rope_theta = 10000.f;   // <= 0 disables the gate RoPE
+};
+
+enum class SeerSelect { Threshold, NzRatio, TopK };
+
+struct SeerParams {
+  int block_size = 64;
+  SeerSelect mode = SeerSelect::Threshold;
+  float threshold = 5e-4f;      // keep blocks with gate score > threshold (strict)
+  float nz_ratio = 0.1f;        // rows keep int((1 - sqrt(1 - r)) * nb) blocks (>= 1)
+  int topk = 8;                 // rows keep this many blocks
+  bool last_block_dense = true; // last two query-block rows fully kept (official default)
+};
+
+// Gate scores (B, Hq, nb, nb): softmax per query-block row, 0 above the block diagonal.
+// Needs Nq == Nk. `scores` has B*Hq*nb*nb floats.
+void seer_gate_scores(const AttnArgs& qk, const SeerGate& gate, int block_size, float* scores);
+
+// Block selection from gate scores (threshold / nz_ratio / topk, last rows dense, causal cut).
+BlockMask seer_select(const float* scores, int B, int Hq, int n, const SeerParams& p);
+
+// Training target: exact attention max-pooled per (q block, kv block) with the final row
+// statistics, each query-block row normalised to sum to 1 (rows with no mass stay 0).
+void seer_ground_truth(const AttnArgs& qk, int block_size, float* target);
 
 }  // namespace spattn

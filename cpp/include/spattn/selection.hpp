@@ -24,6 +24,13 @@ void softmax_inplace(float* x, int n);
 // the last, partial block is averaged over its real length.
 std::vector<float> mean_pool_rows(const float* x, int n, int d, int block);
 
+enum class PoolKind { Max, Min, Avg };
+
+// Max / min / mean of each block of `block` consecutive rows of x (n x d, row-major) ->
+// (ceil(n/block) x d), written with row stride `ld_out` starting at `out`; the last partial
+// block is pooled over its real rows only.
+void pool_rows(const float* x, int n, int d, int block, PoolKind kind, float* out, int ld_out);
+
 // Jensen-Shannon divergence (natural log) between two distributions of length n.
 double js_divergence(const float* p, const float* q, int n);
 

@@ -68,6 +68,27 @@ std::vector<float> mean_pool_rows(const float* x, int n, int d, int block) {
   return out;
 }
 
+void pool_rows(const float* x, int n, int d, int block, PoolKind kind, float* out, int ld_out) {
+  const int nb = (n + block - 1) / block;
+  for (int b = 0; b < nb; ++b) {
+    const int r0 = b * block, r1 = std::min(n, r0 + block);
+    float* o = out + size_t(b) * ld_out;
+    std::copy(x + size_t(r0) * d, x + size_t(r0) * d + d, o);
+    for (int r = r0 + 1; r < r1; ++r) {
+      const float* row = x + size_t(r) * d;
+      for (int c = 0; c < d; ++c) {
+        if (kind == PoolKind::Max) o[c] = std::max(o[c], row[c]);
+        else if (kind == PoolKind::Min) o[c] = std::min(o[c], row[c]);
+        else o[c] += row[c];
+      }
+    }
+    if (kind == PoolKind::Avg) {
+      const float inv = 1.f / float(r1 - r0);
+      for (int c = 0; c < d; ++c) o[c] *= inv;
+    }
+  }
+}
+
 double js_divergence(const float* p, const float* q, int n) {
   double kl_pm = 0.0, kl_qm = 0.0;
   for (int i = 0; i < n; ++i) {
