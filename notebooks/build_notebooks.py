@@ -79,5 +79,50 @@ flexprefill = [
         "print('relative error vs dense:', spattn.metrics.relative_error(out, spattn.attention(w.q, w.k, w.v, causal=True)))"),
 ]
 
+seerattention = [
+    nbf.v4.new_markdown_cell(
+        "# SeerAttention: train a block gate on CPU\n\nGao et al. 2024. The gate pools q and k per "
+        "block, projects and scores them; it is trained to match the max-pooled exact attention "
+        "(the ground truth, computed flash-style in C++) with the official KL loss."),
+    nbf.v4.new_code_cell(
+        "import numpy as np\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport spattn\nfrom spattn import seer\n"
+        "train = [tuple(spattn.synthetic.structured_qkv(Hq=6, Hkv=2, N=2048, D=64, seed=s))[:2] for s in range(1, 5)]\n"
+        "test = spattn.synthetic.structured_qkv(Hq=6, Hkv=2, N=2048, D=64, seed=0)  # held out\n"
+        "res = seer.train_gate(train, steps=300, seed=0)\n"
+        "plt.figure(figsize=(5, 3)); plt.plot(res.losses); plt.yscale('log'); plt.xlabel('step'); plt.ylabel('KL loss x 10')"),
+    nbf.v4.new_code_cell(
+        "gt = seer.ground_truth(test.q, test.k, 64)\nscores = res.gate.scores(test.q, test.k)\n"
+        "fig, axes = plt.subplots(2, 6, figsize=(20, 7))\n"
+        "for h in range(6):\n"
+        "    axes[0, h].imshow(gt[0, h] ** 0.5, cmap='magma'); axes[0, h].set_title(f'ground truth h{h} ({test.head_kinds[h]})')\n"
+        "    axes[1, h].imshow(scores[0, h] ** 0.5, cmap='magma'); axes[1, h].set_title(f'trained gate h{h}')\n"
+        "fig.tight_layout()"),
+    nbf.v4.new_code_cell(
+        "ratios = [0.05, 0.1, 0.2, 0.3, 0.5]\ncurves = {}\n"
+        "for label, g in (('untrained gate', None), ('trained gate', res.gate)):\n"
+        "    pts = []\n"
+        "    for r in ratios:\n"
+        "        m = spattn.methods.get('seerattention', gate=g, nz_ratio=r).estimate(test.q, test.k, causal=True)\n"
+        "        pts.append((m.density(causal=True).mean(), spattn.metrics.recall(test.q, test.k, m, causal=True).mean()))\n"
+        "    curves[label] = pts\n"
+        "pts = []\n"
+        "for gamma in (0.5, 0.7, 0.8, 0.9, 0.95, 0.99):\n"
+        "    m = spattn.methods.get('oracle_topk', gamma=gamma).estimate(test.q, test.k, causal=True)\n"
+        "    pts.append((m.density(causal=True).mean(), spattn.metrics.recall(test.q, test.k, m, causal=True).mean()))\n"
+        "curves['oracle_topk'] = pts\n"
+        "plt.figure(figsize=(5, 4))\n"
+        "for label, p in curves.items():\n"
+        "    p = np.array(p); plt.plot(p[:, 0], p[:, 1], 'o-', label=label)\n"
+        "plt.xlabel('density'); plt.ylabel('recall'); plt.legend()\n"
+        "for label, p in curves.items(): print(label, np.round(p, 3).tolist())"),
+    nbf.v4.new_code_cell(
+        "import tempfile, os\npath = os.path.join(tempfile.mkdtemp(), 'gates.npz')\n"
+        "seer.save_gates(path, [res.gate])\ngate = seer.load_gates(path)[0]\n"
+        "m = spattn.methods.get('seerattention', gate=gate, nz_ratio=0.1)\n"
+        "out = m(test.q, test.k, test.v, causal=True)\n"
+        "print('relative error at ~90% sparsity:', spattn.metrics.relative_error(out, spattn.attention(test.q, test.k, test.v, causal=True)))"),
+]
+
 write("quickstart.ipynb", quickstart)
+write("seerattention.ipynb", seerattention)
 write("flexprefill.ipynb", flexprefill)

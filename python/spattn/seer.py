@@ -343,3 +343,16 @@ def _with_params(gate: SeerGate, params: List[np.ndarray]) -> SeerGate:
     g.wk = params[0]
     g.wq = params[1] if len(params) > 1 else None
     return g
+
+
+def train_synthetic_gate(Hq: int = 8, Hkv: int = 2, D: int = 128, *, N: int = 4096, seeds: Sequence[int] = (1, 2, 3),
+                         steps: int = 200, progress: bool = False, **kwargs) -> TrainResult:
+    """Train a gate on synthetic inputs of the default synthetic "model" (``model_seed=0``).
+
+    The demo and benchmark use it to evaluate SeerAttention on a *held-out* input (seed 0)
+    with a gate that never saw it. Extra keyword arguments go to :func:`train_gate`.
+    """
+    from .synthetic import structured_qkv
+
+    data = [tuple(structured_qkv(B=1, Hq=Hq, Hkv=Hkv, N=N, D=D, seed=s))[:2] for s in seeds]
+    return train_gate(data, steps=steps, progress=progress, **kwargs)
