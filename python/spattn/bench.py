@@ -85,8 +85,10 @@ def _torch_sdpa(torch, q, k, v, causal: bool):
             qt, kt, vt, is_causal=causal, enable_gqa=qt.shape[1] != kt.shape[1])
 
 
+# Peak resident memory from /proc (VmHWM): getrusage's ru_maxrss survives execve, so a child
+# would inherit the benchmark process's own peak.
 _MEMORY_SCRIPT = r"""
-import resource, sys, numpy as np, spattn
+import sys, numpy as np, spattn
 from spattn.bench import random_block_mask
 kind, N, D = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
@@ -94,13 +96,16 @@ q = rng.standard_normal((1, 8, N, D), dtype=np.float32)
 k = rng.standard_normal((1, 2, N, D), dtype=np.float32)
 v = rng.standard_normal((1, 2, N, D), dtype=np.float32)
 mask = random_block_mask(1, 8, N, N, 64, 0.1, True) if kind == "block_sparse" else None
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1])
+base = status("VmHWM")
 if kind == "dense":
     spattn.attention(q, k, v, causal=True)
 else:
     spattn.block_sparse_attention(q, k, v, mask, causal=True)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((peak - base) / 1024.0)
+print((status("VmHWM") - base) / 1024.0)
 """
 
 
