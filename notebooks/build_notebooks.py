@@ -92,10 +92,12 @@ seerattention = [
         "plt.figure(figsize=(5, 3)); plt.plot(res.losses); plt.yscale('log'); plt.xlabel('step'); plt.ylabel('KL loss x 10')"),
     nbf.v4.new_code_cell(
         "gt = seer.ground_truth(test.q, test.k, 64)\nscores = res.gate.scores(test.q, test.k)\n"
-        "fig, axes = plt.subplots(2, 6, figsize=(20, 7))\n"
+        "mask = spattn.methods.get('seerattention', gate=res.gate, nz_ratio=0.1).estimate(test.q, test.k, causal=True)\n"
+        "fig, axes = plt.subplots(3, 6, figsize=(20, 10))\n"
         "for h in range(6):\n"
         "    axes[0, h].imshow(gt[0, h] ** 0.5, cmap='magma'); axes[0, h].set_title(f'ground truth h{h} ({test.head_kinds[h]})')\n"
         "    axes[1, h].imshow(scores[0, h] ** 0.5, cmap='magma'); axes[1, h].set_title(f'trained gate h{h}')\n"
+        "    mask.plot(h=h, ax=axes[2, h], causal=True, title=f'gate mask h{h} (nz_ratio 0.1)')\n"
         "fig.tight_layout()"),
     nbf.v4.new_code_cell(
         "ratios = [0.05, 0.1, 0.2, 0.3, 0.5]\ncurves = {}\n"

@@ -22,7 +22,13 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseTest, ::testing::Values(
     DenseCase{1, 4, 1, 300, 300, 128, 128, true},  // GQA 4
     DenseCase{1, 4, 4, 1, 517, 128, 64, true},     // decode, Dv != D
     DenseCase{1, 2, 2, 200, 77, 64, 64, true},     // Nq > Nk: first rows empty
-    DenseCase{1, 2, 1, 257, 513, 80, 80, false}));
+    DenseCase{1, 2, 1, 257, 513, 80, 80, false}),
+    [](const ::testing::TestParamInfo<DenseCase>& i) {
+      const DenseCase& c = i.param;
+      return "B" + std::to_string(c.B) + "Hq" + std::to_string(c.Hq) + "Hkv" + std::to_string(c.Hkv) + "Nq" +
+             std::to_string(c.Nq) + "Nk" + std::to_string(c.Nk) + "D" + std::to_string(c.D) + "Dv" +
+             std::to_string(c.Dv) + (c.causal ? "causal" : "full");
+    });
 
 TEST(Dense, EmptyRowsGiveZeroOutputAndNegInfLse) {
   Problem p(1, 1, 1, 10, 4, 64, 64, true);  // rows 0..5 see no key

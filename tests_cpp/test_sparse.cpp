@@ -32,7 +32,13 @@ INSTANTIATE_TEST_SUITE_P(Shapes, BlockSparseTest, ::testing::Values(
     SparseCase{2, 4, 2, 100, 333, 80, 32, 64, true, true},     // Nq < Nk causal, GQA, shared
     SparseCase{1, 4, 1, 1, 700, 128, 64, 128, true, false},    // decode
     SparseCase{1, 2, 2, 257, 257, 128, 128, 16, false, false},
-    SparseCase{1, 8, 2, 300, 300, 64, 64, 64, true, true}));
+    SparseCase{1, 8, 2, 300, 300, 64, 64, 64, true, true}),
+    [](const ::testing::TestParamInfo<SparseCase>& i) {
+      const SparseCase& c = i.param;
+      return "Hq" + std::to_string(c.Hq) + "Hkv" + std::to_string(c.Hkv) + "Nq" + std::to_string(c.Nq) + "Nk" +
+             std::to_string(c.Nk) + "D" + std::to_string(c.D) + "bq" + std::to_string(c.bq) + "bk" +
+             std::to_string(c.bk) + (c.causal ? "causal" : "full") + (c.shared ? "shared" : "perhead");
+    });
 
 TEST(BlockSparse, FullMaskEqualsDense) {
   Problem p(1, 4, 2, 201, 201, 64, 64, true);
@@ -75,7 +81,13 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TokenSparseTest, ::testing::Values(
     TokenCase{1, 2, 1, 1, 1000, 128, 1, 300, true},     // decode
     TokenCase{2, 4, 2, 37, 100, 64, 1, 17, true},
     TokenCase{1, 4, 4, 130, 130, 80, 64, 40, true},     // per q-block groups
-    TokenCase{1, 2, 1, 50, 600, 64, 7, 600, false}));   // more than one key tile
+    TokenCase{1, 2, 1, 50, 600, 64, 7, 600, false}),    // more than one key tile
+    [](const ::testing::TestParamInfo<TokenCase>& i) {
+      const TokenCase& c = i.param;
+      return "Hq" + std::to_string(c.Hq) + "Hkv" + std::to_string(c.Hkv) + "Nq" + std::to_string(c.Nq) + "Nk" +
+             std::to_string(c.Nk) + "D" + std::to_string(c.D) + "group" + std::to_string(c.group) + "K" +
+             std::to_string(c.K) + (c.causal ? "causal" : "full");
+    });
 
 TEST(TokenSparse, RejectsOutOfRangeIndex) {
   Problem p(1, 1, 1, 4, 10, 64, 64, false);

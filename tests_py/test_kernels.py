@@ -109,3 +109,20 @@ def test_float64_and_strided_inputs_are_converted():
     np.testing.assert_allclose(out, spattn.attention(q, k, v, causal=True), atol=1e-6)
     half = spattn.attention(q.astype(np.float16), k, v)
     assert half.dtype == np.float32
+
+
+# Property test over random small shapes (hypothesis): dense and block-sparse agree with float64.
+from hypothesis import given, settings, strategies as st
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(1, 2), Hkv=st.integers(1, 2), G=st.sampled_from([1, 2, 4]), Nq=st.integers(1, 90),
+       Nk=st.integers(1, 90), D=st.sampled_from([8, 64, 80]), causal=st.booleans(), seed=st.integers(0, 10**6))
+def test_dense_and_block_sparse_property(B, Hkv, G, Nq, Nk, D, causal, seed):
+    q, k, v = make_qkv(B, Hkv * G, Hkv, Nq, Nk, D, seed=seed)
+    assert_matches(*spattn.attention(q, k, v, causal=causal, return_lse=True), *ref_attention(q, k, v, causal=causal))
+    rng = np.random.default_rng(seed)
+    bs = int(rng.integers(1, 40))
+    mask = spattn.BlockMask(rng.random((B, 1, -(-Nq // bs), -(-Nk // bs))) < 0.5, bs, bs, Nq, Nk)
+    got = spattn.block_sparse_attention(q, k, v, mask, causal=causal, return_lse=True)
+    assert_matches(*got, *ref_attention(q, k, v, causal=causal, allowed=mask.to_dense()))
