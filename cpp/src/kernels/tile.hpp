@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "microkernel.hpp"
 #include "spattn/tensor.hpp"
 
 namespace spattn::detail {
@@ -24,8 +25,9 @@ using ArrMap = Eigen::Map<Eigen::ArrayXf>;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Key tile width used by the kernels; tuned with `python -m spattn bench` (see README).
-// Key tile width and stacked query rows per work item, tuned with `python -m spattn bench` on the
-// 2-core Zen 4 machine (bk 128/256/512 x rows 128/256 at N = 8192, D = 128: 256 x 256 was best).
+// Key tile width and stacked query rows per work item, tuned on the 2-core Zen 4 machine with the
+// AVX-512 micro-kernels (N = 8192/16384, D = 64/128): rows 256 with bk 128 or 256 within noise
+// (~175 GFLOP/s at D = 128), bk 64 or rows 512 clearly slower.
 constexpr int kKeyTile = 256;
 constexpr int kRowsTarget = 256;
 
@@ -38,12 +40,13 @@ using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
 struct TileScratch {
   int max_rows = 0, d = 0, dv = 0, bk = 0;
   AlignedFloats q, s, acc, m, l;
+  AlignedFloats kt;       // K tile packed transposed (d x bk rounded up to 16), micro-kernel path
   std::vector<int> qlim;  // largest visible key position of each row (causal)
 
   TileScratch(int max_rows_, int d_, int dv_, int bk_)
       : max_rows(max_rows_), d(d_), dv(dv_), bk(bk_),
         q(size_t(max_rows_) * d_), s(size_t(max_rows_) * bk_), acc(size_t(max_rows_) * dv_),
-        m(max_rows_), l(max_rows_), qlim(max_rows_) {}
+        m(max_rows_), l(max_rows_), kt(size_t(d_) * ((bk_ + 15) / 16 * 16 + 16)), qlim(max_rows_) {}
 
   void reset(int rows) {
     std::fill(m.begin(), m.begin() + rows, kNegInf);
@@ -70,8 +73,14 @@ struct TileScratch {
 inline void tile_update(TileScratch& t, int rows, const float* k, long ldk, const float* v,
                         long ldv, int cols, int k0, const int* kpos, bool masked) {
   float* S = t.s.data();
+#ifdef SPATTN_HAVE_MICROKERNEL
+  const int ldkt = (cols + 15) / 16 * 16 + 16;  // +16: a power-of-two stride aliases in L1
+  mk::pack_kt(k, ldk, cols, t.d, t.kt.data(), ldkt);
+  mk::gemm_qk(t.q.data(), rows, t.d, t.kt.data(), ldkt, cols, S, cols);
+#else
   MMap Sm(S, rows, cols, Stride(cols));
   Sm.noalias() = CMap(t.q.data(), rows, t.d, Stride(t.d)) * CMap(k, cols, t.d, Stride(ldk)).transpose();
+#endif
   for (int r = 0; r < rows; ++r) {
     float* srow = S + size_t(r) * cols;
     int ncols = cols;  // contiguous keys: visible prefix length
@@ -109,8 +118,12 @@ inline void tile_update(TileScratch& t, int rows, const float* k, long ldk, cons
     }
   }
   if (t.dv > 0) {
+#ifdef SPATTN_HAVE_MICROKERNEL
+    mk::gemm_pv(S, rows, cols, v, ldv, cols, t.dv, t.acc.data());
+#else
     MMap(t.acc.data(), rows, t.dv, Stride(t.dv)).noalias() +=
         CMap(S, rows, cols, Stride(cols)) * CMap(v, cols, t.dv, Stride(ldv));
+#endif
   }
 }
 
