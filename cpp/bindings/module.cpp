@@ -293,5 +293,40 @@ PYBIND11_MODULE(_core, m) {
     return target;
   }, py::arg("q"), py::arg("k"), py::arg("block_size"), py::arg("scale"));
 
+  m.def("sea_estimate", [](const FArr& q, const FArr& k, const FArr& features, bool causal, double scale, int width) {
+    const AttnShape s = qkv_shape(q, k, nullptr);
+    need_ndim(features, 2, "features");
+    if (features.shape(1) != s.D) throw py::value_error("features must have shape (m, D)");
+    if (width < 1) throw py::value_error("compressed_width must be >= 1");
+    SeaParams p;
+    p.width = width;
+    FArr est({s.B, s.Hq, s.Nq, width});
+    AttnArgs a = make_args(q, k, nullptr, s, causal, scale);
+    float* ep = est.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      sea_estimate(a, features.data(), int(features.shape(0)), p, ep);
+    }
+    return est;
+  }, py::arg("q"), py::arg("k"), py::arg("features"), py::arg("causal"), py::arg("scale"), py::arg("width"));
+
+  m.def("sea_select", [](const FArr& est, int Hkv, int Nk, bool causal, int k) {
+    need_ndim(est, 4, "est");
+    AttnShape s;
+    s.B = int(est.shape(0)); s.Hq = int(est.shape(1)); s.Nq = int(est.shape(2)); s.Nk = Nk; s.Hkv = Hkv; s.D = 1;
+    SeaParams p;
+    p.width = int(est.shape(3)); p.k = k;
+    if (k < 1) throw py::value_error("k must be >= 1");
+    int kmax = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = sea_select(est.data(), s, causal, p, &kmax);
+    }
+    py::array_t<int32_t> out({s.B, s.Hq, s.Nq, kmax});
+    std::memcpy(out.mutable_data(), idx.data(), idx.size() * sizeof(int32_t));
+    return out;
+  }, py::arg("est"), py::arg("Hkv"), py::arg("Nk"), py::arg("causal"), py::arg("k"));
+
   m.def("max_threads", []() { return omp_get_max_threads(); });
 }

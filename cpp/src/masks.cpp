@@ -29,11 +29,20 @@ void TokenIndicesView::check_against(const AttnShape& s) const {
   if (B != s.B || H != s.Hq || G != eg || K < 0)
     throw std::invalid_argument("spattn: indices must have shape " + dims(s.B, s.Hq, eg, K) +
                                 ", got " + dims(B, H, G, K));
-  const size_t n = size_t(B) * H * G * K;
-  for (size_t t = 0; t < n; ++t)
-    if (indices[t] < -1 || indices[t] >= s.Nk)
-      throw std::invalid_argument("spattn: index " + std::to_string(indices[t]) +
-                                  " out of range [-1, " + std::to_string(s.Nk) + ")");
+  const size_t rows = size_t(B) * H * G;
+  for (size_t r = 0; r < rows; ++r) {
+    int last = -1;
+    for (int c = 0; c < K; ++c) {
+      const int j = indices[r * K + c];
+      if (j < -1 || j >= s.Nk)
+        throw std::invalid_argument("spattn: index " + std::to_string(j) + " out of range [-1, " +
+                                    std::to_string(s.Nk) + ")");
+      if (j < 0) continue;
+      if (j <= last)  // the kernels rely on ascending positions (causal prefix, gathers)
+        throw std::invalid_argument("spattn: indices of a row must be strictly increasing (-1 = unused)");
+      last = j;
+    }
+  }
 }
 
 }  // namespace spattn

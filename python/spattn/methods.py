@@ -336,3 +336,84 @@ class SeerAttention(Method):
                                    float(p["nz_ratio"] or 0.1), int(p["topk"] or 1), bool(p["last_block_dense"]))
         self.last_info = {"scores": scores}
         return BlockMask(blocks, bs, bs, Nq, Nk)
+
+
+def orthogonal_features(m: int, d: int, seed: int = 0) -> np.ndarray:
+    """Performer's orthogonal random features (m x d): stacked d x d orthogonal blocks (QR of
+    Gaussian matrices), each row rescaled by the norm of an independent Gaussian vector."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for _ in range(-(-m // d)):
+        qmat, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        blocks.append(qmat.T)
+    w = np.concatenate(blocks, axis=0)[:m]
+    return (w * np.linalg.norm(rng.standard_normal((m, d)), axis=1)[:, None]).astype(np.float32)
+
+
+@register
+class SEA(Method):
+    """SEA: sparse attention with an attention mask estimated by linear attention (training-free).
+
+    Lee et al., "SEA: Sparse Linear Attention with Estimated Attention Mask", ICLR 2024; follows
+    gmlwns2000/sea-attention for the compressed grid, the top-k budget and the expansion:
+
+    1. Each query's attention row is estimated in a compressed key space of ``compressed_width``
+       columns; column c of query i covers keys [round(c L_i / W), round((c+1) L_i / W)) of its
+       visible prefix L_i (the official per-query grid). The estimate is kernel-based linear
+       attention with FAVOR+ positive orthogonal random features (``nb_features`` of them,
+       seeded), whose "values" are the column indicators: linear in N, no N x N buffer.
+    2. Top-k grouped over heads, as the official causal code: per query, the heads' compressed
+       rows are concatenated and the top ``round(H k W / L_i)`` entries (clamped to [1, H W],
+       ties to the lower index) kept, so peaky heads take more columns.
+    3. Each kept column expands to its key range, capped at ``k`` keys (the last k of the range);
+       queries whose prefix is at most k keys stay dense.
+    4. Sparse attention (softmax over the selected keys) runs on the resulting TokenIndices.
+
+    Parameters
+    ----------
+    k : int, default 64
+        Average keys per query per head (the official ``k``; OPT experiments: 64).
+    compressed_width : int, default 128
+        Width W of the compressed key space (official config default 128; OPT runs 256).
+    nb_features : int or None, default None
+        Random features m; None: int(D ln D), the official ``nb_features`` with nbf = 1.
+    seed : int, default 0
+        Seed of the random features.
+
+    Notes
+    -----
+    Deviation: the paper refines the linear-attention output with a learned encoder and CNN
+    decoder (trained by distillation) before the top-k, and gates the sparse output with learned
+    scalers; this estimator is the training-free path (no learned parts) and uses softmax-kernel
+    features (the official causal model uses ReLU features, meaningful only with its decoder).
+    ``last_info["estimate"]`` holds the compressed estimate (B, Hq, Nq, W) for plotting.
+    """
+
+    name = "sea"
+    paper = "Lee et al., SEA: Sparse Linear Attention with Estimated Attention Mask, ICLR 2024"
+    pattern = "top-k per query of a linear-attention estimate (token level)"
+    defaults = {"k": 64, "compressed_width": 128, "nb_features": None, "seed": 0}
+
+    def _check_params(self) -> None:
+        p = self.params
+        check_positive_int(p["k"], "k")
+        check_positive_int(p["compressed_width"], "compressed_width")
+        if p["nb_features"] is not None:
+            check_positive_int(p["nb_features"], "nb_features")
+
+    def features(self, D: int) -> np.ndarray:
+        m = self.params["nb_features"] or max(1, int(D * np.log(D)))
+        return orthogonal_features(m, D, self.params["seed"])
+
+    def compressed_estimate(self, q, k, *, causal=False, scale=None) -> np.ndarray:
+        """The compressed estimated attention (B, Hq, Nq, compressed_width); rows sum to 1."""
+        q, k, _ = check_qkv(q, k)
+        return _core.sea_estimate(q, k, self.features(q.shape[3]), bool(causal),
+                                  check_scale(scale, q.shape[3]), self.params["compressed_width"])
+
+    def estimate(self, q, k, *, causal=False, scale=None) -> TokenIndices:
+        q, k, _ = check_qkv(q, k)
+        est = self.compressed_estimate(q, k, causal=causal, scale=scale)
+        idx = _core.sea_select(est, k.shape[1], k.shape[2], bool(causal), self.params["k"])
+        self.last_info = {"estimate": est}
+        return TokenIndices(idx, 1, k.shape[2])

@@ -1,8 +1,8 @@
 // Mask formats shared by estimators and kernels (see DESIGN.md, "Mask formats").
 //
 // BlockMask: boolean map (B, H, nqb, nkb) of block_q x block_k tiles, H = Hq or 1.
-// TokenIndices: int32 (B, Hq, G, K) sorted key positions per group of `group_size`
-// consecutive queries, -1 marks an unused slot.
+// TokenIndices: int32 (B, Hq, G, K) key positions per group of `group_size` consecutive
+// queries, strictly increasing within a row, -1 marks an unused slot.
 #pragma once
 
 #include <cstdint>

@@ -25,6 +25,8 @@ void dense_attention(const AttnArgs& a) {
   const int off = s.causal_offset();
   const float scale = a.effective_scale();
 
+  const detail::TransposedK kt(a);
+
 #pragma omp parallel
   {
     detail::TileScratch t(G * bq, s.D, s.Dv, detail::kKeyTile);
@@ -39,9 +41,8 @@ void dense_attention(const AttnArgs& a) {
       for (int g = 0; g < G; ++g) t.load_queries(a, b, hk * G + g, i0, i1, g * n, scale);
       t.reset(rows);
       const int kend = a.causal ? std::clamp(i1 - 1 + off + 1, 0, s.Nk) : s.Nk;
-      const float* kh = a.k + s.k_index(b, hk, 0);
       const float* vh = s.Dv > 0 ? a.v + s.v_index(b, hk, 0) : nullptr;
-      detail::run_key_span(t, rows, kh, vh, s.D, s.Dv, 0, kend, a.causal, i0 + off);
+      detail::run_key_span(t, rows, kt, b, hk, vh, s.Dv, 0, kend, a.causal, i0 + off);
       for (int g = 0; g < G; ++g)
         for (int r = 0; r < n; ++r) detail::store_row(t, g * n + r, a, b, hk * G + g, i0 + r);
     }

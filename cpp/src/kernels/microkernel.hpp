@@ -109,15 +109,6 @@ struct PV {
   }
 };
 
-// Kt (d x ldkt) = K^T for `cols` rows of K (stride ldk); columns [cols, ldkt) zeroed.
-inline void pack_kt(const float* K, long ldk, int cols, int d, float* Kt, int ldkt) {
-  for (int p = 0; p < d; ++p) std::fill(Kt + size_t(p) * ldkt + cols, Kt + size_t(p) * ldkt + ldkt, 0.f);
-  for (int j = 0; j < cols; ++j) {
-    const float* src = K + size_t(j) * ldk;
-    for (int p = 0; p < d; ++p) Kt[size_t(p) * ldkt + j] = src[p];
-  }
-}
-
 // S (rows x cols, stride lds) = Q (rows x d) K^T from the packed Kt.
 inline void gemm_qk(const float* Q, int rows, int d, const float* Kt, int ldkt, int cols, float* S, int lds) {
   for (int c0 = 0; c0 < cols; c0 += 16 * kVecs) {

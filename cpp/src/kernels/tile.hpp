@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "microkernel.hpp"
+#include "spattn/masks.hpp"
 #include "spattn/tensor.hpp"
 
 namespace spattn::detail {
@@ -40,13 +41,12 @@ using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
 struct TileScratch {
   int max_rows = 0, d = 0, dv = 0, bk = 0;
   AlignedFloats q, s, acc, m, l;
-  AlignedFloats kt;       // K tile packed transposed (d x bk rounded up to 16), micro-kernel path
   std::vector<int> qlim;  // largest visible key position of each row (causal)
 
   TileScratch(int max_rows_, int d_, int dv_, int bk_)
       : max_rows(max_rows_), d(d_), dv(dv_), bk(bk_),
         q(size_t(max_rows_) * d_), s(size_t(max_rows_) * bk_), acc(size_t(max_rows_) * dv_),
-        m(max_rows_), l(max_rows_), kt(size_t(d_) * ((bk_ + 15) / 16 * 16 + 16)), qlim(max_rows_) {}
+        m(max_rows_), l(max_rows_), qlim(max_rows_) {}
 
   void reset(int rows) {
     std::fill(m.begin(), m.begin() + rows, kNegInf);
@@ -67,48 +67,94 @@ struct TileScratch {
   }
 };
 
-// One tile: `cols` keys at rows of `k` (stride ldk) and `v` (stride ldv), positions
-// k0 + c (kpos == nullptr) or kpos[c]. When `masked`, key c is hidden from row r if its
-// position exceeds qlim[r].
-inline void tile_update(TileScratch& t, int rows, const float* k, long ldk, const float* v,
-                        long ldv, int cols, int k0, const int* kpos, bool masked) {
+// Row stride of a transposed key buffer holding n keys: a multiple of 16 floats (whole
+// vectors may be read past the last key) plus 16, since a power-of-two stride aliases in L1.
+inline int transposed_stride(int n) { return (n + 15) / 16 * 16 + 16; }
+
+// K transposed once per call, per (batch, kv head), in tiles of kKeyTile keys: tile t holds
+// K[t*T .. t*T+T)^T as a (D x ld) block. Tile products then read K^T in place, with a short
+// stride that stays friendly to caches and TLB (a full-length K^T row stride does not), and no
+// kernel packs K per tile (that cost a quarter of the work when a block-sparse work item has
+// only 64 query rows). Same size as K: O(N) memory.
+struct TransposedK {
+  static constexpr int T = kKeyTile;
+  AlignedFloats data;
+  int ld = transposed_stride(T), D = 0, Hkv = 0, ntiles = 0;
+  size_t head_size = 0;
+
+  explicit TransposedK(const AttnArgs& a) : D(a.shape.D), Hkv(a.shape.Hkv) {
+    const AttnShape& s = a.shape;
+    ntiles = ceil_div(std::max(s.Nk, 1), T);
+    head_size = size_t(ntiles) * D * ld;
+    data.assign(size_t(s.B) * s.Hkv * head_size, 0.f);
+#pragma omp parallel for schedule(static)
+    for (long long u = 0; u < (long long)s.B * s.Hkv * ntiles; ++u) {
+      const int ti = int(u % ntiles), bh = int(u / ntiles);
+      const float* src = a.k + size_t(bh) * s.Nk * D;
+      float* dst = data.data() + size_t(bh) * head_size + size_t(ti) * D * ld;
+      const int j0 = ti * T, j1 = std::min(s.Nk, j0 + T);
+      for (int j = j0; j < j1; ++j)
+        for (int p = 0; p < D; ++p) dst[size_t(p) * ld + (j - j0)] = src[size_t(j) * D + p];
+    }
+  }
+  // Column j of kv head (b, hk): pointer into its tile (row stride ld); readable to the tile end.
+  const float* column(int b, int hk, int j) const {
+    return data.data() + (size_t(b) * Hkv + hk) * head_size + size_t(j / T) * D * ld + (j % T);
+  }
+};
+
+// A run of keys inside one tile: K^T columns `kt` (row stride ldkt, readable up to a multiple
+// of 16 columns), V rows `v` (stride ldv), `len` keys at positions k0 + c, or pos[c] when pos is
+// set. Segments of one tile are given in ascending key position.
+struct KeySegment {
+  const float* kt;
+  int ldkt;
+  const float* v;
+  long ldv;
+  int len;
+  int k0;
+  const int* pos;
+};
+
+// Keys of the segments visible to a row whose causal limit is `lim`: positions ascend across
+// the segments, so the visible keys are a prefix of the tile.
+inline int visible_prefix(const KeySegment* seg, int nseg, int lim) {
+  int n = 0;
+  for (int g = 0; g < nseg; ++g) {
+    const KeySegment& sg = seg[g];
+    int vis;
+    if (sg.pos == nullptr) vis = std::clamp(lim - sg.k0 + 1, 0, sg.len);
+    else vis = int(std::upper_bound(sg.pos, sg.pos + sg.len, lim) - sg.pos);
+    n += vis;
+    if (vis < sg.len) break;
+  }
+  return n;
+}
+
+// One tile made of `nseg` segments (at most t.bk keys in all). When `masked`, keys past a
+// row's causal limit qlim[r] are hidden from it.
+inline void tile_update(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) {
   float* S = t.s.data();
+  int cols = 0;
+  for (int g = 0; g < nseg; ++g) cols += seg[g].len;
+  if (cols == 0) return;
+  for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
 #ifdef SPATTN_HAVE_MICROKERNEL
-  const int ldkt = (cols + 15) / 16 * 16 + 16;  // +16: a power-of-two stride aliases in L1
-  mk::pack_kt(k, ldk, cols, t.d, t.kt.data(), ldkt);
-  mk::gemm_qk(t.q.data(), rows, t.d, t.kt.data(), ldkt, cols, S, cols);
+    mk::gemm_qk(t.q.data(), rows, t.d, seg[g].kt, seg[g].ldkt, seg[g].len, S + n0, cols);
 #else
-  MMap Sm(S, rows, cols, Stride(cols));
-  Sm.noalias() = CMap(t.q.data(), rows, t.d, Stride(t.d)) * CMap(k, cols, t.d, Stride(ldk)).transpose();
+    MMap(S + n0, rows, seg[g].len, Stride(cols)).noalias() =
+        CMap(t.q.data(), rows, t.d, Stride(t.d)) * CMap(seg[g].kt, t.d, seg[g].len, Stride(seg[g].ldkt));
 #endif
+  }
   for (int r = 0; r < rows; ++r) {
     float* srow = S + size_t(r) * cols;
-    int ncols = cols;  // contiguous keys: visible prefix length
-    if (masked) {
-      const int lim = t.qlim[r];
-      if (kpos == nullptr) {
-        ncols = std::clamp(lim - k0 + 1, 0, cols);
-      } else {
-        for (int c = 0; c < cols; ++c)
-          if (kpos[c] > lim) srow[c] = kNegInf;
-      }
-    }
+    const int ncols = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
     if (ncols < cols) std::fill(srow + ncols, srow + cols, 0.f);
     if (ncols == 0) continue;
     ArrMap srow_a(srow, ncols);
-    const float mx = srow_a.maxCoeff();
     const float m_old = t.m[r];
-    const float m_new = std::max(m_old, mx);
-    if (m_new == kNegInf) {  // nothing visible yet in this row
-      std::fill(srow, srow + ncols, 0.f);
-      continue;
-    }
+    const float m_new = std::max(m_old, srow_a.maxCoeff());
     srow_a = (srow_a - m_new).exp();
-    if (kpos != nullptr && masked) {  // exp(-inf) must be exactly 0
-      const int lim = t.qlim[r];
-      for (int c = 0; c < cols; ++c)
-        if (kpos[c] > lim) srow[c] = 0.f;
-    }
     const float alpha = std::exp(m_old - m_new);  // 0 when m_old = -inf
     t.l[r] = t.l[r] * alpha + srow_a.sum();
     t.m[r] = m_new;
@@ -117,25 +163,26 @@ inline void tile_update(TileScratch& t, int rows, const float* k, long ldk, cons
       acc_row *= alpha;
     }
   }
-  if (t.dv > 0) {
+  if (t.dv == 0) return;
+  for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
 #ifdef SPATTN_HAVE_MICROKERNEL
-    mk::gemm_pv(S, rows, cols, v, ldv, cols, t.dv, t.acc.data());
+    mk::gemm_pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());
 #else
     MMap(t.acc.data(), rows, t.dv, Stride(t.dv)).noalias() +=
-        CMap(S, rows, cols, Stride(cols)) * CMap(v, cols, t.dv, Stride(ldv));
+        CMap(S + n0, rows, seg[g].len, Stride(cols)) * CMap(seg[g].v, seg[g].len, t.dv, Stride(seg[g].ldv));
 #endif
   }
 }
 
-// Feed contiguous keys [j0, j1) of one kv head through the tile update, tile by tile.
-// `causal`: rows carry limits; tiles whose last key is <= min_lim need no mask.
-inline void run_key_span(TileScratch& t, int rows, const float* k_head, const float* v_head,
-                         int d, int dv, int j0, int j1, bool causal, int min_lim) {
-  for (int j = j0; j < j1; j += t.bk) {
-    const int cols = std::min(t.bk, j1 - j);
-    const bool masked = causal && (j + cols - 1 > min_lim);
-    tile_update(t, rows, k_head + size_t(j) * d, d, v_head ? v_head + size_t(j) * dv : nullptr,
-                dv, cols, j, nullptr, masked);
+// Feed contiguous keys [j0, j1) of kv head (b, hk) through the tile update, one K^T tile at a
+// time. `causal`: rows carry limits; tiles whose last key is <= min_lim need no mask.
+inline void run_key_span(TileScratch& t, int rows, const TransposedK& kt, int b, int hk, const float* v_head,
+                         int dv, int j0, int j1, bool causal, int min_lim) {
+  for (int j = j0; j < j1;) {
+    const int cols = std::min(TransposedK::T - j % TransposedK::T, j1 - j);
+    const KeySegment seg{kt.column(b, hk, j), kt.ld, v_head ? v_head + size_t(j) * dv : nullptr, dv, cols, j, nullptr};
+    tile_update(t, rows, &seg, 1, causal && (j + cols - 1 > min_lim));
+    j += cols;
   }
 }
 

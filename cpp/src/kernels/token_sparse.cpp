@@ -10,18 +10,27 @@ namespace spattn {
 
 namespace {
 
-// Gathers the valid (>= 0) keys of one index row; returns how many.
+// Gathers the valid (>= 0) keys of one index row; returns how many. K rows are stored
+// row-major (`k`, for the mass statistic) or transposed (`kt`, d x ld, for the tile update).
 struct Gathered {
+  bool transposed;
+  int ld;
   detail::AlignedFloats k, v;
   std::vector<int> pos;
-  Gathered(int K, int d, int dv) : k(size_t(K) * d), v(size_t(K) * dv), pos(K) {}
+  Gathered(int K, int d, int dv, bool transposed_)
+      : transposed(transposed_), ld(detail::transposed_stride(K)),
+        k(transposed_ ? size_t(d) * ld : size_t(K) * d, 0.f), v(size_t(K) * dv), pos(K) {}
 
   int gather(const int32_t* idx, int K, const float* kh, const float* vh, int d, int dv) {
     int n = 0;
     for (int c = 0; c < K; ++c) {
       const int j = idx[c];
       if (j < 0) continue;
-      std::memcpy(k.data() + size_t(n) * d, kh + size_t(j) * d, sizeof(float) * d);
+      if (transposed) {
+        for (int p = 0; p < d; ++p) k[size_t(p) * ld + n] = kh[size_t(j) * d + p];
+      } else {
+        std::memcpy(k.data() + size_t(n) * d, kh + size_t(j) * d, sizeof(float) * d);
+      }
       if (dv > 0) std::memcpy(v.data() + size_t(n) * dv, vh + size_t(j) * dv, sizeof(float) * dv);
       pos[n++] = j;
     }
@@ -43,7 +52,7 @@ void token_sparse_attention(const AttnArgs& a, const TokenIndicesView& ix) {
   {
     const int max_rows = std::min(ix.group_size, s.Nq);
     detail::TileScratch t(max_rows, s.D, s.Dv, detail::kKeyTile);
-    Gathered gk(ix.K, s.D, s.Dv);
+    Gathered gk(ix.K, s.D, s.Dv, true);
 #pragma omp for schedule(dynamic, 1)
     for (long long it = 0; it < items; ++it) {
       const int g = int(it % ix.G);
@@ -58,9 +67,9 @@ void token_sparse_attention(const AttnArgs& a, const TokenIndicesView& ix) {
                                 s.Dv > 0 ? a.v + s.v_index(b, hk, 0) : nullptr, s.D, s.Dv);
       for (int c = 0; c < cnt; c += t.bk) {
         const int cols = std::min(t.bk, cnt - c);
-        tile_update(t, n, gk.k.data() + size_t(c) * s.D, s.D,
-                    s.Dv > 0 ? gk.v.data() + size_t(c) * s.Dv : nullptr, s.Dv, cols, 0,
-                    gk.pos.data() + c, a.causal);
+        const detail::KeySegment seg{gk.k.data() + c, gk.ld, s.Dv > 0 ? gk.v.data() + size_t(c) * s.Dv : nullptr,
+                                     s.Dv, cols, 0, gk.pos.data() + c};
+        tile_update(t, n, &seg, 1, a.causal);
       }
       for (int r = 0; r < n; ++r) detail::store_row(t, r, a, b, h, i0 + r);
     }
@@ -87,7 +96,7 @@ void token_attention_mass(const AttnArgs& a, const TokenIndicesView& ix, float* 
 
 #pragma omp parallel
   {
-    Gathered gk(ix.K, s.D, 0);
+    Gathered gk(ix.K, s.D, 0, false);
     std::vector<float> qrow(s.D);
 #pragma omp for schedule(dynamic, 1)
     for (long long it = 0; it < items; ++it) {
