@@ -51,3 +51,16 @@ def test_plot_returns_axes():
     m = spattn.BlockMask.full(1, 1, 100, 100, 16, 16)
     ax = m.plot(causal=True)
     assert "density" in ax.get_title()
+
+
+def test_token_indices_assume_sorted_keeps_input_and_kernel_rejects_unsorted():
+    import spattn as sp
+    from conftest import make_qkv
+
+    ti = sp.TokenIndices(np.array([[[[3, 1, -1]]]]), 1, 5, assume_sorted=True)
+    np.testing.assert_array_equal(ti.indices[0, 0, 0], [3, 1, -1])
+    q, k, v = make_qkv(1, 1, 1, 1, 5, 64)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        sp.token_sparse_attention(q, k, v, ti)
+    with pytest.raises(ValueError, match=r"\[-1, kv_len=5\)"):
+        sp.TokenIndices(np.array([[[[7]]]]), 1, 5, assume_sorted=True)

@@ -195,9 +195,13 @@ class TokenIndices:
         Queries per group: 1 = per query, block_q = per query block; G = ceil(Nq / group_size).
     kv_len : int
         Number of keys the indices refer to.
+    assume_sorted : bool, default False
+        Skip the sort/deduplication when every row is already strictly increasing with -1 slots
+        last (as estimators produce them); ranges are still checked, and the kernels reject rows
+        that do not ascend.
     """
 
-    def __init__(self, indices, group_size: int, kv_len: int):
+    def __init__(self, indices, group_size: int, kv_len: int, assume_sorted: bool = False):
         self.group_size = check_positive_int(group_size, "group_size")
         if isinstance(kv_len, bool) or not isinstance(kv_len, (int, np.integer)) or kv_len < 0:
             raise ValueError(f"kv_len must be an int >= 0, got {kv_len!r}")
@@ -211,6 +215,9 @@ class TokenIndices:
             lo, hi = int(arr.min()), int(arr.max())
             if lo < -1 or hi >= self.kv_len:
                 raise ValueError(f"indices must lie in [-1, kv_len={self.kv_len}), got values in [{lo}, {hi}]")
+        if assume_sorted:
+            self.indices = np.ascontiguousarray(arr, dtype=np.int32)
+            return
         big = np.where(arr < 0, np.iinfo(np.int64).max, arr.astype(np.int64))
         big = np.sort(big, axis=-1)
         dup = np.zeros(big.shape, dtype=bool)

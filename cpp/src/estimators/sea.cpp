@@ -19,7 +19,6 @@ namespace spattn {
 namespace {
 
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using DRowMat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using CMap = Eigen::Map<const RowMat>;
 
 // Visible prefix length of query i.
@@ -32,22 +31,22 @@ inline int boundary(int c, int L, int width) {
   return int(std::nearbyint(double(c) * L / width));
 }
 
-// FAVOR+ features phi(x) = exp(W x' - |x'|^2 / 2 - stab) with x' = x * D^-1/4 * sqrt(scale*sqrt(D))
-// so that E[phi(q) . phi(k)] is proportional to exp(scale q . k). Rows of x (n x D) -> (n x m).
-DRowMat favor_features(const float* x, int n, int D, const float* W, int m, float scale, bool per_row_stab) {
-  const float c = std::sqrt(scale);  // x' = sqrt(scale) x: exp(q'.k') = exp(scale q.k)
-  RowMat xs = CMap(x, n, D) * c;
+// FAVOR+ features phi(x) = exp(W x' - |x'|^2 / 2 - stab), x' = sqrt(scale) x, so that
+// E[phi(q) . phi(k)] is proportional to exp(scale q . k). Rows of x (n x D) -> (n x m).
+// stab: per row (queries) or one constant over all rows (keys); both cancel in the ratio.
+RowMat favor_features(const float* x, int n, int D, const float* W, int m, float scale, bool per_row_stab) {
+  RowMat xs = CMap(x, n, D) * std::sqrt(scale);
   RowMat u = xs * CMap(W, m, D).transpose();
-  DRowMat out(n, m);
-  Eigen::VectorXf half_norm = xs.rowwise().squaredNorm() * 0.5f;
-  double stab_all = -1e300;
-  if (!per_row_stab)
-    for (int r = 0; r < n; ++r) stab_all = std::max(stab_all, double(u.row(r).maxCoeff() - half_norm[r]));
-  for (int r = 0; r < n; ++r) {
-    const double stab = per_row_stab ? double(u.row(r).maxCoeff() - half_norm[r]) : stab_all;
-    for (int f = 0; f < m; ++f) out(r, f) = std::exp(double(u(r, f)) - half_norm[r] - stab);
+  const Eigen::VectorXf half_norm = xs.rowwise().squaredNorm() * 0.5f;
+  u.colwise() -= half_norm;
+  if (per_row_stab) {
+    const Eigen::VectorXf mx = u.rowwise().maxCoeff();
+    u.colwise() -= mx;
+  } else if (n > 0) {
+    u.array() -= u.maxCoeff();
   }
-  return out;
+  u.array() = u.array().exp();
+  return u;
 }
 
 }  // namespace
@@ -64,23 +63,29 @@ void sea_estimate(const AttnArgs& a, const float* W, int m, const SeaParams& p, 
 #pragma omp parallel for schedule(dynamic, 1)
   for (long long t = 0; t < (long long)s.B * s.Hq; ++t) {
     const int b = int(t / s.Hq), h = int(t % s.Hq), hk = h / s.group();
-    // Key features and their prefix sums Z[j] = sum_{j' < j} phi(k_j'), (Nk + 1) x m.
-    // (Recomputed per query head of a GQA group: cheap next to the estimate itself.)
-    DRowMat pk = favor_features(a.k + s.k_index(b, hk, 0), s.Nk, s.D, W, m, scale, false);
-    DRowMat Z = DRowMat::Zero(s.Nk + 1, m);
-    for (int j = 0; j < s.Nk; ++j) Z.row(j + 1) = Z.row(j) + pk.row(j);
-    DRowMat pq = favor_features(a.q + s.q_index(b, h, 0), s.Nq, s.D, W, m, scale, true);
+    // Prefix sums of the key features, Z[j] = sum_{j' < j} phi(k_j') ((Nk + 1) x m), accumulated
+    // in double and stored in float. (Recomputed per query head of a GQA group: cheap next to
+    // the estimate itself.)
+    const RowMat pk = favor_features(a.k + s.k_index(b, hk, 0), s.Nk, s.D, W, m, scale, false);
+    RowMat Z(s.Nk + 1, m);
+    Eigen::VectorXd run = Eigen::VectorXd::Zero(m);
+    Z.row(0).setZero();
+    for (int j = 0; j < s.Nk; ++j) {
+      run += pk.row(j).transpose().cast<double>();
+      Z.row(j + 1) = run.transpose().cast<float>();
+    }
+    const RowMat pq = favor_features(a.q + s.q_index(b, h, 0), s.Nq, s.D, W, m, scale, true);
+    std::vector<float> F(W_ + 1);
+    // Queries in order: consecutive queries read nearly the same rows of Z (cache-friendly).
     for (int i = 0; i < s.Nq; ++i) {
       const int L = prefix_len(s, a.causal, i);
       if (L == 0) continue;
+      // F[c] = phi(q_i) . Z[round(c L / W)]: the estimated mass of the keys before boundary c.
+      for (int c = 0; c <= W_; ++c) F[c] = pq.row(i).dot(Z.row(boundary(c, L, W_)));
+      if (!(F[W_] > 0.f)) continue;
       float* row = est + (size_t(t) * s.Nq + i) * W_;
-      const double total = pq.row(i).dot(Z.row(L));
-      if (!(total > 0.0)) continue;
-      for (int c = 0; c < W_; ++c) {
-        const int a0 = boundary(c, L, W_), a1 = boundary(c + 1, L, W_);
-        if (a1 <= a0) continue;
-        row[c] = float(std::max(0.0, pq.row(i).dot(Z.row(a1) - Z.row(a0))) / total);
-      }
+      const float inv = 1.f / F[W_];
+      for (int c = 0; c < W_; ++c) row[c] = std::max(0.f, F[c + 1] - F[c]) * inv;
     }
   }
 }
