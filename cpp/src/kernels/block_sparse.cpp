@@ -31,7 +31,7 @@ struct SpanTiler {
            int dv, int j0, int j1, bool causal, int min_lim) {
     while (j0 < j1) {
       const int take = std::min({cap - n, j1 - j0, detail::TransposedK::T - j0 % detail::TransposedK::T});
-      segs.push_back({ktr.column(b, hk, j0), ktr.ld, vh ? vh + size_t(j0) * dv : nullptr, dv, take, j0, nullptr});
+      segs.push_back(detail::key_segment(ktr, b, hk, j0, take, vh, dv));
       n += take;
       max_pos = j0 + take - 1;
       j0 += take;
@@ -53,7 +53,7 @@ void block_sparse_attention(const AttnArgs& a, const BlockMaskView& mask) {
   const long long items = (long long)s.B * nunits * mask.nqb;
   const int off = s.causal_offset();
   const float scale = a.effective_scale();
-  const detail::TransposedK ktr(a);
+  const detail::TransposedK ktr(a, detail::use_transposed_k(stack * std::min(mask.block_q, s.Nq)));
 
 #pragma omp parallel
   {

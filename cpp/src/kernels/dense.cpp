@@ -25,7 +25,7 @@ void dense_attention(const AttnArgs& a) {
   const int off = s.causal_offset();
   const float scale = a.effective_scale();
 
-  const detail::TransposedK kt(a);
+  const detail::TransposedK kt(a, detail::use_transposed_k(G * std::min(bq, s.Nq)));
 
 #pragma omp parallel
   {

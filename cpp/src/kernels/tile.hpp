@@ -81,9 +81,15 @@ struct TransposedK {
   AlignedFloats data;
   int ld = transposed_stride(T), D = 0, Hkv = 0, ntiles = 0;
   size_t head_size = 0;
+  const float* k = nullptr;  // the row-major K, used when not transposed
+  int Nk = 0;
 
-  explicit TransposedK(const AttnArgs& a) : D(a.shape.D), Hkv(a.shape.Hkv) {
+  bool transposed() const { return !data.empty(); }
+
+  // enabled = false: keep K row-major (work items of few query rows); column() is then unused.
+  TransposedK(const AttnArgs& a, bool enabled) : D(a.shape.D), Hkv(a.shape.Hkv), k(a.k), Nk(a.shape.Nk) {
     const AttnShape& s = a.shape;
+    if (!enabled) return;
     ntiles = ceil_div(std::max(s.Nk, 1), T);
     head_size = size_t(ntiles) * D * ld;
     data.assign(size_t(s.B) * s.Hkv * head_size, 0.f);
@@ -104,17 +110,27 @@ struct TransposedK {
 };
 
 // A run of keys inside one tile: K^T columns `kt` (row stride ldkt, readable up to a multiple
-// of 16 columns), V rows `v` (stride ldv), `len` keys at positions k0 + c, or pos[c] when pos is
-// set. Segments of one tile are given in ascending key position.
+// of 16 columns) or, when kt is null, K rows `k` (stride ldkt); V rows `v` (stride ldv); `len`
+// keys at positions k0 + c, or pos[c] when pos is set. Segments of one tile ascend in position.
+// Row-major K serves work items of a few query rows (decode), where transposing K would cost
+// more than the product itself.
 struct KeySegment {
   const float* kt;
   int ldkt;
+  const float* k;
   const float* v;
   long ldv;
   int len;
   int k0;
   const int* pos;
 };
+
+// Keys [j, j + len) of kv head (b, hk), inside one K^T tile when K is transposed.
+inline KeySegment key_segment(const TransposedK& kt, int b, int hk, int j, int len, const float* v_head, int dv) {
+  const float* v = v_head ? v_head + size_t(j) * dv : nullptr;
+  if (kt.transposed()) return {kt.column(b, hk, j), kt.ld, nullptr, v, dv, len, j, nullptr};
+  return {nullptr, kt.D, kt.k + ((size_t(b) * kt.Hkv + hk) * kt.Nk + j) * kt.D, v, dv, len, j, nullptr};
+}
 
 // Keys of the segments visible to a row whose causal limit is `lim`: positions ascend across
 // the segments, so the visible keys are a prefix of the tile.
@@ -139,6 +155,11 @@ inline void tile_update(TileScratch& t, int rows, const KeySegment* seg, int nse
   for (int g = 0; g < nseg; ++g) cols += seg[g].len;
   if (cols == 0) return;
   for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
+    if (seg[g].kt == nullptr) {
+      MMap(S + n0, rows, seg[g].len, Stride(cols)).noalias() =
+          CMap(t.q.data(), rows, t.d, Stride(t.d)) * CMap(seg[g].k, seg[g].len, t.d, Stride(seg[g].ldkt)).transpose();
+      continue;
+    }
 #ifdef SPATTN_HAVE_MICROKERNEL
     mk::gemm_qk(t.q.data(), rows, t.d, seg[g].kt, seg[g].ldkt, seg[g].len, S + n0, cols);
 #else
@@ -174,13 +195,16 @@ inline void tile_update(TileScratch& t, int rows, const KeySegment* seg, int nse
   }
 }
 
+// Whether work items of `rows` stacked query rows read K transposed (micro-kernel) or row-major.
+inline bool use_transposed_k(int rows) { return rows >= 32; }
+
 // Feed contiguous keys [j0, j1) of kv head (b, hk) through the tile update, one K^T tile at a
 // time. `causal`: rows carry limits; tiles whose last key is <= min_lim need no mask.
 inline void run_key_span(TileScratch& t, int rows, const TransposedK& kt, int b, int hk, const float* v_head,
                          int dv, int j0, int j1, bool causal, int min_lim) {
   for (int j = j0; j < j1;) {
     const int cols = std::min(TransposedK::T - j % TransposedK::T, j1 - j);
-    const KeySegment seg{kt.column(b, hk, j), kt.ld, v_head ? v_head + size_t(j) * dv : nullptr, dv, cols, j, nullptr};
+    const KeySegment seg = key_segment(kt, b, hk, j, cols, v_head, dv);
     tile_update(t, rows, &seg, 1, causal && (j + cols - 1 > min_lim));
     j += cols;
   }

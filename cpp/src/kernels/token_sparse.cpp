@@ -67,7 +67,7 @@ void token_sparse_attention(const AttnArgs& a, const TokenIndicesView& ix) {
                                 s.Dv > 0 ? a.v + s.v_index(b, hk, 0) : nullptr, s.D, s.Dv);
       for (int c = 0; c < cnt; c += t.bk) {
         const int cols = std::min(t.bk, cnt - c);
-        const detail::KeySegment seg{gk.k.data() + c, gk.ld, s.Dv > 0 ? gk.v.data() + size_t(c) * s.Dv : nullptr,
+        const detail::KeySegment seg{gk.k.data() + c, gk.ld, nullptr, s.Dv > 0 ? gk.v.data() + size_t(c) * s.Dv : nullptr,
                                      s.Dv, cols, 0, gk.pos.data() + c};
         tile_update(t, n, &seg, 1, a.causal);
       }
