@@ -130,3 +130,116 @@ def test_bad_parameters():
         spattn.methods.get("sea", k=0)
     with pytest.raises(TypeError, match="compressed_width must be an int"):
         spattn.methods.get("sea", compressed_width=1.5)
+
+
+# ----------------------------------------------------------------------------- learned decoder
+from spattn import sea as sea_mod
+
+
+def test_exact_compressed_targets_match_float64():
+    q, k, _ = make_qkv(1, 4, 2, 150, 300, 64, seed=3)
+    for causal in (True, False):
+        mass, psq, plogp = spattn._core.sea_exact_compressed(q, k, causal, 1 / 8, 16)
+        p, _ = ref_probs(q, k, causal=causal)
+        counts = sea_mod.column_counts(150, 300, 16, causal)
+        for i in (0, 77, 149):
+            L = counts[i].sum()
+            bd = bounds(L, 16)
+            cs = np.concatenate([np.zeros((1, 4, 1)), np.cumsum(p[:, :, i, :L], -1)], -1)
+            np.testing.assert_allclose(mass[:, :, i], cs[..., bd[1:]] - cs[..., bd[:-1]], atol=1e-6)
+        np.testing.assert_allclose(psq, (p ** 2).sum(-1), atol=1e-6)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.testing.assert_allclose(plogp, np.where(p > 0, p * np.log(p), 0).sum(-1), atol=1e-5)
+
+
+def test_distillation_loss_equals_direct_full_resolution_loss():
+    q, k, _ = make_qkv(1, 2, 1, 90, 90, 32, seed=6)
+    W = 8
+    s = sea_mod.prepare_sample(q, k, compressed_width=W, causal=True, nb_features=64)
+    z = np.random.default_rng(1).normal(size=s.est.shape)
+    loss, _ = sea_mod.distillation_loss(z, s)
+    p, _ = ref_probs(q, k, causal=True)
+    kl = mse = 0.0
+    for h in range(2):
+        for i in range(90):
+            L = i + 1
+            cols = np.searchsorted(bounds(L, W), np.arange(L), side="right") - 1
+            logits = z[0, h, i, cols]
+            Q = np.exp(logits - logits.max())
+            Q /= Q.sum()
+            P = p[0, h, i, :L]
+            kl += np.sum(np.where(P > 0, P * np.log(np.where(P > 0, P, 1) / Q), 0))
+            mse += np.sum((Q - P) ** 2)
+    expect = 0.1 * kl / (2 * 90) + mse / (2 * 90 * 90)
+    assert loss == pytest.approx(expect, rel=1e-5)
+
+
+def test_decoder_gradients_match_finite_differences():
+    q, k, _ = make_qkv(1, 2, 1, 64, 64, 32, seed=7)
+    s = sea_mod.prepare_sample(q, k, compressed_width=8, causal=True, nb_features=32)
+    dec = sea_mod.SeaDecoder.init(2, 8, channels=3, seed=2, init_std=0.3)
+    rng = np.random.default_rng(3)
+    dec.w3[:] = rng.normal(0, 0.3, dec.w3.shape)
+    dec.bias[:] = rng.normal(0, 0.3, dec.bias.shape)
+
+    def total():
+        return sea_mod.distillation_loss(dec.logits(s.est)[0], s)[0]
+
+    z, cache = dec.logits(s.est)
+    grads = dec.backward(sea_mod.distillation_loss(z, s)[1], cache)
+    for p, g in zip(dec.params(), grads):
+        for _ in range(4):
+            idx = tuple(rng.integers(0, n) for n in p.shape)
+            old = p[idx]
+            p[idx] = old + 1e-6
+            lp = total()
+            p[idx] = old - 1e-6
+            lm = total()
+            p[idx] = old
+            assert abs((lp - lm) / 2e-6 - g[idx]) <= 1e-7 + 1e-4 * abs(g[idx])
+
+
+def test_untrained_decoder_is_the_training_free_estimate():
+    w = spattn.synthetic.structured_qkv(Hq=2, Hkv=1, N=300, D=32, seed=2)
+    plain = spattn.methods.get("sea", k=8, compressed_width=16)
+    dec = sea_mod.SeaDecoder.init(2, 16)
+    refined = spattn.methods.get("sea", k=8, compressed_width=16, decoder=dec)
+    est = plain.compressed_estimate(w.q, w.k, causal=True)
+    out = dec.refine(est, sea_mod.column_counts(300, 300, 16, True))
+    np.testing.assert_allclose(out, est / est.sum(-1, keepdims=True), atol=1e-4)
+    assert refined.estimate(w.q, w.k, causal=True).indices.shape[2] == 300
+
+
+def test_training_lowers_loss_and_raises_recall_at_equal_k(tmp_path):
+    train = [tuple(spattn.synthetic.structured_qkv(Hq=4, Hkv=2, N=1024, D=64, seed=s))[:2] for s in range(1, 4)]
+    test = spattn.synthetic.structured_qkv(Hq=4, Hkv=2, N=1024, D=64, seed=0)
+    res = sea_mod.train_decoder(train, compressed_width=32, steps=150, progress=False)
+    assert np.mean(res.losses[-10:]) < 0.8 * np.mean(res.losses[:5])
+    rec, dens = {}, {}
+    for name, dec in (("free", None), ("trained", res.decoder)):
+        ti = spattn.methods.get("sea", k=16, compressed_width=32, decoder=dec).estimate(test.q, test.k, causal=True)
+        rec[name] = spattn.metrics.recall(test.q, test.k, ti, causal=True).mean()
+        dens[name] = ti.density(q_len=1024, causal=True).mean()
+    assert abs(dens["free"] - dens["trained"]) < 0.1 * dens["free"]  # equal k -> equal density
+    assert rec["trained"] > rec["free"] + 0.1, rec
+    path = str(tmp_path / "decoder.npz")
+    sea_mod.save_decoder(path, res.decoder)
+    again = sea_mod.load_decoder(path)
+    a = spattn.methods.get("sea", k=16, compressed_width=32, decoder=res.decoder).estimate(test.q, test.k, causal=True)
+    b = spattn.methods.get("sea", k=16, compressed_width=32, decoder=again).estimate(test.q, test.k, causal=True)
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+def test_decoder_parameter_errors():
+    with pytest.raises(TypeError, match="SeaDecoder"):
+        spattn.methods.get("sea", decoder="x")
+    with pytest.raises(ValueError, match="compressed_width"):
+        spattn.methods.get("sea", compressed_width=64, decoder=sea_mod.SeaDecoder.init(2, 32))
+
+
+def test_chunked_inference_logits_equal_training_logits():
+    rng = np.random.default_rng(4)
+    est = rng.dirichlet(np.ones(16), size=(1, 3, 1300))
+    dec = sea_mod.SeaDecoder.init(3, 16, seed=1, init_std=0.3)
+    dec.w3[:] = rng.normal(0, 0.3, dec.w3.shape)
+    np.testing.assert_allclose(dec._logits_infer(est, chunk=256), dec.logits(est)[0], rtol=1e-4, atol=1e-4)

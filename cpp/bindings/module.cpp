@@ -328,5 +328,21 @@ PYBIND11_MODULE(_core, m) {
     return out;
   }, py::arg("est"), py::arg("Hkv"), py::arg("Nk"), py::arg("causal"), py::arg("k"));
 
+  m.def("sea_exact_compressed", [](const FArr& q, const FArr& k, bool causal, double scale, int width) {
+    const AttnShape s = qkv_shape(q, k, nullptr);
+    if (width < 1) throw py::value_error("compressed_width must be >= 1");
+    FArr mass({s.B, s.Hq, s.Nq, width});
+    FArr psq({s.B, s.Hq, s.Nq}), plogp({s.B, s.Hq, s.Nq});
+    AttnArgs a = make_args(q, k, nullptr, s, causal, scale);
+    float* mp = mass.mutable_data();
+    float* pp = psq.mutable_data();
+    float* ep = plogp.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      sea_exact_compressed(a, width, mp, pp, ep);
+    }
+    return py::make_tuple(mass, psq, plogp);
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("width"));
+
   m.def("max_threads", []() { return omp_get_max_threads(); });
 }

@@ -12,7 +12,7 @@ k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right aligned.
 (1, 8)
 """
 
-from . import _core, methods, metrics, seer, synthetic
+from . import _core, methods, metrics, sea, seer, synthetic
 from .kernels import attention, block_sparse_attention, merge_states, token_sparse_attention
 from .masks import BlockMask, TokenIndices
 
@@ -26,5 +26,5 @@ def num_threads() -> int:
 
 __all__ = [
     "attention", "block_sparse_attention", "token_sparse_attention", "merge_states",
-    "BlockMask", "TokenIndices", "methods", "metrics", "seer", "synthetic", "num_threads", "__version__",
+    "BlockMask", "TokenIndices", "methods", "metrics", "sea", "seer", "synthetic", "num_threads", "__version__",
 ]

@@ -35,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="decode (Nq = 1) against these key lengths")
     p.add_argument("--memory", type=int, nargs="*", default=[], metavar="N",
                    help="peak memory of dense and block-sparse calls at these N (subprocesses)")
+    p.add_argument("--memory-kinds", nargs="*", default=["dense", "block_sparse"],
+                   choices=["dense", "block_sparse", "sea"], help="calls measured by --memory")
     p.add_argument("--methods", nargs="*", default=[], metavar="NAME",
                    help="end-to-end methods on the synthetic structured workload (B=1, Hq, Hkv, D=128)")
     p.add_argument("--method-n", type=int, nargs="*", default=[16384, 32768], metavar="N",
@@ -96,6 +98,7 @@ q = rng.standard_normal((1, 8, N, D), dtype=np.float32)
 k = rng.standard_normal((1, 2, N, D), dtype=np.float32)
 v = rng.standard_normal((1, 2, N, D), dtype=np.float32)
 mask = random_block_mask(1, 8, N, N, 64, 0.1, True) if kind == "block_sparse" else None
+sea = spattn.methods.get("sea") if kind == "sea" else None
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
@@ -103,6 +106,8 @@ def status(key):
 base = status("VmHWM")
 if kind == "dense":
     spattn.attention(q, k, v, causal=True)
+elif kind == "sea":
+    sea(q, k, v, causal=True)
 else:
     spattn.block_sparse_attention(q, k, v, mask, causal=True)
 print((status("VmHWM") - base) / 1024.0)
@@ -217,7 +222,7 @@ def run(args) -> int:
     if args.memory:
         print("\n== peak memory above inputs (B=1, Hq=8, Hkv=2, D=128, causal), fresh process per size")
         for N in args.memory:
-            for kind in ("dense", "block_sparse"):
+            for kind in args.memory_kinds:
                 res = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, kind, str(N), "128"],
                                      capture_output=True, text=True, check=True)
                 mb = float(res.stdout.strip().splitlines()[-1])

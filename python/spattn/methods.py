@@ -380,23 +380,36 @@ class SEA(Method):
         experiments (nbf = 8); more features give a less noisy estimate at a higher cost.
     seed : int, default 0
         Seed of the random features.
+    decoder : spattn.sea.SeaDecoder, optional
+        Learned refinement of the compressed estimate (the paper's decoder, reduced; see
+        :mod:`spattn.sea`), trained with :func:`spattn.sea.train_decoder`. None: training-free.
 
     Notes
     -----
-    Deviation: the paper refines the linear-attention output with a learned encoder and CNN
-    decoder (trained by distillation) before the top-k, and gates the sparse output with learned
-    scalers; this estimator is the training-free path (no learned parts) and uses softmax-kernel
-    features (the official causal model uses ReLU features, meaningful only with its decoder).
-    ``last_info["estimate"]`` holds the compressed estimate (B, Hq, Nq, W) for plotting.
+    Deviations: the paper's decoder reads an encoder of Performer outputs with learned
+    positional values and the whole model is fine-tuned; here the optional decoder refines the
+    log of the random-feature estimate and only it learns. The learned output gates of the
+    paper (scaling the sparse output, mixing in the mean of V) are not applied: the output is
+    plain softmax attention over the selected keys. Features are softmax-kernel (FAVOR+); the
+    official causal model uses ReLU features, meaningful only with its learned encoder.
+    ``last_info["estimate"]`` holds the compressed estimate (B, Hq, Nq, W) used for the top-k
+    (refined when a decoder is given) for plotting.
     """
 
     name = "sea"
     paper = "Lee et al., SEA: Sparse Linear Attention with Estimated Attention Mask, ICLR 2024"
     pattern = "top-k per query of a linear-attention estimate (token level)"
-    defaults = {"k": 64, "compressed_width": 128, "nb_features": None, "seed": 0}
+    defaults = {"k": 64, "compressed_width": 128, "nb_features": None, "seed": 0, "decoder": None}
 
     def _check_params(self) -> None:
+        from .sea import SeaDecoder
+
         p = self.params
+        if p["decoder"] is not None:
+            if not isinstance(p["decoder"], SeaDecoder):
+                raise TypeError(f"decoder must be a spattn.sea.SeaDecoder, got {type(p['decoder']).__name__}")
+            if p["decoder"].width != p["compressed_width"]:
+                raise ValueError(f"decoder width {p['decoder'].width} != compressed_width {p['compressed_width']}")
         check_positive_int(p["k"], "k")
         check_positive_int(p["compressed_width"], "compressed_width")
         if p["nb_features"] is not None:
@@ -415,6 +428,11 @@ class SEA(Method):
     def estimate(self, q, k, *, causal=False, scale=None) -> TokenIndices:
         q, k, _ = check_qkv(q, k)
         est = self.compressed_estimate(q, k, causal=causal, scale=scale)
+        if self.params["decoder"] is not None:
+            from .sea import column_counts
+
+            counts = column_counts(q.shape[2], k.shape[2], self.params["compressed_width"], bool(causal))
+            est = self.params["decoder"].refine(est, counts)
         idx = _core.sea_select(est, k.shape[1], k.shape[2], bool(causal), self.params["k"])
         self.last_info = {"estimate": est}
         return TokenIndices(idx, 1, k.shape[2], assume_sorted=True)

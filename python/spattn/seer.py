@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _core
 from ._validation import check_positive_int, check_qkv, check_scale
+from .optim import AdamW
 
 POOL_KINDS = ("max", "min", "avg")
 
@@ -296,14 +297,11 @@ def train_gate(data: Iterable, gate: Optional[SeerGate] = None, *, steps: int = 
     samples = [_prepare(it, gate) for it in tqdm(items, desc="ground truth", disable=not progress)]
     rng = np.random.default_rng(seed)
     params = [gate.wk.astype(np.float64)] + ([gate.wq.astype(np.float64)] if gate.wq is not None else [])
-    m1 = [np.zeros_like(p) for p in params]
-    m2 = [np.zeros_like(p) for p in params]
+    opt = AdamW(params, lr=lr, steps=steps, warmup_steps=warmup_steps, betas=betas, eps=eps,
+                weight_decay=weight_decay, max_grad_norm=max_grad_norm)
     losses: List[float] = []
     bar = tqdm(range(steps), desc="train gate", disable=not progress)
-    for step in bar:
-        gate.wk = params[0].astype(np.float32)
-        if gate.wq is not None:
-            gate.wq = params[1].astype(np.float32)
+    for _ in bar:
         grads = [np.zeros_like(p) for p in params]
         loss = 0.0
         for idx in rng.integers(0, len(samples), size=batch_size):
@@ -312,22 +310,7 @@ def train_gate(data: Iterable, gate: Optional[SeerGate] = None, *, steps: int = 
             grads[0] += dwk / batch_size
             if dwq is not None:
                 grads[1] += dwq / batch_size
-        norm = math.sqrt(sum(float((g * g).sum()) for g in grads))
-        if max_grad_norm and norm > max_grad_norm:
-            grads = [g * (max_grad_norm / (norm + 1e-6)) for g in grads]
-        if step < warmup_steps:
-            lr_t = lr * (step + 1) / warmup_steps
-        else:
-            prog = (step - warmup_steps) / max(1, steps - warmup_steps)
-            lr_t = lr * 0.5 * (1.0 + math.cos(math.pi * prog))
-        t = step + 1
-        for p, g, a, b in zip(params, grads, m1, m2):
-            p *= 1.0 - lr_t * weight_decay
-            a[:] = betas[0] * a + (1 - betas[0]) * g
-            b[:] = betas[1] * b + (1 - betas[1]) * g * g
-            ahat = a / (1 - betas[0] ** t)
-            bhat = b / (1 - betas[1] ** t)
-            p -= lr_t * ahat / (np.sqrt(bhat) + eps)
+        opt.step(grads)
         losses.append(loss)
         bar.set_postfix(loss=f"{loss:.4f}")
     gate.wk = params[0].astype(np.float32)

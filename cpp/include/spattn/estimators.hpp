@@ -132,3 +132,12 @@ void sea_estimate(const AttnArgs& qk, const float* features, int m, const SeaPar
 std::vector<int32_t> sea_select(const float* est, const AttnShape& s, bool causal, const SeaParams& p, int* k_max);
 
 }  // namespace spattn
+
+namespace spattn {
+
+// SEA distillation target: the exact attention mass of each query on each column of its
+// compressed grid (B, Hq, Nq, width), and per row the sums of p^2 and p log p (B, Hq, Nq),
+// computed tile by tile (row log-sum-exp first, then the probabilities); no N x N buffer.
+void sea_exact_compressed(const AttnArgs& qk, int width, float* mass, float* psq, float* plogp);
+
+}  // namespace spattn

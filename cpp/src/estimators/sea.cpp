@@ -13,6 +13,7 @@
 #include <Eigen/Core>
 
 #include "spattn/estimators.hpp"
+#include "spattn/kernels.hpp"
 
 namespace spattn {
 
@@ -142,6 +143,77 @@ std::vector<int32_t> sea_select(const float* est, const AttnShape& s, bool causa
   }
   *k_max = std::max(K, 1);
   return out;
+}
+
+}  // namespace spattn
+
+namespace spattn {
+
+void sea_exact_compressed(const AttnArgs& a, int width, float* mass, float* psq, float* plogp) {
+  const AttnShape& s = a.shape;
+  s.validate();
+  if (width < 1) throw std::invalid_argument("sea: width must be >= 1");
+  const size_t rows_total = size_t(s.B) * s.Hq * s.Nq;
+  std::fill(mass, mass + rows_total * width, 0.f);
+  std::fill(psq, psq + rows_total, 0.f);
+  std::fill(plogp, plogp + rows_total, 0.f);
+  std::vector<float> lse(rows_total);
+  AttnArgs stats = a;
+  stats.v = nullptr;
+  stats.out = nullptr;
+  stats.lse = lse.data();
+  stats.shape.Dv = 0;
+  dense_attention(stats);
+  const float scale = a.effective_scale();
+  constexpr int kRows = 64, kCols = 256;
+  const int nqt = ceil_div(std::max(s.Nq, 1), kRows);
+
+#pragma omp parallel
+  {
+    RowMat S(kRows, kCols);
+    std::vector<int> bounds(width + 1);
+    std::vector<double> acc(size_t(kRows) * width), sq(kRows), ent(kRows);
+#pragma omp for schedule(dynamic, 1)
+    for (long long it = 0; it < (long long)s.B * s.Hq * nqt; ++it) {
+      const int qt = int(it % nqt), h = int((it / nqt) % s.Hq), b = int(it / ((long long)nqt * s.Hq));
+      const int hk = h / s.group();
+      const int i0 = qt * kRows, i1 = std::min(s.Nq, i0 + kRows), n = i1 - i0;
+      if (n <= 0) continue;
+      const RowMat Q = CMap(a.q + s.q_index(b, h, i0), n, s.D) * scale;
+      const int kend = prefix_len(s, a.causal, i1 - 1);
+      std::fill(acc.begin(), acc.end(), 0.0);
+      std::fill(sq.begin(), sq.end(), 0.0);
+      std::fill(ent.begin(), ent.end(), 0.0);
+      for (int j0 = 0; j0 < kend; j0 += kCols) {
+        const int cols = std::min(kCols, kend - j0);
+        S.topLeftCorner(n, cols).noalias() = Q * CMap(a.k + s.k_index(b, hk, j0), cols, s.D).transpose();
+        for (int r = 0; r < n; ++r) {
+          const int i = i0 + r;
+          const int L = prefix_len(s, a.causal, i);
+          const float l = lse[s.row_index(b, h, i)];
+          if (L == 0 || j0 >= L) continue;
+          for (int c = 0; c <= width; ++c) bounds[c] = boundary(c, L, width);
+          int c = int(std::upper_bound(bounds.begin(), bounds.end(), j0) - bounds.begin()) - 1;
+          const int jend = std::min(cols, L - j0);
+          for (int jj = 0; jj < jend; ++jj) {
+            const int t = j0 + jj;
+            while (t >= bounds[c + 1]) ++c;
+            const double lp = double(S(r, jj)) - double(l);
+            const double pr = std::exp(lp);
+            acc[size_t(r) * width + c] += pr;
+            sq[r] += pr * pr;
+            ent[r] += pr * lp;
+          }
+        }
+      }
+      for (int r = 0; r < n; ++r) {
+        const size_t row = s.row_index(b, h, i0 + r);
+        for (int c = 0; c < width; ++c) mass[row * width + c] = float(acc[size_t(r) * width + c]);
+        psq[row] = float(sq[r]);
+        plogp[row] = float(ent[r]);
+      }
+    }
+  }
 }
 
 }  // namespace spattn
