@@ -1,7 +1,7 @@
 // Dense causal attention timing straight from C++ (no Python): B=1, Hq=8, Hkv=2, N and D from
 // the command line, best of 2 runs, GFLOP/s of useful work. Used for thread-scaling runs on
 // machines without the Python stack, e.g.
-//   g++ -O3 -march=native -fopenmp -DEIGEN_DONT_PARALLELIZE -I cpp/include -I cpp/src \
+//   g++ -O3 -DNDEBUG -march=native -fopenmp -DEIGEN_DONT_PARALLELIZE -I cpp/include -I cpp/src \
 //       -I /usr/include/eigen3 cpp/bench/dense_threads.cpp cpp/src/*.cpp cpp/src/kernels/*.cpp \
 //       cpp/src/estimators/*.cpp -o dense_threads
 //   for t in 1 2 4 8 16; do OMP_NUM_THREADS=$t ./dense_threads 16384 128; done
