@@ -54,20 +54,6 @@ void softmax_inplace(float* x, int n) {
   for (int i = 0; i < n; ++i) x[i] *= inv;
 }
 
-std::vector<float> mean_pool_rows(const float* x, int n, int d, int block) {
-  const int nb = (n + block - 1) / block;
-  std::vector<float> out(size_t(nb) * d, 0.f);
-  for (int b = 0; b < nb; ++b) {
-    const int r0 = b * block, r1 = std::min(n, r0 + block);
-    float* o = out.data() + size_t(b) * d;
-    for (int r = r0; r < r1; ++r)
-      for (int c = 0; c < d; ++c) o[c] += x[size_t(r) * d + c];
-    const float inv = 1.f / float(r1 - r0);
-    for (int c = 0; c < d; ++c) o[c] *= inv;
-  }
-  return out;
-}
-
 void pool_rows(const float* x, int n, int d, int block, PoolKind kind, float* out, int ld_out) {
   const int nb = (n + block - 1) / block;
   for (int b = 0; b < nb; ++b) {
@@ -87,6 +73,12 @@ void pool_rows(const float* x, int n, int d, int block, PoolKind kind, float* ou
       for (int c = 0; c < d; ++c) o[c] *= inv;
     }
   }
+}
+
+std::vector<float> mean_pool_rows(const float* x, int n, int d, int block) {
+  std::vector<float> out(size_t((n + block - 1) / block) * d);
+  pool_rows(x, n, d, block, PoolKind::Avg, out.data(), d);
+  return out;
 }
 
 double js_divergence(const float* p, const float* q, int n) {
