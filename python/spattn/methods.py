@@ -202,13 +202,15 @@ class FlexPrefill(Method):
     max_budget : int or None, default None
         Maximum budget in tokens (None: unlimited, as in the paper's runs).
     block_size : int, default 128
+    gqa_interleave : bool, default False
+        Official option: query head h reads kv head h % Hkv (instead of spattn's h // (Hq/Hkv))
+        both in the estimate and in the attention; the heads are permuted around the kernels.
 
     Notes
     -----
     Deviations from the official code, all deliberate: float32 where it uses bf16; ties in
     top-k and sorting broken towards the lower index (torch leaves them unspecified); batch > 1
-    handled by looping (it asserts B == 1); only the non-interleaved GQA layout (query head h
-    reads kv head h // (Hq / Hkv)), which is spattn's convention everywhere. As in the official
+    handled by looping (it asserts B == 1). As in the official
     code, the estimation uses scale 1/sqrt(D) whatever ``scale`` the attention uses, and an exact
     zero probability in the JS terms yields NaN, which keeps the head vertical-slash.
     Only causal prefill (Nq == Nk) and decode (Nq == 1) are defined.
@@ -221,9 +223,18 @@ class FlexPrefill(Method):
     name = "flexprefill"
     paper = "Lai et al., FlexPrefill: A Context-Aware Sparse Attention Mechanism, ICLR 2025"
     pattern = "query-aware | vertical-slash, chosen per head by JS divergence"
-    defaults = {"gamma": 0.9, "tau": 0.1, "min_budget": 1024, "max_budget": None, "block_size": 128}
+    defaults = {"gamma": 0.9, "tau": 0.1, "min_budget": 1024, "max_budget": None, "block_size": 128,
+                "gqa_interleave": False}
     supports_noncausal = False
     PATTERNS = ("vertical_slash", "query_aware", "dense")
+
+    @staticmethod
+    def _interleave_order(Hq: int, Hkv: int) -> np.ndarray:
+        """order[j] = original query head placed at position j so that position j reads kv head
+        j // (Hq/Hkv) in spattn's layout exactly when the original head h reads h % Hkv."""
+        G = Hq // Hkv
+        j = np.arange(Hq)
+        return (j % G) * Hkv + j // G
 
     def _check_params(self) -> None:
         p = self.params
@@ -235,6 +246,8 @@ class FlexPrefill(Method):
             raise ValueError(f"gamma must be in (0, 1], got {p['gamma']!r}")
         if not isinstance(p["tau"], (float, int, np.floating)) or not float(p["tau"]) >= 0:
             raise ValueError(f"tau must be a number >= 0, got {p['tau']!r}")
+        if not isinstance(p["gqa_interleave"], (bool, np.bool_)):
+            raise TypeError(f"gqa_interleave must be a bool, got {p['gqa_interleave']!r}")
 
     def estimate(self, q, k, *, causal=False, scale=None) -> BlockMask:
         q, k, _ = check_qkv(q, k)
@@ -244,12 +257,32 @@ class FlexPrefill(Method):
         if Nq != Nk and Nq != 1:
             raise ValueError(f"flexprefill needs Nq == Nk (prefill) or Nq == 1 (decode); got Nq={Nq}, Nk={Nk}")
         p = self.params
+        order = self._interleave_order(q.shape[1], k.shape[1]) if p["gqa_interleave"] else None
+        qe = q if order is None else np.ascontiguousarray(q[:, order])
         blocks, pattern, js, nv, ns = _core.estimate_flexprefill(
-            q, k, True, float(p["gamma"]), float(p["tau"]), p["min_budget"],
+            qe, k, True, float(p["gamma"]), float(p["tau"]), p["min_budget"],
             -1 if p["max_budget"] is None else p["max_budget"], p["block_size"])
+        info = [blocks, pattern, js, nv, ns]
+        if order is not None:  # back to the caller's head order
+            inv = np.argsort(order)
+            info = [x[:, inv] for x in info]
+        blocks, pattern, js, nv, ns = info
         self.last_info = {"pattern": np.array(self.PATTERNS, dtype=object)[pattern].astype(str),
                           "js": js, "n_vertical": nv, "n_slash": ns}
-        return BlockMask(blocks, p["block_size"], p["block_size"], Nq, Nk)
+        return BlockMask(np.ascontiguousarray(blocks), p["block_size"], p["block_size"], Nq, Nk)
+
+    def __call__(self, q, k, v, *, causal=False, scale=None, return_lse=False):
+        if not self.params["gqa_interleave"]:
+            return super().__call__(q, k, v, causal=causal, scale=scale, return_lse=return_lse)
+        q, k, v = check_qkv(q, k, v)
+        mask = self.estimate(q, k, causal=causal, scale=scale)
+        order = self._interleave_order(q.shape[1], k.shape[1])
+        inv = np.argsort(order)
+        pm = BlockMask(np.ascontiguousarray(mask.blocks[:, order]), mask.block_q, mask.block_k, mask.q_len, mask.kv_len)
+        out, lse = block_sparse_attention(np.ascontiguousarray(q[:, order]), k, v, pm, causal=causal, scale=scale,
+                                          return_lse=True)
+        out, lse = np.ascontiguousarray(out[:, inv]), np.ascontiguousarray(lse[:, inv])
+        return (out, lse) if return_lse else out
 
 
 @register
