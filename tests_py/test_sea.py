@@ -243,3 +243,15 @@ def test_chunked_inference_logits_equal_training_logits():
     dec = sea_mod.SeaDecoder.init(3, 16, seed=1, init_std=0.3)
     dec.w3[:] = rng.normal(0, 0.3, dec.w3.shape)
     np.testing.assert_allclose(dec._logits_infer(est, chunk=256), dec.logits(est)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_cpp_refine_matches_numpy_refine():
+    rng = np.random.default_rng(5)
+    T, W = 700, 24
+    est = rng.dirichlet(np.ones(W), size=(2, 3, T)).astype(np.float32)
+    counts = sea_mod.column_counts(T, T, W, True)
+    est[..., counts == 0] = 0
+    dec = sea_mod.SeaDecoder.init(3, W, channels=5, seed=1, init_std=0.3)
+    dec.w3[:] = rng.normal(0, 0.3, dec.w3.shape)
+    dec.bias[:] = rng.normal(0, 0.3, dec.bias.shape)
+    np.testing.assert_allclose(dec.refine(est, counts), dec.refine_numpy(est, counts), atol=2e-5)

@@ -344,5 +344,33 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(mass, psq, plogp);
   }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("width"));
 
+  m.def("sea_decoder_refine", [](const FArr& est, const IArr& counts, const FArr& w1, const FArr& b1, const FArr& w2,
+                                 const FArr& b2, const FArr& w3, const FArr& b3, const FArr& bias, int dilation) {
+    need_ndim(est, 4, "est");
+    need_ndim(counts, 2, "counts");
+    need_ndim(w1, 4, "w1");
+    need_ndim(w2, 4, "w2");
+    need_ndim(w3, 2, "w3");
+    need_ndim(bias, 2, "bias");
+    SeaDecoderWeights w;
+    w.C = int(w1.shape(0)); w.H = int(w1.shape(1)); w.W = int(bias.shape(1)); w.dil = dilation;
+    const int B = int(est.shape(0)), T = int(est.shape(2));
+    if (est.shape(1) != w.H || est.shape(3) != w.W || counts.shape(0) != T || counts.shape(1) != w.W ||
+        w2.shape(0) != w.C || w2.shape(1) != w.C || w3.shape(0) != w.H || w3.shape(1) != w.C ||
+        b1.size() != w.C || b2.size() != w.C || b3.size() != w.H || bias.shape(0) != w.H ||
+        w1.shape(2) != 3 || w1.shape(3) != 3 || w2.shape(2) != 3 || w2.shape(3) != 3)
+      throw py::value_error("sea decoder: weights, estimate and counts do not fit together");
+    w.w1 = w1.data(); w.b1 = b1.data(); w.w2 = w2.data(); w.b2 = b2.data(); w.w3 = w3.data(); w.b3 = b3.data();
+    w.bias = bias.data();
+    FArr out({est.shape(0), est.shape(1), est.shape(2), est.shape(3)});
+    float* op = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      sea_decoder_refine(est.data(), B, T, counts.data(), w, op);
+    }
+    return out;
+  }, py::arg("est"), py::arg("counts"), py::arg("w1"), py::arg("b1"), py::arg("w2"), py::arg("b2"), py::arg("w3"),
+     py::arg("b3"), py::arg("bias"), py::arg("dilation"));
+
   m.def("max_threads", []() { return omp_get_max_threads(); });
 }

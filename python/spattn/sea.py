@@ -188,10 +188,16 @@ class SeaDecoder:
         return z
 
     def refine(self, est: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Refined estimate (B, H, T, W) float32; columns without keys stay 0."""
+        """Refined estimate (B, H, T, W) float32; columns without keys stay 0 (C++, float32)."""
         if est.shape[1] != self.heads or est.shape[3] != self.width:
             raise ValueError(f"decoder was built for {self.heads} heads and width {self.width}, "
                              f"estimate has shape {est.shape}")
+        f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
+        return _core.sea_decoder_refine(f32(est), np.ascontiguousarray(counts, dtype=np.int32),
+                                        *(f32(p) for p in self.params()), int(self.dilation))
+
+    def refine_numpy(self, est: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The same refinement in numpy (the reference of the C++ path, used by the tests)."""
         z = self._logits_infer(est)
         z = np.where(counts[None, None] > 0, z, -np.inf)
         mx = z.max(-1, keepdims=True)
