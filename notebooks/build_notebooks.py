@@ -18,7 +18,7 @@ def write(name, cells):
 quickstart = [
     nbf.v4.new_markdown_cell("# spattn quickstart\n\nA synthetic workload with planted attention "
                              "structures, masks from the registered methods, their pictures, and the demo table."),
-    nbf.v4.new_code_cell("import numpy as np\nimport matplotlib\nmatplotlib.use('Agg')\n"
+    nbf.v4.new_code_cell("import matplotlib\nmatplotlib.use('Agg')\n"
                          "import matplotlib.pyplot as plt\nimport spattn\n"
                          "print(spattn.__version__, spattn.num_threads(), 'threads;', spattn.methods.available())"),
     nbf.v4.new_code_cell("w = spattn.synthetic.structured_qkv(B=1, Hq=6, Hkv=2, N=2048, D=128, seed=0)\n"
@@ -54,7 +54,7 @@ flexprefill = [
         "Jensen-Shannon distance between the pooled estimate and the last queries' true block "
         "distribution picks *query-aware* (below `tau`) or *vertical-slash* blocks."),
     nbf.v4.new_code_cell(
-        "import numpy as np\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport spattn\n"
+        "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport spattn\n"
         "w = spattn.synthetic.structured_qkv(B=1, Hq=6, Hkv=2, N=4096, D=128, seed=0)\n"
         "fp = spattn.methods.get('flexprefill', gamma=0.9, tau=0.1, min_budget=512, block_size=128)\n"
         "mask = fp.estimate(w.q, w.k, causal=True)\ninfo = fp.last_info\n"

@@ -14,7 +14,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._validation import as_float_array, check_qkv, check_scale
+from ._validation import check_qkv, check_scale
 from .masks import BlockMask, TokenIndices
 
 Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]

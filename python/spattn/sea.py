@@ -31,7 +31,6 @@ channels); only the decoder learns (the paper fine-tunes the whole model).
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional, Tuple
 
