@@ -126,3 +126,11 @@ def test_dense_and_block_sparse_property(B, Hkv, G, Nq, Nk, D, causal, seed):
     mask = spattn.BlockMask(rng.random((B, 1, -(-Nq // bs), -(-Nk // bs))) < 0.5, bs, bs, Nq, Nk)
     got = spattn.block_sparse_attention(q, k, v, mask, causal=causal, return_lse=True)
     assert_matches(*got, *ref_attention(q, k, v, causal=causal, allowed=mask.to_dense()))
+
+
+def test_nan_inputs_propagate_instead_of_silent_zeros():
+    q, k, v = make_qkv(1, 2, 1, 8, 8, 64)
+    q[0, 0, 3, 5] = np.nan
+    out, lse = spattn.attention(q, k, v, causal=True, return_lse=True)
+    assert np.isnan(out[0, 0, 3]).all() and np.isnan(lse[0, 0, 3])
+    assert np.isfinite(np.delete(out[0, 0], 3, axis=0)).all() and np.isfinite(out[0, 1]).all()

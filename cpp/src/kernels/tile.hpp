@@ -214,7 +214,7 @@ inline void run_key_span(TileScratch& t, int rows, const TransposedK& kt, int b,
 // give out = 0 and lse = -inf.
 inline void store_row(const TileScratch& t, int r, const AttnArgs& a, int b, int h, int i) {
   const AttnShape& sh = a.shape;
-  const bool empty = !(t.l[r] > 0.f);
+  const bool empty = t.l[r] == 0.f;  // NaN inputs propagate (NaN out), as in torch; only true emptiness gives 0
   if (a.out != nullptr && sh.Dv > 0) {
     float* o = a.out + sh.out_index(b, h, i);
     const float* acc = t.acc.data() + size_t(r) * t.dv;
