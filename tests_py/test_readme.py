@@ -1,0 +1,9 @@
+"""The README's example runs as written."""
+
+import pathlib
+
+
+def test_readme_example_runs():
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = text.split("## Example", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README example", "exec"), {})
