@@ -11,6 +11,10 @@ namespace spattn {
 // Exact attention over every visible key. Writes args.out (and args.lse when non-null).
 void dense_attention(const AttnArgs& args);
 
+// Row log-sum-exp of exact attention only (no values, no output): lse (B, Hq, Nq), -inf for
+// rows that see no key. The first pass of every two-pass statistic (block maps, masses).
+void row_logsumexp(const AttnArgs& args, float* lse);
+
 // Attention restricted to the blocks of `mask` (H = Hq or 1); when args.causal the causal rule
 // is applied element-wise inside the selected blocks.
 void block_sparse_attention(const AttnArgs& args, const BlockMaskView& mask);

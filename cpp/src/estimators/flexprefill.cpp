@@ -44,15 +44,12 @@ int score_cover_count(const std::vector<float>& x, float gamma) {
   return count + 1;
 }
 
-// sqrt(JS) exactly as the official formula: natural log, no epsilon (0 * log 0 -> NaN).
+// sqrt(JS) as the official formula: natural log, no epsilon, so any exact zero probability
+// gives 0 * log 0 = NaN there (and NaN < tau keeps the head vertical-slash).
 float sqrt_js_official(const std::vector<float>& p, const std::vector<float>& q) {
-  double kl_p = 0.0, kl_q = 0.0;
-  for (size_t i = 0; i < p.size(); ++i) {
-    const double m = 0.5 * (double(p[i]) + double(q[i]));
-    kl_p += double(p[i]) * std::log(double(p[i]) / m);
-    kl_q += double(q[i]) * std::log(double(q[i]) / m);
-  }
-  return float(std::sqrt(0.5 * kl_p + 0.5 * kl_q));
+  for (size_t i = 0; i < p.size(); ++i)
+    if (p[i] == 0.f || q[i] == 0.f) return std::numeric_limits<float>::quiet_NaN();
+  return float(std::sqrt(js_divergence(p.data(), q.data(), int(p.size()))));
 }
 
 }  // namespace

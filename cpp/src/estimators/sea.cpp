@@ -158,12 +158,7 @@ void sea_exact_compressed(const AttnArgs& a, int width, float* mass, float* psq,
   std::fill(psq, psq + rows_total, 0.f);
   std::fill(plogp, plogp + rows_total, 0.f);
   std::vector<float> lse(rows_total);
-  AttnArgs stats = a;
-  stats.v = nullptr;
-  stats.out = nullptr;
-  stats.lse = lse.data();
-  stats.shape.Dv = 0;
-  dense_attention(stats);
+  row_logsumexp(a, lse.data());
   const float scale = a.effective_scale();
   constexpr int kRows = 64, kCols = 256;
   const int nqt = ceil_div(std::max(s.Nq, 1), kRows);

@@ -49,4 +49,13 @@ void dense_attention(const AttnArgs& a) {
   }
 }
 
+void row_logsumexp(const AttnArgs& a, float* lse) {
+  AttnArgs stats = a;
+  stats.v = nullptr;
+  stats.out = nullptr;
+  stats.lse = lse;
+  stats.shape.Dv = 0;
+  dense_attention(stats);
+}
+
 }  // namespace spattn

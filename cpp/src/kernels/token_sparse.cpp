@@ -83,12 +83,7 @@ void token_attention_mass(const AttnArgs& a, const TokenIndicesView& ix, float* 
   if (s.Nq == 0) return;
   // Pass 1: exact row log-sum-exp (statistics only, no values).
   std::vector<float> lse(size_t(s.B) * s.Hq * s.Nq);
-  AttnArgs stats = a;
-  stats.v = nullptr;
-  stats.out = nullptr;
-  stats.lse = lse.data();
-  stats.shape.Dv = 0;
-  dense_attention(stats);
+  row_logsumexp(a, lse.data());
   const long long items = (long long)s.B * s.Hq * ix.G;
   const float scale = a.effective_scale();
   const int off = s.causal_offset();
