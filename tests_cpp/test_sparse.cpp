@@ -4,6 +4,7 @@
 #include <set>
 
 #include "spattn/kernels.hpp"
+#include "spattn/statistics.hpp"
 #include "spattn/masks.hpp"
 #include "test_helpers.hpp"
 

@@ -14,6 +14,7 @@
 
 #include "spattn/estimators.hpp"
 #include "spattn/kernels.hpp"
+#include "spattn/statistics.hpp"
 
 namespace py = pybind11;
 using namespace spattn;
@@ -339,7 +340,7 @@ PYBIND11_MODULE(_core, m) {
     float* ep = plogp.mutable_data();
     {
       py::gil_scoped_release nogil;
-      sea_exact_compressed(a, width, mp, pp, ep);
+      compressed_attention_targets(a, width, mp, pp, ep);
     }
     return py::make_tuple(mass, psq, plogp);
   }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("width"));

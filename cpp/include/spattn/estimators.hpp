@@ -135,15 +135,6 @@ std::vector<int32_t> sea_select(const float* est, const AttnShape& s, bool causa
 
 namespace spattn {
 
-// SEA distillation target: the exact attention mass of each query on each column of its
-// compressed grid (B, Hq, Nq, width), and per row the sums of p^2 and p log p (B, Hq, Nq),
-// computed tile by tile (row log-sum-exp first, then the probabilities); no N x N buffer.
-void sea_exact_compressed(const AttnArgs& qk, int width, float* mass, float* psq, float* plogp);
-
-}  // namespace spattn
-
-namespace spattn {
-
 // SEA decoder inference (see python/spattn/sea.py): x = log(est + 1e-6); two 3x3 convolutions
 // causal in time (dilation `dil`, zero padding) with ReLU; z = x + w3 h2 + b3 + bias[h, col];
 // softmax over the columns with keys (counts > 0). Weights: w1 (C, H, 3, 3), b1 (C),

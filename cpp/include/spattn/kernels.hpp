@@ -4,6 +4,7 @@
 #pragma once
 
 #include "spattn/masks.hpp"
+#include "spattn/plan.hpp"
 #include "spattn/tensor.hpp"
 
 namespace spattn {
@@ -12,11 +13,15 @@ namespace spattn {
 void dense_attention(const AttnArgs& args);
 
 // Row log-sum-exp of exact attention only (no values, no output): lse (B, Hq, Nq), -inf for
-// rows that see no key. The first pass of every two-pass statistic (block maps, masses).
+// rows that see no key. The first pass of every two-pass statistic (spattn/statistics.hpp).
 void row_logsumexp(const AttnArgs& args, float* lse);
 
-// Attention restricted to the blocks of `mask` (H = Hq or 1); when args.causal the causal rule
-// is applied element-wise inside the selected blocks.
+// Attention restricted to the blocks of a compiled plan (spattn/plan.hpp); when args.causal the
+// causal rule is applied element-wise inside the partial blocks. The plan must have been
+// compiled for this shape and causality.
+void block_sparse_attention(const AttnArgs& args, const BlockPlan& plan);
+
+// Same, compiling `mask` (H = Hq or 1) into a plan for this one call.
 void block_sparse_attention(const AttnArgs& args, const BlockMaskView& mask);
 
 // Attention restricted to the key positions listed per query group (decode when Nq = 1).
@@ -27,20 +32,5 @@ void token_sparse_attention(const AttnArgs& args, const TokenIndicesView& indice
 // Rows empty on both sides give out = 0, lse = -inf. `rows` rows of `dv` values each.
 void merge_states(const float* out_a, const float* lse_a, const float* out_b,
                   const float* lse_b, long long rows, int dv, float* out, float* lse);
-
-enum class BlockPool { Sum, Max };
-
-// Block-pooled exact attention probabilities, computed tile by tile in two passes
-// (row statistics, then the normalised probabilities), never holding Nq x Nk.
-// map (B, Hq, ceil(Nq/block_q), ceil(Nk/block_k)): Sum -> sum of p_ij over the block,
-// Max -> max of p_ij over the block. Invisible (causal) entries count as p = 0.
-// Only args.q, args.k, shape, scale and causal are read; args.lse, when non-null, receives
-// the row log-sum-exp of the first pass.
-void block_attention_map(const AttnArgs& args, int block_q, int block_k, BlockPool pool,
-                         float* map);
-
-// Per-query share of exact softmax mass that falls on the listed keys:
-// mass (B, Hq, Nq); rows that see no key get NaN (callers skip them).
-void token_attention_mass(const AttnArgs& args, const TokenIndicesView& indices, float* mass);
 
 }  // namespace spattn

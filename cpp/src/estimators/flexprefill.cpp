@@ -22,6 +22,7 @@
 
 #include "spattn/estimators.hpp"
 #include "spattn/selection.hpp"
+#include "spattn/statistics.hpp"
 
 namespace spattn {
 
@@ -93,39 +94,30 @@ BlockMask estimate_flexprefill(const AttnArgs& a, const FlexPrefillParams& p, Fl
     avg_k[t] = mean_pool_rows(a.k + s.k_index(b, hk, 0), N, D, bs);
   }
 
+  // 1-2. Last-query attention: the last bs queries against every key, causal only in the final
+  //      bs x bs corner, softmax per row; vertical = column means, slash = diagonal sums / bs
+  //      (entry N-1-o holds offset o). Exact statistics pass of the tile engine.
+  std::vector<float> q_last(heads * size_t(bs) * D), vert_all(heads * size_t(N)), slash_all(heads * size_t(N));
+  for (size_t t = 0; t < heads; ++t)
+    std::copy_n(a.q + (t * s.Nq + size_t(N - bs)) * D, size_t(bs) * D, q_last.data() + t * bs * D);
+  {
+    AttnArgs last = a;
+    last.q = q_last.data();
+    last.shape.Nq = bs;
+    last.scale = est_scale;
+    vertical_slash_sums(last, vert_all.data(), slash_all.data());
+  }
+
 #pragma omp parallel
   {
-    RowMat S(bs, N);
     std::vector<float> vertical(N), slash(N), vb(nb), sb(nb), est(nb);
 #pragma omp for schedule(dynamic, 1)
     for (long long t = 0; t < (long long)heads; ++t) {
       const int b = int(t / s.Hq), h = int(t % s.Hq), hk = h / s.group();
-      const float* kh = a.k + s.k_index(b, hk, 0);
       const float* qh = a.q + s.q_index(b, h, 0);
-      // 1. Last-query attention: the last bs queries (scaled) against every key, causal only in
-      //    the final bs x bs corner, softmax per row.
-      RowMat Ql = CMap(qh + size_t(N - bs) * D, bs, D) * est_scale;
-      S.noalias() = Ql * CMap(kh, N, D).transpose();
-      for (int i = 0; i < bs; ++i) {
-        float* row = S.data() + size_t(i) * N;
-        for (int j = N - bs + i + 1; j < N; ++j) row[j] = ninf;
-        softmax_inplace(row, N);
-      }
-      // 2. Vertical (column mean) and slash (diagonal sums / bs, entry N-1-o holds offset o).
-      std::fill(vertical.begin(), vertical.end(), 0.f);
-      std::fill(slash.begin(), slash.end(), 0.f);
-      for (int i = 0; i < bs; ++i) {
-        const float* row = S.data() + size_t(i) * N;
-        const int qpos = N - bs + i;
-        for (int j = 0; j <= qpos; ++j) {
-          vertical[j] += row[j];
-          slash[N - 1 - (qpos - j)] += row[j];
-        }
-      }
-      for (int j = 0; j < N; ++j) {
-        vertical[j] /= float(bs);
-        slash[j] /= float(bs);
-      }
+      const RowMat Ql = CMap(q_last.data() + size_t(t) * bs * D, bs, D) * est_scale;
+      std::copy_n(vert_all.data() + size_t(t) * N, N, vertical.begin());
+      std::copy_n(slash_all.data() + size_t(t) * N, N, slash.begin());
       // 3. Budgets in blocks.
       auto budget = [&](const std::vector<float>& x) {
         int n = score_cover_count(x, p.gamma) / 128 + 1;

@@ -15,6 +15,7 @@
 
 #include "spattn/estimators.hpp"
 #include "spattn/kernels.hpp"
+#include "spattn/statistics.hpp"
 #include "spattn/selection.hpp"
 
 namespace spattn {

@@ -1,7 +1,12 @@
-// The one online-softmax tile update shared by every spattn kernel (flash-attention style,
-// Dao et al. 2022): S = Q_tile K_tile^T (Q pre-scaled), mask, update running max and sum,
-// rescale the accumulator, O += P V_tile. Kernels differ only in which query rows they stack
-// and which key spans (contiguous or gathered) they feed through `tile_update`.
+// The tile of the spattn tile engine (flash-attention style, Dao et al. 2022): stacked query rows
+// with their running softmax state, keys as segments of one tile, and the two things a tile can
+// do after `tile_scores` (S = Q_tile K_tile^T, the only Q.K^T product of the library):
+//  - OnlineSoftmax: mask, update running max and sum, rescale the accumulator, O += P V_tile;
+//  - ProbabilitySweep: with the final row log-sum-exp known (a first OnlineSoftmax pass without
+//    values), hand the exact probabilities p = exp(s - lse) of the visible keys to a reducer
+//    (block pooling, token masses, compressed targets, vertical/slash sums).
+// The work-item loop and the key sources (dense span, compiled plan, gathered tokens) that feed
+// tiles through these steps live in engine.hpp.
 #pragma once
 
 #include <Eigen/Core>
@@ -42,11 +47,12 @@ struct TileScratch {
   int max_rows = 0, d = 0, dv = 0, bk = 0;
   AlignedFloats q, s, acc, m, l;
   std::vector<int> qlim;  // largest visible key position of each row (causal)
+  std::vector<int> pos;   // key position of each column of the current tile (ProbabilitySweep)
 
   TileScratch(int max_rows_, int d_, int dv_, int bk_)
       : max_rows(max_rows_), d(d_), dv(dv_), bk(bk_),
         q(size_t(max_rows_) * d_), s(size_t(max_rows_) * bk_), acc(size_t(max_rows_) * dv_),
-        m(max_rows_), l(max_rows_), qlim(max_rows_) {}
+        m(max_rows_), l(max_rows_), qlim(max_rows_), pos(bk_) {}
 
   void reset(int rows) {
     std::fill(m.begin(), m.begin() + rows, kNegInf);
@@ -147,13 +153,18 @@ inline int visible_prefix(const KeySegment* seg, int nseg, int lim) {
   return n;
 }
 
-// One tile made of `nseg` segments (at most t.bk keys in all). When `masked`, keys past a
-// row's causal limit qlim[r] are hidden from it.
-inline void tile_update(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) {
-  float* S = t.s.data();
+// Total keys of a tile made of `nseg` segments.
+inline int tile_columns(const KeySegment* seg, int nseg) {
   int cols = 0;
   for (int g = 0; g < nseg; ++g) cols += seg[g].len;
-  if (cols == 0) return;
+  return cols;
+}
+
+// S (rows x cols, row stride cols) = Q_tile K_tile^T for the `nseg` segments of one tile (at most
+// t.bk keys in all); Q is pre-scaled. The only Q.K^T product in spattn: the AVX-512
+// micro-kernel on transposed K, Eigen on row-major K (few-row work items) or portable builds.
+inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nseg, int cols) {
+  float* S = t.s.data();
   for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
     if (seg[g].kt == nullptr) {
       MMap(S + n0, rows, seg[g].len, Stride(cols)).noalias() =
@@ -167,32 +178,74 @@ inline void tile_update(TileScratch& t, int rows, const KeySegment* seg, int nse
         CMap(t.q.data(), rows, t.d, Stride(t.d)) * CMap(seg[g].kt, t.d, seg[g].len, Stride(seg[g].ldkt));
 #endif
   }
-  for (int r = 0; r < rows; ++r) {
-    float* srow = S + size_t(r) * cols;
-    const int ncols = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
-    if (ncols < cols) std::fill(srow + ncols, srow + cols, 0.f);
-    if (ncols == 0) continue;
-    ArrMap srow_a(srow, ncols);
-    const float m_old = t.m[r];
-    const float m_new = std::max(m_old, srow_a.maxCoeff());
-    srow_a = (srow_a - m_new).exp();
-    const float alpha = std::exp(m_old - m_new);  // 0 when m_old = -inf
-    t.l[r] = t.l[r] * alpha + srow_a.sum();
-    t.m[r] = m_new;
-    if (alpha != 1.f && t.dv > 0) {
-      ArrMap acc_row(t.acc.data() + size_t(r) * t.dv, t.dv);
-      acc_row *= alpha;
+}
+
+// Output step of attention: the online-softmax update of the running max, sum and accumulator
+// with the tile's keys. When `masked`, keys past a row's causal limit qlim[r] are hidden from it.
+struct OnlineSoftmax {
+  void operator()(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) const {
+    const int cols = tile_columns(seg, nseg);
+    if (cols == 0) return;
+    tile_scores(t, rows, seg, nseg, cols);
+    float* S = t.s.data();
+    for (int r = 0; r < rows; ++r) {
+      float* srow = S + size_t(r) * cols;
+      const int ncols = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
+      if (ncols < cols) std::fill(srow + ncols, srow + cols, 0.f);
+      if (ncols == 0) continue;
+      ArrMap srow_a(srow, ncols);
+      const float m_old = t.m[r];
+      const float m_new = std::max(m_old, srow_a.maxCoeff());
+      srow_a = (srow_a - m_new).exp();
+      const float alpha = std::exp(m_old - m_new);  // 0 when m_old = -inf
+      t.l[r] = t.l[r] * alpha + srow_a.sum();
+      t.m[r] = m_new;
+      if (alpha != 1.f && t.dv > 0) {
+        ArrMap acc_row(t.acc.data() + size_t(r) * t.dv, t.dv);
+        acc_row *= alpha;
+      }
+    }
+    if (t.dv == 0) return;
+    for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
+#ifdef SPATTN_HAVE_MICROKERNEL
+      mk::gemm_pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());
+#else
+      MMap(t.acc.data(), rows, t.dv, Stride(t.dv)).noalias() +=
+          CMap(S + n0, rows, seg[g].len, Stride(cols)) * CMap(seg[g].v, seg[g].len, t.dv, Stride(seg[g].ldv));
+#endif
     }
   }
-  if (t.dv == 0) return;
-  for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
-#ifdef SPATTN_HAVE_MICROKERNEL
-    mk::gemm_pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());
-#else
-    MMap(t.acc.data(), rows, t.dv, Stride(t.dv)).noalias() +=
-        CMap(S + n0, rows, seg[g].len, Stride(cols)) * CMap(seg[g].v, seg[g].len, t.dv, Stride(seg[g].ldv));
-#endif
+};
+
+// Output step of the exact statistics passes: given the final log-sum-exp of every stacked row
+// (`row_lse[r]`, -inf for rows that see no key), computes p = exp(s - lse) over each row's
+// visible keys and calls reducer(r, p, pos, n) with the key positions of those n columns
+// (ascending). Rows with lse = -inf are skipped.
+template <class Reducer>
+struct ProbabilitySweep {
+  const float* row_lse;
+  Reducer& reduce;
+  void operator()(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) const {
+    const int cols = tile_columns(seg, nseg);
+    if (cols == 0) return;
+    tile_scores(t, rows, seg, nseg, cols);
+    for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g)
+      for (int c = 0; c < seg[g].len; ++c) t.pos[n0 + c] = seg[g].pos ? seg[g].pos[c] : seg[g].k0 + c;
+    for (int r = 0; r < rows; ++r) {
+      const float l = row_lse[r];
+      if (l == kNegInf) continue;
+      const int ncols = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
+      if (ncols == 0) continue;
+      ArrMap p(t.s.data() + size_t(r) * cols, ncols);
+      p = (p - l).exp();
+      reduce(r, p.data(), t.pos.data(), ncols);
+    }
   }
+};
+
+// The attention tile update (scores + online softmax), kept as the name the kernels use.
+inline void tile_update(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) {
+  OnlineSoftmax{}(t, rows, seg, nseg, masked);
 }
 
 // Whether work items of `rows` stacked query rows read K transposed (micro-kernel) or row-major.
@@ -200,12 +253,13 @@ inline bool use_transposed_k(int rows) { return rows >= 32; }
 
 // Feed contiguous keys [j0, j1) of kv head (b, hk) through the tile update, one K^T tile at a
 // time. `causal`: rows carry limits; tiles whose last key is <= min_lim need no mask.
+template <class Step = OnlineSoftmax>
 inline void run_key_span(TileScratch& t, int rows, const TransposedK& kt, int b, int hk, const float* v_head,
-                         int dv, int j0, int j1, bool causal, int min_lim) {
+                         int dv, int j0, int j1, bool causal, int min_lim, const Step& step = Step{}) {
   for (int j = j0; j < j1;) {
-    const int cols = std::min(TransposedK::T - j % TransposedK::T, j1 - j);
+    const int cols = std::min({TransposedK::T - j % TransposedK::T, j1 - j, t.bk});
     const KeySegment seg = key_segment(kt, b, hk, j, cols, v_head, dv);
-    tile_update(t, rows, &seg, 1, causal && (j + cols - 1 > min_lim));
+    step(t, rows, &seg, 1, causal && (j + cols - 1 > min_lim));
     j += cols;
   }
 }

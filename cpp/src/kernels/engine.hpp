@@ -1,0 +1,160 @@
+// The tile engine: one work-item loop for every kernel and every exact statistics pass.
+//
+// A *variant* says which query rows a work item stacks, which keys each of them may see (the
+// visibility rule: a dense span, the kv blocks of a compiled plan, gathered token positions)
+// and what happens to each tile (the output step: OnlineSoftmax into out/lse, or a
+// ProbabilitySweep reducing exact probabilities). `run_tiles` owns the OpenMP region, the
+// per-thread tile scratch, the query loading and the schedule; variants never compute Q.K^T
+// themselves (tile.hpp's `tile_scores` does, for every step).
+//
+// Variant interface (duck-typed, see the kernels and statistics for instances):
+//   long long items() const;                       number of work items
+//   WorkItem item(long long it) const;             rows and heads of work item `it`
+//   Local local() const;                           per-thread scratch beyond the tile (Local is
+//                                                  the variant's nested type)
+//   void keys(TileScratch&, const WorkItem&, Local&) const;    feed the item's key tiles
+//   void finish(const TileScratch&, const WorkItem&, Local&) const;  write the item's results
+#pragma once
+
+#include <omp.h>
+
+#include "tile.hpp"
+
+namespace spattn::detail {
+
+// Query rows [i0, i1) of the `stack` query heads h0 .. h0 + stack - 1, which all read kv head hk
+// of batch b. Stacked row g * (i1 - i0) + r is row i0 + r of head h0 + g.
+struct WorkItem {
+  int b = 0, h0 = 0, stack = 1, hk = 0, i0 = 0, i1 = 0;
+  int n() const { return i1 - i0; }
+  int rows() const { return stack * (i1 - i0); }
+};
+
+template <class Variant>
+void run_tiles(const AttnArgs& a, const Variant& var, int max_rows, int dv) {
+  const float scale = a.effective_scale();
+  const long long n_items = var.items();
+#pragma omp parallel
+  {
+    TileScratch t(max_rows, a.shape.D, dv, kKeyTile);
+    auto local = var.local();
+#pragma omp for schedule(dynamic, 1)
+    for (long long it = 0; it < n_items; ++it) {
+      const WorkItem w = var.item(it);
+      if (w.n() <= 0) continue;
+      for (int g = 0; g < w.stack; ++g) t.load_queries(a, w.b, w.h0 + g, w.i0, w.i1, g * w.n(), scale);
+      t.reset(w.rows());
+      var.keys(t, w, local);
+      var.finish(t, w, local);
+    }
+  }
+}
+
+// Last key position (exclusive) that any row of the item sees.
+inline int key_end(const AttnArgs& a, const WorkItem& w) {
+  return a.causal ? std::clamp(w.i1 - 1 + a.shape.causal_offset() + 1, 0, a.shape.Nk) : a.shape.Nk;
+}
+
+// Value rows of the item's kv head, or null for statistics passes (Dv = 0).
+inline const float* value_head(const AttnArgs& a, const WorkItem& w) {
+  return a.shape.Dv > 0 ? a.v + a.shape.v_index(w.b, w.hk, 0) : nullptr;
+}
+
+// Store every stacked row of the item as output rows (out / lse).
+inline void store_item(const TileScratch& t, const AttnArgs& a, const WorkItem& w) {
+  for (int g = 0; g < w.stack; ++g)
+    for (int r = 0; r < w.n(); ++r) store_row(t, g * w.n() + r, a, w.b, w.h0 + g, w.i0 + r);
+}
+
+// Copy the final log-sum-exp of the item's stacked rows (from a first pass) into `dst`.
+inline void load_item_lse(const AttnArgs& a, const WorkItem& w, const float* lse, float* dst) {
+  for (int g = 0; g < w.stack; ++g)
+    for (int r = 0; r < w.n(); ++r) dst[g * w.n() + r] = lse[a.shape.row_index(w.b, w.h0 + g, w.i0 + r)];
+}
+
+// Collects key spans of one work item as segments of one tile (no copies: the segments point
+// into the transposed K and into V) and runs the step when the tile is full. A tile is masked
+// (causal element rule) when any span added to it was.
+template <class Step>
+struct SpanTiler {
+  const Step& step;
+  int n = 0;
+  bool masked = false;
+  std::vector<KeySegment> segs;
+  explicit SpanTiler(const Step& s) : step(s) { segs.reserve(64); }
+
+  void flush(TileScratch& t, int rows) {
+    if (n == 0) return;
+    step(t, rows, segs.data(), int(segs.size()), masked);
+    segs.clear();
+    n = 0;
+    masked = false;
+  }
+  // Append keys [j0, j1) of kv head (b, hk), splitting at K^T tile ends and flushing when full.
+  void add(TileScratch& t, int rows, const TransposedK& ktr, int b, int hk, const float* vh, int dv, int j0, int j1,
+           bool masked_span) {
+    while (j0 < j1) {
+      const int take = std::min({t.bk - n, j1 - j0, TransposedK::T - j0 % TransposedK::T});
+      segs.push_back(key_segment(ktr, b, hk, j0, take, vh, dv));
+      n += take;
+      masked |= masked_span;
+      j0 += take;
+      if (n == t.bk) flush(t, rows);
+    }
+  }
+};
+
+// Gathers the valid (>= 0) keys of one index row into a contiguous per-thread tile: K transposed
+// (d x ld) for the tile products, V rows, and the key positions. Returns how many.
+struct GatheredKeys {
+  int ld;
+  AlignedFloats k, v;
+  std::vector<int> pos;
+  GatheredKeys(int K, int d, int dv) : ld(transposed_stride(K)), k(size_t(d) * ld, 0.f), v(size_t(K) * dv), pos(K) {}
+
+  int gather(const int32_t* idx, int K, const float* kh, const float* vh, int d, int dv) {
+    int n = 0;
+    for (int c = 0; c < K; ++c) {
+      const int j = idx[c];
+      if (j < 0) continue;
+      for (int p = 0; p < d; ++p) k[size_t(p) * ld + n] = kh[size_t(j) * d + p];
+      if (dv > 0) std::memcpy(v.data() + size_t(n) * dv, vh + size_t(j) * dv, sizeof(float) * dv);
+      pos[n++] = j;
+    }
+    return n;
+  }
+  // Feed the `cnt` gathered keys through `step`, one tile of at most t.bk keys at a time.
+  template <class Step>
+  void run(TileScratch& t, int rows, int cnt, int dv, bool causal, const Step& step) const {
+    for (int c = 0; c < cnt; c += t.bk) {
+      const int cols = std::min(t.bk, cnt - c);
+      const KeySegment seg{k.data() + c, ld, nullptr, dv > 0 ? v.data() + size_t(c) * dv : nullptr, dv, cols, 0,
+                           pos.data() + c};
+      step(t, rows, &seg, 1, causal);
+    }
+  }
+};
+
+// Work items of TokenIndices: one (batch, query head, query group) each; shared by the kernel
+// and the token-mass statistic.
+struct TokenItems {
+  const AttnShape& s;
+  const TokenIndicesView& ix;
+  long long items() const { return (long long)s.B * s.Hq * ix.G; }
+  WorkItem item(long long it) const {
+    WorkItem w;
+    const int g = int(it % ix.G);
+    w.h0 = int((it / ix.G) % s.Hq);
+    w.b = int(it / ((long long)ix.G * s.Hq));
+    w.hk = w.h0 / s.group();
+    w.i0 = g * ix.group_size;
+    w.i1 = std::min(s.Nq, w.i0 + ix.group_size);
+    return w;
+  }
+  int gather(GatheredKeys& gk, const AttnArgs& a, const WorkItem& w) const {
+    return gk.gather(ix.row(w.b, w.h0, w.i0 / ix.group_size), ix.K, a.k + s.k_index(w.b, w.hk, 0),
+                     value_head(a, w), s.D, s.Dv);
+  }
+};
+
+}  // namespace spattn::detail

@@ -1,0 +1,96 @@
+// Block-pooled exact attention map (the quantity behind the oracle top-k mask, the recall of a
+// BlockMask and SeerAttention's training target), on the tile engine: pass 1 the row
+// log-sum-exp, pass 2 the exact probabilities of each key tile pooled into its kv blocks.
+#include "../kernels/engine.hpp"
+#include "spattn/kernels.hpp"
+#include "spattn/statistics.hpp"
+
+namespace spattn {
+
+namespace {
+
+struct BlockMapVariant {
+  const AttnArgs& a;
+  const detail::TransposedK& kt;
+  const float* lse;
+  int block_q, block_k, nqb, nkb;
+  BlockPool pool;
+  float* map;
+
+  struct Reducer {
+    const BlockMapVariant& v;
+    int n = 0;                 // rows per head of the current item
+    std::vector<float> acc;    // stack x nkb
+    void operator()(int r, const float* p, const int* pos, int cnt) {
+      float* row = acc.data() + size_t(r / n) * v.nkb;
+      for (int c = 0; c < cnt;) {
+        const int blk = pos[c] / v.block_k;
+        const int stop = (blk + 1) * v.block_k;
+        float part = v.pool == BlockPool::Sum ? 0.f : row[blk];
+        for (; c < cnt && pos[c] < stop; ++c) part = v.pool == BlockPool::Sum ? part + p[c] : std::max(part, p[c]);
+        row[blk] = v.pool == BlockPool::Sum ? row[blk] + part : part;
+      }
+    }
+  };
+  struct Local {
+    Reducer red;
+    std::vector<float> row_lse;
+  };
+
+  long long items() const { return (long long)a.shape.B * a.shape.Hkv * nqb; }
+  detail::WorkItem item(long long it) const {
+    detail::WorkItem w;
+    const int qb = nqb - 1 - int(it % nqb);
+    w.hk = int((it / nqb) % a.shape.Hkv);
+    w.b = int(it / ((long long)nqb * a.shape.Hkv));
+    w.stack = a.shape.group();
+    w.h0 = w.hk * w.stack;
+    w.i0 = qb * block_q;
+    w.i1 = std::min(a.shape.Nq, w.i0 + block_q);
+    return w;
+  }
+  Local local() const {
+    return {Reducer{*this, 0, std::vector<float>(size_t(a.shape.group()) * nkb)},
+            std::vector<float>(size_t(a.shape.group()) * std::min(block_q, a.shape.Nq))};
+  }
+  void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& l) const {
+    l.red.n = w.n();
+    std::fill(l.red.acc.begin(), l.red.acc.end(), 0.f);
+    detail::load_item_lse(a, w, lse, l.row_lse.data());
+    const detail::ProbabilitySweep<Reducer> step{l.row_lse.data(), l.red};
+    detail::run_key_span(t, w.rows(), kt, w.b, w.hk, nullptr, 0, 0, detail::key_end(a, w), a.causal,
+                         w.i0 + a.shape.causal_offset(), step);
+  }
+  void finish(const detail::TileScratch&, const detail::WorkItem& w, Local& l) const {
+    const int qb = w.i0 / block_q;
+    for (int g = 0; g < w.stack; ++g)
+      std::copy_n(l.red.acc.data() + size_t(g) * nkb, nkb,
+                  map + ((size_t(w.b) * a.shape.Hq + w.h0 + g) * nqb + qb) * size_t(nkb));
+  }
+};
+
+}  // namespace
+
+void block_attention_map(const AttnArgs& a, int block_q, int block_k, BlockPool pool, float* map) {
+  const AttnShape& s = a.shape;
+  s.validate();
+  if (block_q < 1 || block_k < 1) throw std::invalid_argument("block sizes must be >= 1");
+  const int nqb = ceil_div(s.Nq, block_q), nkb = ceil_div(s.Nk, block_k);
+  std::fill(map, map + size_t(s.B) * s.Hq * nqb * nkb, 0.f);
+  if (s.Nq == 0 || s.Nk == 0) return;
+  std::vector<float> lse_own;
+  float* lse = a.lse;
+  if (lse == nullptr) {
+    lse_own.resize(size_t(s.B) * s.Hq * s.Nq);
+    lse = lse_own.data();
+  }
+  row_logsumexp(a, lse);
+  AttnArgs qk = a;
+  qk.shape.Dv = 0;
+  const int rows = s.group() * std::min(block_q, s.Nq);
+  const detail::TransposedK kt(qk, detail::use_transposed_k(rows));
+  const BlockMapVariant var{qk, kt, lse, block_q, block_k, nqb, nkb, pool, map};
+  detail::run_tiles(qk, var, rows, 0);
+}
+
+}  // namespace spattn

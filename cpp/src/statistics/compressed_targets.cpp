@@ -1,0 +1,111 @@
+// Exact attention mass on a per-query compressed key grid (SEA's distillation target), on the
+// tile engine: pass 1 the row log-sum-exp, pass 2 the exact probabilities of each key tile
+// added to the grid column that holds each key, with the sums of p^2 and p log p per row.
+#include <cmath>
+
+#include "../kernels/engine.hpp"
+#include "spattn/kernels.hpp"
+#include "spattn/statistics.hpp"
+
+namespace spattn {
+
+namespace {
+
+// Column boundary round(c L / width), half to even like torch.round (the official grid).
+inline int boundary(int c, int L, int width) { return int(std::nearbyint(double(c) * L / width)); }
+
+constexpr int kRowsPerItem = 64;
+
+struct TargetsVariant {
+  const AttnArgs& a;
+  const detail::TransposedK& kt;
+  const float* lse;
+  int width, nqt;
+  float *mass, *psq, *plogp;
+
+  struct Reducer {
+    const TargetsVariant& v;
+    int i0 = 0, n = 0;
+    std::vector<double> acc, sq, ent;  // rows x width, rows, rows
+    void operator()(int r, const float* p, const int* pos, int cnt) {
+      const int i = i0 + r % n;
+      const int L = v.a.causal ? std::clamp(i + v.a.shape.causal_offset() + 1, 0, v.a.shape.Nk) : v.a.shape.Nk;
+      double* row = acc.data() + size_t(r) * v.width;
+      // Column of the first key: the largest c with boundary(c) <= pos[0].
+      int c = std::min(v.width - 1, int((long long)pos[0] * v.width / std::max(L, 1)));
+      while (c > 0 && boundary(c, L, v.width) > pos[0]) --c;
+      while (c + 1 < v.width && boundary(c + 1, L, v.width) <= pos[0]) ++c;
+      int next = boundary(c + 1, L, v.width);
+      for (int j = 0; j < cnt; ++j) {
+        while (pos[j] >= next) next = boundary(++c + 1, L, v.width);
+        const double pr = p[j];
+        row[c] += pr;
+        sq[r] += pr * pr;
+        if (pr > 0.0) ent[r] += pr * std::log(pr);  // p = 0 (underflow) adds nothing
+      }
+    }
+  };
+  struct Local {
+    Reducer red;
+    std::vector<float> row_lse;
+  };
+
+  long long items() const { return (long long)a.shape.B * a.shape.Hq * nqt; }
+  detail::WorkItem item(long long it) const {
+    detail::WorkItem w;
+    const int qt = nqt - 1 - int(it % nqt);
+    w.h0 = int((it / nqt) % a.shape.Hq);
+    w.b = int(it / ((long long)nqt * a.shape.Hq));
+    w.hk = w.h0 / a.shape.group();
+    w.i0 = qt * kRowsPerItem;
+    w.i1 = std::min(a.shape.Nq, w.i0 + kRowsPerItem);
+    return w;
+  }
+  Local local() const {
+    return {Reducer{*this, 0, 0, std::vector<double>(size_t(kRowsPerItem) * width), std::vector<double>(kRowsPerItem),
+                    std::vector<double>(kRowsPerItem)},
+            std::vector<float>(kRowsPerItem)};
+  }
+  void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& l) const {
+    l.red.i0 = w.i0;
+    l.red.n = w.n();
+    std::fill(l.red.acc.begin(), l.red.acc.end(), 0.0);
+    std::fill(l.red.sq.begin(), l.red.sq.end(), 0.0);
+    std::fill(l.red.ent.begin(), l.red.ent.end(), 0.0);
+    detail::load_item_lse(a, w, lse, l.row_lse.data());
+    const detail::ProbabilitySweep<Reducer> step{l.row_lse.data(), l.red};
+    detail::run_key_span(t, w.rows(), kt, w.b, w.hk, nullptr, 0, 0, detail::key_end(a, w), a.causal,
+                         w.i0 + a.shape.causal_offset(), step);
+  }
+  void finish(const detail::TileScratch&, const detail::WorkItem& w, Local& l) const {
+    for (int r = 0; r < w.n(); ++r) {
+      const size_t row = a.shape.row_index(w.b, w.h0, w.i0 + r);
+      for (int c = 0; c < width; ++c) mass[row * width + c] = float(l.red.acc[size_t(r) * width + c]);
+      psq[row] = float(l.red.sq[r]);
+      plogp[row] = float(l.red.ent[r]);
+    }
+  }
+};
+
+}  // namespace
+
+void compressed_attention_targets(const AttnArgs& a, int width, float* mass, float* psq, float* plogp) {
+  const AttnShape& s = a.shape;
+  s.validate();
+  if (width < 1) throw std::invalid_argument("width must be >= 1");
+  const size_t rows_total = size_t(s.B) * s.Hq * s.Nq;
+  std::fill(mass, mass + rows_total * width, 0.f);
+  std::fill(psq, psq + rows_total, 0.f);
+  std::fill(plogp, plogp + rows_total, 0.f);
+  if (s.Nq == 0 || s.Nk == 0) return;
+  std::vector<float> lse(rows_total);
+  row_logsumexp(a, lse.data());
+  AttnArgs qk = a;
+  qk.shape.Dv = 0;
+  qk.v = nullptr;
+  const detail::TransposedK kt(qk, detail::use_transposed_k(std::min(kRowsPerItem, s.Nq)));
+  const TargetsVariant var{qk, kt, lse.data(), width, ceil_div(s.Nq, kRowsPerItem), mass, psq, plogp};
+  detail::run_tiles(qk, var, kRowsPerItem, 0);
+}
+
+}  // namespace spattn
