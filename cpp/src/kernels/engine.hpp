@@ -105,19 +105,27 @@ struct SpanTiler {
 };
 
 // Gathers the valid (>= 0) keys of one index row into a contiguous per-thread tile: K transposed
-// (d x ld) for the tile products, V rows, and the key positions. Returns how many.
+// (d x ld) for the micro-kernel when the work item stacks enough query rows, K rows otherwise
+// (a transposing gather costs more than a product of few rows), V rows, and the key positions.
 struct GatheredKeys {
+  bool transposed;
   int ld;
   AlignedFloats k, v;
   std::vector<int> pos;
-  GatheredKeys(int K, int d, int dv) : ld(transposed_stride(K)), k(size_t(d) * ld, 0.f), v(size_t(K) * dv), pos(K) {}
+  GatheredKeys(int K, int d, int dv, int rows)
+      : transposed(use_transposed_k(rows)), ld(transposed ? transposed_stride(K) : d),
+        k(transposed ? size_t(d) * ld : size_t(K) * d, 0.f), v(size_t(K) * dv), pos(K) {}
 
   int gather(const int32_t* idx, int K, const float* kh, const float* vh, int d, int dv) {
     int n = 0;
     for (int c = 0; c < K; ++c) {
       const int j = idx[c];
       if (j < 0) continue;
-      for (int p = 0; p < d; ++p) k[size_t(p) * ld + n] = kh[size_t(j) * d + p];
+      if (transposed) {
+        for (int p = 0; p < d; ++p) k[size_t(p) * ld + n] = kh[size_t(j) * d + p];
+      } else {
+        std::memcpy(k.data() + size_t(n) * d, kh + size_t(j) * d, sizeof(float) * d);
+      }
       if (dv > 0) std::memcpy(v.data() + size_t(n) * dv, vh + size_t(j) * dv, sizeof(float) * dv);
       pos[n++] = j;
     }
@@ -128,8 +136,10 @@ struct GatheredKeys {
   void run(TileScratch& t, int rows, int cnt, int dv, bool causal, const Step& step) const {
     for (int c = 0; c < cnt; c += t.bk) {
       const int cols = std::min(t.bk, cnt - c);
-      const KeySegment seg{k.data() + c, ld, nullptr, dv > 0 ? v.data() + size_t(c) * dv : nullptr, dv, cols, 0,
-                           pos.data() + c};
+      const float* vc = dv > 0 ? v.data() + size_t(c) * dv : nullptr;
+      const KeySegment seg = transposed
+          ? KeySegment{k.data() + c, ld, nullptr, vc, dv, cols, 0, pos.data() + c}
+          : KeySegment{nullptr, ld, k.data() + size_t(c) * ld, vc, dv, cols, 0, pos.data() + c};
       step(t, rows, &seg, 1, causal);
     }
   }

@@ -15,7 +15,7 @@ struct TokenVariant : detail::TokenItems {
   const AttnArgs& a;
   TokenVariant(const AttnArgs& a_, const TokenIndicesView& ix_) : TokenItems{a_.shape, ix_}, a(a_) {}
   using Local = detail::GatheredKeys;
-  Local local() const { return Local(ix.K, s.D, s.Dv); }
+  Local local() const { return Local(ix.K, s.D, s.Dv, std::min(ix.group_size, s.Nq)); }
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& gk) const {
     gk.run(t, w.rows(), gather(gk, a, w), s.Dv, a.causal, detail::OnlineSoftmax{});
   }

@@ -32,7 +32,7 @@ struct TokenMassVariant : detail::TokenItems {
   };
   Local local() const {
     const int rows = std::min(ix.group_size, s.Nq);
-    return {detail::GatheredKeys(ix.K, s.D, 0), Reducer{std::vector<double>(rows)}, std::vector<float>(rows)};
+    return {detail::GatheredKeys(ix.K, s.D, 0, rows), Reducer{std::vector<double>(rows)}, std::vector<float>(rows)};
   }
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& l) const {
     std::fill(l.red.sum.begin(), l.red.sum.end(), 0.0);
