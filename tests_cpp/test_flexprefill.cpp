@@ -1,6 +1,6 @@
 // FlexPrefill estimator: fallbacks, forced blocks, pattern switching, budget clamps, errors.
 // (The block-exact comparison with a slow re-implementation is in tests_py/test_flexprefill.py.)
-#include "spattn/estimators.hpp"
+#include "spattn/estimators/flexprefill.hpp"
 #include "test_helpers.hpp"
 
 using spattn::testing::Problem;

@@ -2,7 +2,8 @@
 // keys; selection keeps whole prefixes while L <= k and ascending keys everywhere.
 #include <random>
 
-#include "spattn/estimators.hpp"
+#include "spattn/estimators/sea.hpp"
+#include "spattn/statistics.hpp"
 #include "test_helpers.hpp"
 
 using spattn::testing::Problem;
@@ -17,7 +18,7 @@ TEST(Sea, EstimateRowsAreDistributionsAndSelectionAscends) {
   std::normal_distribution<float> nd;
   for (auto& x : feats) x = nd(gen);
   spattn::SeaParams prm;
-  prm.width = W;
+  prm.compressed_width = W;
   prm.k = 8;
   std::vector<float> est(size_t(4) * 200 * W);
   spattn::sea_estimate(p.args(), feats.data(), m, prm, est.data());

@@ -2,7 +2,8 @@
 // tests_py/test_seerattention.py).
 #include <random>
 
-#include "spattn/estimators.hpp"
+#include "spattn/estimators/seerattention.hpp"
+#include "spattn/learned/seer_gate.hpp"
 #include "test_helpers.hpp"
 
 using spattn::testing::Problem;
@@ -54,7 +55,7 @@ TEST(Seer, GateScoresAreCausalRowDistributions) {
   // Threshold selection: strict >, last two rows dense, causal cut.
   spattn::SeerParams prm;
   prm.threshold = 0.3f;
-  auto m = spattn::seer_select(sc.data(), 1, 4, 300, prm);
+  auto m = spattn::seer_select(sc.data(), 1, 4, 300, 64, prm);
   for (int h = 0; h < 4; ++h)
     for (int r = 0; r < nb; ++r)
       for (int c = 0; c < nb; ++c) {

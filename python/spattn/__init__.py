@@ -13,7 +13,7 @@ k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right aligned.
 """
 
 from . import _core, methods, metrics, sea, seer, synthetic
-from .kernels import attention, block_sparse_attention, merge_states, token_sparse_attention
+from .kernels import BlockPlan, attention, block_sparse_attention, merge_states, plan, token_sparse_attention
 from .masks import BlockMask, TokenIndices
 
 __version__ = "0.1.0"

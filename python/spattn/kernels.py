@@ -9,15 +9,16 @@ float dtype and strides are accepted and converted to C-contiguous float32 (one 
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
-from ._validation import check_qkv, check_scale
+from ._validation import as_float_array, check_qkv
 from .masks import BlockMask, TokenIndices
 
 Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
+BlockPlan = _core.BlockPlan
 
 
 def _finish(out: np.ndarray, lse: np.ndarray, return_lse: bool) -> Result:
@@ -39,24 +40,56 @@ def attention(q, k, v, *, causal: bool = False, scale: Optional[float] = None,
         Also return the row log-sum-exp (B, Hq, Nq).
     """
     q, k, v = check_qkv(q, k, v)
-    out, lse = _core.dense_attention(q, k, v, bool(causal), check_scale(scale, q.shape[3]))
+    out, lse = _core.dense_attention(q, k, v, bool(causal), scale)
     return _finish(out, lse, return_lse)
 
 
-def block_sparse_attention(q, k, v, mask: BlockMask, *, causal: bool = False,
-                           scale: Optional[float] = None, return_lse: bool = False) -> Result:
-    """Attention restricted to the blocks selected by `mask` (H = Hq or 1).
+def plan(mask: BlockMask, q_shape: Sequence[int], k_shape: Sequence[int], *, causal: bool = False) -> BlockPlan:
+    """Compile `mask` once for attention of the given shapes; reuse the plan across calls.
 
-    When `causal`, the causal rule applies element-wise inside the selected blocks. Rows whose
-    blocks hold no visible key get out = 0, lse = -inf.
+    The plan holds, per (batch, head, q-block), the ascending list of kv blocks with a visible
+    key, each marked full (no element mask needed) or partial (crosses the causal diagonal), as
+    FlexAttention's ``kv_num_blocks`` / ``kv_indices`` and ``full_kv_*``
+    (``plan.kv_blocks(full=False | True)``). Passing a plan to :func:`block_sparse_attention`
+    skips the scan of the boolean map that a BlockMask costs on every call.
+
+    Parameters
+    ----------
+    mask : BlockMask
+    q_shape, k_shape : sequence of int
+        Shapes (B, Hq, Nq, D) and (B, Hkv, Nk, D) of the calls the plan will serve (only B, Hq,
+        Nq and Nk are read).
+    causal : bool
+        Causality of those calls (a plan is rejected by a call of the other kind).
     """
-    q, k, v = check_qkv(q, k, v)
     if not isinstance(mask, BlockMask):
         raise TypeError(f"mask must be a spattn.BlockMask, got {type(mask).__name__}")
-    B, Hq, Nq, D = q.shape
-    mask.check_against(B, Hq, Nq, k.shape[2])
-    out, lse = _core.block_sparse_attention(q, k, v, mask.blocks.view(np.uint8), mask.block_q,
-                                            mask.block_k, bool(causal), check_scale(scale, D))
+    q_shape, k_shape = tuple(int(x) for x in q_shape), tuple(int(x) for x in k_shape)
+    if len(q_shape) != 4 or len(k_shape) != 4:
+        raise ValueError(f"q_shape and k_shape must have 4 entries (B, H, N, D), got {q_shape} and {k_shape}")
+    if (q_shape[2], k_shape[2]) != (mask.q_len, mask.kv_len):
+        raise ValueError(f"mask was made for q_len={mask.q_len}, kv_len={mask.kv_len}, but q/k have "
+                         f"Nq={q_shape[2]}, Nk={k_shape[2]}")
+    return _core.compile_plan(mask.blocks.view(np.uint8), mask.block_q, mask.block_k, mask.q_len, mask.kv_len,
+                              q_shape[0], q_shape[1], bool(causal))
+
+
+def block_sparse_attention(q, k, v, mask: Union[BlockMask, BlockPlan], *, causal: bool = False,
+                           scale: Optional[float] = None, return_lse: bool = False) -> Result:
+    """Attention restricted to the blocks selected by `mask` (H = Hq or 1), or by a compiled plan.
+
+    When `causal`, the causal rule applies element-wise inside the selected blocks. Rows whose
+    blocks hold no visible key get out = 0, lse = -inf. A BlockMask is compiled into a plan for
+    this one call; pass ``spattn.plan(mask, q.shape, k.shape, causal=...)`` to reuse one.
+    """
+    q, k, v = check_qkv(q, k, v)
+    if isinstance(mask, BlockMask):
+        out, lse = _core.block_sparse_attention_mask(q, k, v, mask.blocks.view(np.uint8), mask.block_q, mask.block_k,
+                                                     mask.q_len, mask.kv_len, bool(causal), scale)
+    elif isinstance(mask, BlockPlan):
+        out, lse = _core.block_sparse_attention(q, k, v, mask, bool(causal), scale)
+    else:
+        raise TypeError(f"mask must be a spattn.BlockMask or a plan from spattn.plan, got {type(mask).__name__}")
     return _finish(out, lse, return_lse)
 
 
@@ -70,10 +103,8 @@ def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = Fal
     q, k, v = check_qkv(q, k, v)
     if not isinstance(indices, TokenIndices):
         raise TypeError(f"indices must be a spattn.TokenIndices, got {type(indices).__name__}")
-    B, Hq, Nq, D = q.shape
-    indices.check_against(B, Hq, Nq, k.shape[2])
-    out, lse = _core.token_sparse_attention(q, k, v, indices.indices, indices.group_size,
-                                            bool(causal), check_scale(scale, D))
+    out, lse = _core.token_sparse_attention(q, k, v, indices.indices, indices.group_size, indices.kv_len,
+                                            bool(causal), scale)
     return _finish(out, lse, return_lse)
 
 
@@ -83,16 +114,6 @@ def merge_states(out_a, lse_a, out_b, lse_b) -> Tuple[np.ndarray, np.ndarray]:
     out_* (..., Dv) and lse_* (...) as returned with `return_lse=True`. Returns (out, lse) with
     lse = logaddexp(lse_a, lse_b); rows empty on both sides stay out = 0, lse = -inf.
     """
-    arrays = []
-    for name, x in (("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)):
-        x = np.asarray(x)
-        if not np.issubdtype(x.dtype, np.floating):
-            raise TypeError(f"{name} must be a floating-point array, got dtype {x.dtype}")
-        arrays.append(x)
-    oa, la, ob, lb = arrays
-    if oa.ndim < 1 or oa.shape != ob.shape:
-        raise ValueError(f"out_a and out_b must have the same shape, got {oa.shape} and {ob.shape}")
-    if la.shape != oa.shape[:-1] or lb.shape != oa.shape[:-1]:
-        raise ValueError(f"lse_a and lse_b must have shape {oa.shape[:-1]}, got {la.shape} and {lb.shape}")
-    oa, la, ob, lb = (np.ascontiguousarray(x, dtype=np.float32) for x in (oa, la, ob, lb))
+    oa, la, ob, lb = (as_float_array(x, name) for name, x in
+                      (("out_a", out_a), ("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)))
     return _core.merge_states(oa, la, ob, lb)

@@ -84,6 +84,52 @@ class BlockMask:
         nqb, nkb = math.ceil(q_len / block_q), math.ceil(kv_len / block_k)
         return cls(np.ones((B, H, nqb, nkb), dtype=bool), block_q, block_k, q_len, kv_len)
 
+    @classmethod
+    def from_kv_blocks(cls, kv_num_blocks, kv_indices, block_q: int, block_k: int, q_len: int, kv_len: int,
+                       full_kv_num_blocks=None, full_kv_indices=None) -> "BlockMask":
+        """Build a mask from FlexAttention-style block lists.
+
+        Parameters
+        ----------
+        kv_num_blocks : array_like of int, shape (B, H, nqb)
+            Number of listed kv blocks per q block (FlexAttention's ``kv_num_blocks``).
+        kv_indices : array_like of int, shape (B, H, nqb, L)
+            kv block indices per q block; only the first ``kv_num_blocks`` entries of each row
+            are read (the rest is padding), as in FlexAttention's ``kv_indices``.
+        block_q, block_k, q_len, kv_len : int
+            Block sizes and lengths (FlexAttention's BLOCK_SIZE and seq lengths).
+        full_kv_num_blocks, full_kv_indices : optional
+            FlexAttention's full blocks (no element mask); they are selected too. spattn tells
+            full from partial blocks itself when it compiles a plan.
+        """
+        nqb, nkb = math.ceil(q_len / block_q), math.ceil(kv_len / block_k)
+        pairs = [(kv_num_blocks, kv_indices, "kv")]
+        if (full_kv_num_blocks is None) != (full_kv_indices is None):
+            raise ValueError("give both full_kv_num_blocks and full_kv_indices, or neither")
+        if full_kv_num_blocks is not None:
+            pairs.append((full_kv_num_blocks, full_kv_indices, "full_kv"))
+        blocks = None
+        for num, idx, name in pairs:
+            num, idx = np.asarray(num), np.asarray(idx)
+            if not np.issubdtype(num.dtype, np.integer) or not np.issubdtype(idx.dtype, np.integer):
+                raise TypeError(f"{name}_num_blocks and {name}_indices must be integer arrays, "
+                                f"got {num.dtype} and {idx.dtype}")
+            if num.ndim != 3 or idx.ndim != 4 or idx.shape[:3] != num.shape or num.shape[2] != nqb:
+                raise ValueError(f"{name}_num_blocks must have shape (B, H, {nqb}) and {name}_indices (B, H, {nqb}, L) "
+                                 f"for q_len={q_len}, block_q={block_q}; got {num.shape} and {idx.shape}")
+            if num.size and (num.min() < 0 or num.max() > idx.shape[3]):
+                raise ValueError(f"{name}_num_blocks must lie in [0, {idx.shape[3]}], got [{num.min()}, {num.max()}]")
+            used = np.arange(idx.shape[3]) < num[..., None]
+            if np.any(used & ((idx < 0) | (idx >= nkb))):
+                raise ValueError(f"{name}_indices must lie in [0, {nkb}) for kv_len={kv_len}, block_k={block_k}")
+            if blocks is None:
+                blocks = np.zeros(num.shape + (nkb,), dtype=bool)
+            elif blocks.shape[:3] != num.shape:
+                raise ValueError(f"full_kv_num_blocks shape {num.shape} differs from kv_num_blocks {blocks.shape[:3]}")
+            b, h, r, c = np.nonzero(used)
+            blocks[b, h, r, idx[b, h, r, c]] = True
+        return cls(blocks, block_q, block_k, q_len, kv_len)
+
     # ------------------------------------------------------------------ properties
     @property
     def shape(self) -> tuple:

@@ -10,7 +10,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _core
-from ._validation import check_qkv, check_scale
+from ._validation import check_qkv
 from .masks import BlockMask, TokenIndices
 
 
@@ -26,18 +26,16 @@ def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
     TokenIndices: exact row log-sum-exp, then the mass of the listed keys.
     """
     q, k, _ = check_qkv(q, k)
-    B, Hq, Nq, D = q.shape
-    Nk = k.shape[2]
-    s = check_scale(scale, D)
     if isinstance(mask, BlockMask):
-        mask.check_against(B, Hq, Nq, Nk)
-        block_map, lse = _core.block_attention_map(q, k, mask.block_q, mask.block_k, bool(causal), s, "sum")
+        if q.ndim == 4 and k.ndim == 4:
+            mask.check_against(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        block_map, lse = _core.block_attention_map(q, k, mask.block_q, mask.block_k, bool(causal), scale, "sum")
         kept = np.einsum("bhqk,bhqk->bh", block_map.astype(np.float64),
                          np.broadcast_to(mask.blocks, block_map.shape).astype(np.float64))
         valid = np.isfinite(lse).sum(axis=-1)
     elif isinstance(mask, TokenIndices):
-        mask.check_against(B, Hq, Nq, Nk)
-        mass = _core.token_attention_mass(q, k, mask.indices, mask.group_size, bool(causal), s).astype(np.float64)
+        mass = _core.token_attention_mass(q, k, mask.indices, mask.group_size, mask.kv_len, bool(causal),
+                                          scale).astype(np.float64)
         ok = np.isfinite(mass)
         kept = np.where(ok, mass, 0.0).sum(axis=-1)
         valid = ok.sum(axis=-1)

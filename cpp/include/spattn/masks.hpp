@@ -12,12 +12,14 @@
 
 namespace spattn {
 
-inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+// 64-bit intermediate: block sizes up to 2^31 - 1 must not overflow.
+inline int ceil_div(int a, int b) { return int((static_cast<long long>(a) + b - 1) / b); }
 
 // Non-owning view, used by the kernels.
 struct BlockMaskView {
   const uint8_t* blocks = nullptr;
   int B = 1, H = 1, nqb = 0, nkb = 0, block_q = 64, block_k = 64;
+  int q_len = -1, kv_len = -1;  // lengths the mask was made for; -1 = not recorded
 
   const uint8_t* row(int b, int h, int qb) const {
     return blocks + ((size_t(b) * H + h) * nqb + qb) * size_t(nkb);
@@ -40,12 +42,13 @@ struct BlockMask {
   uint8_t* row(int b, int h, int qb) {
     return blocks.data() + ((size_t(b) * H + h) * nqb + qb) * size_t(nkb);
   }
-  BlockMaskView view() const { return {blocks.data(), B, H, nqb, nkb, block_q, block_k}; }
+  BlockMaskView view() const { return {blocks.data(), B, H, nqb, nkb, block_q, block_k, -1, -1}; }
 };
 
 struct TokenIndicesView {
   const int32_t* indices = nullptr;
   int B = 1, H = 1, G = 0, K = 0, group_size = 1;
+  int kv_len = -1;  // length the indices were made for; -1 = not recorded
 
   const int32_t* row(int b, int h, int g) const {
     return indices + ((size_t(b) * H + h) * G + g) * size_t(K);

@@ -20,7 +20,7 @@
 
 #include <Eigen/Core>
 
-#include "spattn/estimators.hpp"
+#include "spattn/estimators/flexprefill.hpp"
 #include "spattn/selection.hpp"
 #include "spattn/statistics.hpp"
 
@@ -55,34 +55,88 @@ float sqrt_js_official(const std::vector<float>& p, const std::vector<float>& q)
 
 }  // namespace
 
+void FlexPrefillParams::validate() const {
+  require_unit_interval("flexprefill", "gamma", gamma);
+  if (!(tau >= 0.f)) param_error("flexprefill", "tau", "be a number >= 0", tau);
+  require_min("flexprefill", "min_budget", min_budget, 1);
+  require_min("flexprefill", "max_budget", max_budget, 1);
+  require_min("flexprefill", "block_size", block_size, 1);
+}
+
+namespace {
+
+// order[j] = original query head placed at position j so that position j reads kv head
+// j // (Hq/Hkv) in spattn's layout exactly when the original head h reads h % Hkv.
+std::vector<int> interleave_order(int Hq, int Hkv) {
+  const int G = Hq / Hkv;
+  std::vector<int> order(Hq);
+  for (int j = 0; j < Hq; ++j) order[j] = (j % G) * Hkv + j / G;
+  return order;
+}
+
+// The official interleaved GQA layout: estimate on a copy of q with its heads permuted, then
+// put masks and readouts back in the caller's head order.
+BlockMask estimate_interleaved(const AttnArgs& a, const FlexPrefillParams& p, FlexPrefillInfo* info) {
+  const AttnShape& s = a.shape;
+  const std::vector<int> order = interleave_order(s.Hq, s.Hkv);
+  const size_t head = size_t(s.Nq) * s.D;
+  std::vector<float> qp(size_t(s.B) * s.Hq * head);
+  for (int b = 0; b < s.B; ++b)
+    for (int j = 0; j < s.Hq; ++j)
+      std::copy_n(a.q + s.q_index(b, order[j], 0), head, qp.data() + s.q_index(b, j, 0));
+  AttnArgs ap = a;
+  ap.q = qp.data();
+  FlexPrefillParams pp = p;
+  pp.gqa_interleave = false;
+  FlexPrefillInfo ip;
+  const BlockMask mp = estimate_flexprefill(ap, pp, info ? &ip : nullptr);
+  BlockMask m = mp;
+  const size_t hm = size_t(m.nqb) * m.nkb;
+  for (int b = 0; b < s.B; ++b)
+    for (int j = 0; j < s.Hq; ++j) {
+      const size_t src = size_t(b) * s.Hq + j, dst = size_t(b) * s.Hq + order[j];
+      std::copy_n(mp.blocks.data() + src * hm, hm, m.blocks.data() + dst * hm);
+      if (info) {
+        info->pattern[dst] = ip.pattern[src];
+        info->js[dst] = ip.js[src];
+        info->n_vertical[dst] = ip.n_vertical[src];
+        info->n_slash[dst] = ip.n_slash[src];
+      }
+    }
+  return m;
+}
+
+}  // namespace
+
 BlockMask estimate_flexprefill(const AttnArgs& a, const FlexPrefillParams& p, FlexPrefillInfo* info) {
   const AttnShape& s = a.shape;
   s.validate();
+  p.validate();
   if (!a.causal) throw std::invalid_argument("flexprefill: defined for causal prefill only (causal=True)");
   if (s.Nq != s.Nk && s.Nq != 1)
     throw std::invalid_argument("flexprefill: needs Nq == Nk (prefill) or Nq == 1 (decode), got Nq=" +
                                 std::to_string(s.Nq) + ", Nk=" + std::to_string(s.Nk));
-  if (p.block_size < 1) throw std::invalid_argument("flexprefill: block_size must be >= 1");
-  if (!(p.gamma > 0.f && p.gamma <= 1.f)) throw std::invalid_argument("flexprefill: gamma must be in (0, 1]");
-  if (p.min_budget < 1) throw std::invalid_argument("flexprefill: min_budget must be >= 1 token");
-
-  const int bs = p.block_size, N = s.Nk, D = s.D;
-  BlockMask mask(s.B, s.Hq, s.Nq, s.Nk, bs, bs);
-  const size_t heads = size_t(s.B) * s.Hq;
   if (info != nullptr) {
+    const size_t heads = size_t(s.B) * s.Hq;
     info->pattern.assign(heads, int8_t(FlexPattern::Dense));
     info->js.assign(heads, std::numeric_limits<float>::quiet_NaN());
     info->n_vertical.assign(heads, 0);
     info->n_slash.assign(heads, 0);
   }
-  const int min_blocks = ceil_div(p.min_budget, bs);
+  if (p.gqa_interleave && s.Hkv > 1 && s.Hkv < s.Hq) return estimate_interleaved(a, p, info);
+
+  const int bs = p.block_size, N = s.Nk, D = s.D;
+  BlockMask mask(s.B, s.Hq, s.Nq, s.Nk, bs, bs);
+  const size_t heads = size_t(s.B) * s.Hq;
+  const long long min_blocks_ll = ((long long)p.min_budget + bs - 1) / bs;  // 64-bit: budgets near 2^31
   // Dense fallback of the official code (and decode).
-  if (s.Nq == 1 || N <= std::max(2 * bs, min_blocks * bs)) {
+  if (s.Nq == 1 || (long long)N <= std::max(2LL * bs, min_blocks_ll * bs)) {
     std::fill(mask.blocks.begin(), mask.blocks.end(), 1);
     return mask;
   }
   const int nb = mask.nqb;
-  const int max_blocks = std::min(nb, p.max_budget > 0 ? ceil_div(p.max_budget, bs) : nb);
+  const int min_blocks = int(min_blocks_ll);  // < nb here
+  const int max_blocks = int(std::min<long long>(nb, p.max_budget ? ((long long)*p.max_budget + bs - 1) / bs : nb));
   const float est_scale = 1.f / std::sqrt(float(D));
   const float ninf = -std::numeric_limits<float>::infinity();
 

@@ -4,19 +4,22 @@
 #include <algorithm>
 #include <cmath>
 
-#include "spattn/estimators.hpp"
+#include "spattn/estimators/oracle_topk.hpp"
 #include "spattn/kernels.hpp"
 #include "spattn/statistics.hpp"
 #include "spattn/selection.hpp"
 
 namespace spattn {
 
+void OracleParams::validate() const {
+  require_min("oracle_topk", "block_size", block_size, 1);
+  require_unit_interval("oracle_topk", "gamma", gamma);
+}
+
 BlockMask estimate_oracle_topk(const AttnArgs& a, const OracleParams& p) {
   const AttnShape& s = a.shape;
   s.validate();
-  if (p.block_size < 1) throw std::invalid_argument("oracle_topk: block_size must be >= 1");
-  if (!(p.gamma > 0.f && p.gamma <= 1.f))
-    throw std::invalid_argument("oracle_topk: gamma must be in (0, 1]");
+  p.validate();
   BlockMask m(s.B, s.Hq, s.Nq, s.Nk, p.block_size, p.block_size);
   std::vector<float> map(m.blocks.size());
   std::vector<float> lse(size_t(s.B) * s.Hq * s.Nq);

@@ -1,8 +1,6 @@
 // SeerAttention prefill gate and its training target (Gao et al., "SeerAttention: Learning
 // Intrinsic Sparse Attention in Your LLMs", 2024; microsoft/SeerAttention, prefill_sparse).
-//  - gate: block pooling (ceil mode, partial block over its real rows), per-head projection
-//    without bias, rotate-half RoPE at block starts, scores / sqrt(hidden), causal block mask,
-//    softmax per row;
+//  - gate: the forward lives in cpp/src/learned/seer_gate.cpp;
 //  - selection: threshold (strict >) or nz_ratio (rows keep int((1 - sqrt(1 - r)) nb) blocks,
 //    at least 1) or a fixed top-k; the last two query-block rows are kept whole when
 //    last_block_dense; then the causal cut. Nothing else is forced, as in the official code.
@@ -13,94 +11,28 @@
 
 #include <Eigen/Core>
 
-#include "spattn/estimators.hpp"
+#include "spattn/estimators/seerattention.hpp"
 #include "spattn/kernels.hpp"
 #include "spattn/statistics.hpp"
 #include "spattn/selection.hpp"
 
 namespace spattn {
 
-namespace {
-
-using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using CMap = Eigen::Map<const RowMat>;
-
-// Pool rows of one head with each kind, channels concatenated -> (nb x kinds*d).
-RowMat pool_concat(const float* x, int n, int d, int bs, const std::vector<PoolKind>& kinds) {
-  const int nb = ceil_div(n, bs);
-  RowMat out(nb, int(kinds.size()) * d);
-  for (size_t t = 0; t < kinds.size(); ++t) pool_rows(x, n, d, bs, kinds[t], out.data() + t * d, out.cols());
-  return out;
+void SeerParams::validate() const {
+  if (nz_ratio && topk) throw std::invalid_argument("seerattention: give at most one of nz_ratio and topk");
+  if (nz_ratio) require_unit_interval("seerattention", "nz_ratio", *nz_ratio);
+  require_min("seerattention", "topk", topk, 1);
+  if (!(threshold >= 0.f)) param_error("seerattention", "threshold", "be >= 0", threshold);
 }
 
-// Rotate-half RoPE in place on rows of x (nb x hd), row i at position i * bs.
-void rope_blocks(RowMat& x, int bs, float theta) {
-  const int hd = int(x.cols()), half = hd / 2;
-  for (int i = 0; i < x.rows(); ++i) {
-    float* row = x.data() + size_t(i) * hd;
-    for (int f = 0; f < half; ++f) {
-      const double inv = std::pow(double(theta), -2.0 * f / hd);
-      const double ang = double(i) * bs * inv;
-      const float c = float(std::cos(ang)), s = float(std::sin(ang));
-      const float a = row[f], b = row[f + half];
-      row[f] = a * c - b * s;
-      row[f + half] = b * c + a * s;
-    }
-  }
-}
-
-}  // namespace
-
-void seer_gate_scores(const AttnArgs& a, const SeerGate& g, int bs, float* scores) {
-  const AttnShape& s = a.shape;
-  s.validate();
-  if (s.Nq != s.Nk) throw std::invalid_argument("seerattention: the prefill gate needs Nq == Nk");
-  if (bs < 1) throw std::invalid_argument("seerattention: block_size must be >= 1");
-  if (g.q_pool.empty() || g.k_pool.empty()) throw std::invalid_argument("seerattention: empty pooling list");
-  if (g.wk == nullptr || (g.wk_heads != s.Hq && g.wk_heads != s.Hkv))
-    throw std::invalid_argument("seerattention: wk must have Hq or Hkv heads");
-  if (g.wq == nullptr && (g.q_pool.size() != 1 || g.hidden != s.D))
-    throw std::invalid_argument("seerattention: identity q projection needs one q pooling and hidden == D");
-  if (g.rope_theta > 0.f && g.hidden % 2 != 0)
-    throw std::invalid_argument("seerattention: RoPE needs an even gate hidden size");
-  const int nb = ceil_div(s.Nq, bs), D = s.D, H = g.hidden;
-  const int cq = int(g.q_pool.size()) * D, ck = int(g.k_pool.size()) * D;
-  const float inv_sqrt = 1.f / std::sqrt(float(H));
-  const float ninf = -std::numeric_limits<float>::infinity();
-
-#pragma omp parallel for schedule(dynamic, 1)
-  for (long long t = 0; t < (long long)s.B * s.Hq; ++t) {
-    const int b = int(t / s.Hq), h = int(t % s.Hq), hk = h / s.group();
-    RowMat qp = pool_concat(a.q + s.q_index(b, h, 0), s.Nq, D, bs, g.q_pool);
-    RowMat kp = pool_concat(a.k + s.k_index(b, hk, 0), s.Nk, D, bs, g.k_pool);
-    RowMat qg = g.wq ? RowMat(qp * CMap(g.wq + size_t(h) * cq * H, cq, H)) : qp;
-    const int wh = g.wk_heads == s.Hq ? h : hk;
-    RowMat kg = kp * CMap(g.wk + size_t(wh) * ck * H, ck, H);
-    if (g.rope_theta > 0.f) {
-      rope_blocks(qg, bs, g.rope_theta);
-      rope_blocks(kg, bs, g.rope_theta);
-    }
-    Eigen::Map<RowMat> S(scores + size_t(t) * nb * nb, nb, nb);
-    S.noalias() = qg * kg.transpose() * inv_sqrt;
-    for (int r = 0; r < nb; ++r) {
-      float* row = S.data() + size_t(r) * nb;
-      for (int c = r + 1; c < nb; ++c) row[c] = ninf;
-      softmax_inplace(row, nb);
-    }
-  }
-}
-
-BlockMask seer_select(const float* scores, int B, int Hq, int n, const SeerParams& p) {
-  BlockMask m(B, Hq, n, n, p.block_size, p.block_size);
+BlockMask seer_select(const float* scores, int B, int Hq, int n, int block_size, const SeerParams& p) {
+  p.validate();
+  require_min("seerattention", "block_size", block_size, 1);
+  BlockMask m(B, Hq, n, n, block_size, block_size);
   const int nb = m.nqb;
   int k = 0;
-  if (p.mode == SeerSelect::NzRatio) {
-    if (!(p.nz_ratio > 0.f && p.nz_ratio <= 1.f)) throw std::invalid_argument("seerattention: nz_ratio must be in (0, 1]");
-    k = std::max(1, int((1.0 - std::sqrt(1.0 - double(p.nz_ratio))) * nb));
-  } else if (p.mode == SeerSelect::TopK) {
-    if (p.topk < 1) throw std::invalid_argument("seerattention: topk must be >= 1");
-    k = std::min(p.topk, nb);
-  }
+  if (p.nz_ratio) k = std::max(1, int((1.0 - std::sqrt(1.0 - double(*p.nz_ratio))) * nb));
+  else if (p.topk) k = std::min(*p.topk, nb);
   for (size_t t = 0; t < size_t(B) * Hq; ++t)
     for (int r = 0; r < nb; ++r) {
       const float* row = scores + (t * nb + r) * nb;
@@ -109,7 +41,7 @@ BlockMask seer_select(const float* scores, int B, int Hq, int n, const SeerParam
         std::fill(out, out + r + 1, 1);
         continue;
       }
-      if (p.mode == SeerSelect::Threshold) {
+      if (!p.nz_ratio && !p.topk) {
         for (int c = 0; c <= r; ++c) out[c] = row[c] > p.threshold ? 1 : 0;
       } else {
         for (int c : topk_select(row, nb, k))

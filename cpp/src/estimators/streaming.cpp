@@ -4,13 +4,20 @@
 // the kept blocks is applied by the kernel.
 #include <algorithm>
 
-#include "spattn/estimators.hpp"
+#include "spattn/estimators/streaming.hpp"
 
 namespace spattn {
 
-BlockMask estimate_streaming(const AttnShape& s, bool causal, const StreamingParams& p) {
-  if (p.block_size < 1 || p.sink_tokens < 0 || p.local_tokens < 0)
-    throw std::invalid_argument("streaming: block_size must be >= 1, sink/local tokens >= 0");
+void StreamingParams::validate() const {
+  require_min("streaming", "block_size", block_size, 1);
+  require_min("streaming", "sink_tokens", sink_tokens, 0);
+  require_min("streaming", "local_tokens", local_tokens, 0);
+}
+
+BlockMask estimate_streaming(const AttnArgs& qk, const StreamingParams& p) {
+  p.validate();
+  const AttnShape& s = qk.shape;
+  const bool causal = qk.causal;
   BlockMask m(s.B, 1, s.Nq, s.Nk, p.block_size, p.block_size);
   const int off = s.causal_offset();
   const int sink_blocks = std::min(m.nkb, ceil_div(p.sink_tokens, p.block_size));
