@@ -37,3 +37,23 @@ def test_masks_equal_the_pre_reshape_masks(w, key):
     mask = spattn.methods.get(name, **params).estimate(w.q, w.k, causal=causal)
     arr = mask.blocks if isinstance(mask, spattn.BlockMask) else mask.indices
     np.testing.assert_array_equal(arr, PINNED[key])
+
+
+def test_exact_statistics_equal_the_pre_reshape_values(w):
+    """The statistics passes moved from their own Q.K^T loops onto the tile engine: same values
+    to float32 rounding (the products are summed in another order)."""
+    from spattn import _core
+
+    tol = dict(rtol=2e-4, atol=2e-6)
+    bm, lse = _core.block_attention_map(w.q, w.k, 32, 48, True, 0.125, "sum")
+    np.testing.assert_allclose(bm, PINNED["stat_map_sum"], **tol)
+    np.testing.assert_allclose(lse, PINNED["stat_lse"], **tol)
+    bm, _ = _core.block_attention_map(w.q, w.k, 64, 32, False, 0.125, "max")
+    np.testing.assert_allclose(bm, PINNED["stat_map_max"], **tol)
+    mass = _core.token_attention_mass(w.q, w.k, PINNED["sea_c"], 1, 777, True, 0.125)
+    np.testing.assert_allclose(mass, PINNED["stat_mass"], **tol)
+    m, psq, plogp = _core.compressed_attention_targets(w.q, w.k, True, 0.125, 32)
+    np.testing.assert_allclose(m, PINNED["stat_sea_mass"], **tol)
+    np.testing.assert_allclose(psq, PINNED["stat_sea_psq"], **tol)
+    np.testing.assert_allclose(plogp, PINNED["stat_sea_plogp"], rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(_core.seer_ground_truth(w.q, w.k, 64, 0.125), PINNED["stat_seer_gt"], **tol)
