@@ -119,10 +119,8 @@ void bind_kernels(py::module_& m) {
   m.def("compile_plan", [](const BArr& blocks, int block_q, int block_k, int q_len, int kv_len, int B, int Hq,
                            bool causal) {
     const BlockMaskView mv = mask_view(blocks, block_q, block_k, q_len, kv_len);
-    AttnShape s;
-    s.B = B; s.Hq = Hq; s.Hkv = 1; s.Nq = q_len; s.Nk = kv_len; s.D = 1;
     py::gil_scoped_release nogil;
-    return compile_block_plan(mv, s, causal);
+    return compile_block_plan(mv, B, Hq, q_len, kv_len, causal);
   }, py::arg("blocks"), py::arg("block_q"), py::arg("block_k"), py::arg("q_len"), py::arg("kv_len"), py::arg("B"),
      py::arg("Hq"), py::arg("causal"));
 
@@ -324,13 +322,13 @@ void bind_sea(py::module_& m) {
     return est;
   }, py::arg("q"), py::arg("k"), py::arg("features"), py::arg("causal"), py::arg("scale"), py::arg("params"));
 
-  m.def("sea_select", [](const FArr& est, int Hkv, int Nk, bool causal, const SeaParams& p) {
+  m.def("sea_select", [](const FArr& est, int Nk, bool causal, const SeaParams& p) {
     need_ndim(est, 4, "est");
     if (est.shape(3) != p.compressed_width)
       throw py::value_error("est must have compressed_width=" + std::to_string(p.compressed_width) +
                             " columns, got shape " + shape_str(est));
     AttnShape s;
-    s.B = int(est.shape(0)); s.Hq = int(est.shape(1)); s.Nq = int(est.shape(2)); s.Nk = Nk; s.Hkv = Hkv; s.D = 1;
+    s.B = dim(est, 0, "est"); s.Hq = dim(est, 1, "est"); s.Nq = dim(est, 2, "est"); s.Nk = Nk;  // no head dim involved
     int kmax = 0;
     std::vector<int32_t> idx;
     {
@@ -338,7 +336,7 @@ void bind_sea(py::module_& m) {
       idx = sea_select(est.data(), s, causal, p, &kmax);
     }
     return adopt(std::move(idx), {s.B, s.Hq, s.Nq, kmax});
-  }, py::arg("est"), py::arg("Hkv"), py::arg("Nk"), py::arg("causal"), py::arg("params"));
+  }, py::arg("est"), py::arg("Nk"), py::arg("causal"), py::arg("params"));
 
   m.def("sea_decoder_refine", [](const FArr& est, const IArr& counts, const FArr& w1, const FArr& b1, const FArr& w2,
                                  const FArr& b2, const FArr& w3, const FArr& b3, const FArr& bias, int dilation) {

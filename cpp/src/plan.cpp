@@ -7,7 +7,9 @@
 
 namespace spattn {
 
-BlockPlan compile_block_plan(const BlockMaskView& m, const AttnShape& s, bool causal) {
+BlockPlan compile_block_plan(const BlockMaskView& m, int B, int Hq, int Nq, int Nk, bool causal) {
+  AttnShape s;  // the lengths and heads a mask is checked against (no head dim involved)
+  s.B = B; s.Hq = Hq; s.Nq = Nq; s.Nk = Nk;
   m.check_against(s);
   BlockPlan p;
   p.B = m.B; p.H = m.H; p.nqb = m.nqb; p.nkb = m.nkb; p.block_q = m.block_q; p.block_k = m.block_k;

@@ -26,8 +26,8 @@ struct BlockPlan {
   void check_against(const AttnShape& s, bool causal_call) const;
 };
 
-// Compile `mask` for attention of shape `s` (B, Hq, Nq, Nk read) with the given causality.
-// Blocks that hold no visible key (above the causal diagonal) are dropped.
-BlockPlan compile_block_plan(const BlockMaskView& mask, const AttnShape& s, bool causal);
+// Compile `mask` for attention of B batches, Hq query heads, Nq queries and Nk keys with the
+// given causality. Blocks that hold no visible key (above the causal diagonal) are dropped.
+BlockPlan compile_block_plan(const BlockMaskView& mask, int B, int Hq, int Nq, int Nk, bool causal);
 
 }  // namespace spattn

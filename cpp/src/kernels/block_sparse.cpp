@@ -73,7 +73,7 @@ void block_sparse_attention(const AttnArgs& a, const BlockPlan& plan) {
 
 void block_sparse_attention(const AttnArgs& a, const BlockMaskView& mask) {
   a.shape.validate();
-  block_sparse_attention(a, compile_block_plan(mask, a.shape, a.causal));
+  block_sparse_attention(a, compile_block_plan(mask, a.shape.B, a.shape.Hq, a.shape.Nq, a.shape.Nk, a.causal));
 }
 
 }  // namespace spattn
