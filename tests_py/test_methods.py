@@ -17,6 +17,7 @@ CAPS = {name: spattn.methods.capabilities(name) for name in ALL}
 
 def test_every_registered_method_is_one_module_declaring_its_capabilities():
     assert len(ALL) >= 6
+    assert spattn.methods.METHOD_MODULES == ALL  # each module of the package registers its method
     for name in ALL:
         cls = type(spattn.methods.get(name))
         assert cls.__module__ == f"spattn.methods.{name}"

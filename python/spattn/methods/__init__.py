@@ -4,7 +4,9 @@ A method is an estimator (``estimate(q, k, causal=...) -> BlockMask | TokenIndic
 kernel that executes its mask format (``__call__(q, k, v, causal=..., return_lse=False)``),
 with declared :class:`Capabilities`. The CLI, :func:`spattn.evaluate`, the README table and the
 parametrised tests iterate this registry and filter on capabilities, so adding a method is: an
-estimator in C++, a binding, a module here, tests, a README row.
+estimator in C++, a binding, a module here, tests, a README row. Every module of this package
+other than ``base`` is imported here (it registers its method on import), so a new module needs
+no edit of this file.
 
 >>> import spattn
 >>> spattn.methods.available()
@@ -16,10 +18,16 @@ estimator in C++, a binding, a module here, tests, a README row.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, List
 
-from . import dense, flexprefill, oracle_topk, sea, seerattention, streaming
 from .base import Capabilities, Method, lookup, register, registered
+
+METHOD_MODULES: List[str] = sorted(info.name for info in pkgutil.iter_modules(__path__)
+                                   if info.name != "base" and not info.name.startswith("_"))
+for _module in METHOD_MODULES:
+    importlib.import_module(f"{__name__}.{_module}")
 
 
 def available() -> List[str]:
@@ -41,5 +49,4 @@ def capabilities(name: str) -> Capabilities:
     return lookup(name).capabilities
 
 
-__all__ = ["available", "get", "register", "capabilities", "Capabilities", "Method",
-           "dense", "streaming", "oracle_topk", "flexprefill", "seerattention", "sea"]
+__all__ = ["available", "get", "register", "capabilities", "Capabilities", "Method", "METHOD_MODULES"]

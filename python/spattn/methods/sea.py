@@ -285,6 +285,16 @@ def train_decoder(data: Iterable, *, compressed_width: int = 128, causal: bool =
     steps, lr, warmup_steps, weight_decay, max_grad_norm
         AdamW with warmup then cosine decay (paper: AdamW, weight decay 1e-2; the learning rate
         here is higher than the paper's 1e-4 because only the small decoder learns).
+    decoder : SeaDecoder, optional
+        Starting point; default ``SeaDecoder.init(H, compressed_width, seed=seed, **decoder_kwargs)``.
+    seed : int
+        Seed of the fresh decoder and of the sample order.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    TrainResult with the trained decoder and the loss of every step.
     """
     steps = check_positive_int(steps, "steps")
 
