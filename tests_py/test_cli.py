@@ -36,12 +36,13 @@ def test_bench_methods_renders_evaluate_records(tmp_path):
     out = tmp_path / "methods.json"
     res = run("bench", "--n", "128", "--d", "64", "--densities", "--no-torch", "--repeats", "1",
               "--methods", "streaming", "seerattention", "--method-n", "512",
-              "--set", "seerattention.nz_ratio=0.2", "--set", "streaming.local_tokens=128", "--json", str(out))
+              "--set", "seerattention.nz_ratio=0.2", "--set", "streaming.local_tokens=128", "--markdown", "--json", str(out))
     rows = json.loads(out.read_text())["methods"]
     assert [r["method"] for r in rows] == ["streaming", "seerattention"]
     assert rows[0]["params"]["local_tokens"] == 128 and rows[1]["params"]["nz_ratio"] == 0.2
     assert all(r["kv_len"] == 512 and 0 < r["density"] <= 1 and r["speedup_vs_dense"] > 0 for r in rows)
     assert "streaming" in res.stdout and "seerattention" in res.stdout
+    assert "| `streaming` |" in res.stdout and "N=512: density / recall / speedup" in res.stdout
 
 
 def test_malformed_set_is_a_usage_error():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import spattn
-from spattn.evaluate import format_table, parse_method_params, records_as_dicts
+from spattn.evaluate import format_markdown, format_table, parse_method_params, records_as_dicts
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +62,21 @@ def test_records_render_and_serialise(records):
     assert all(row["estimate_share_of_dense"] == pytest.approx(row["estimate_s"] / row["dense_s"]) for row in rows)
 
 
+def test_markdown_table_has_a_row_per_method_and_a_column_per_length(records, w):
+    short = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=256, D=64, seed=0)
+    more = spattn.evaluate([records[0].method], short, progress=False)
+    lines = format_markdown(records + more).splitlines()
+    assert "N=256: density / recall / speedup" in lines[0] and "N=512: density / recall / speedup" in lines[0]
+    assert len(lines) == 2 + len(records)
+    for r, line in zip(records, lines[2:]):
+        cls = type(spattn.methods.get(r.method))
+        assert line.startswith(f"| `{r.method}` | {cls.paper} | {cls.pattern.replace('|', chr(92) + '|')} | works")
+        assert line.count("|") - line.count(chr(92) + "|") == 7  # 6 cells: a "|" in a text is escaped
+        assert f"{r.density:.3f} / {r.recall:.3f} / {r.speedup_vs_dense:.2f}x" in line
+        assert line.count("—") == (0 if r.method == more[0].method else 1)
+        assert ("evaluation only" in line) == spattn.methods.capabilities(r.method).exact_reference_only
+
+
 def test_non_causal_keeps_the_methods_that_support_it_and_instances_are_accepted(w):
     m = spattn.methods.get("streaming", local_tokens=128)
     recs = spattn.evaluate([m, "dense"], w, causal=False, progress=False)
@@ -81,6 +96,8 @@ def test_bad_requests_raise_naming_the_problem(w):
         spattn.evaluate(["dense"], w, params={"streaming": {"local_tokens": 1}}, progress=False)
     with pytest.raises(TypeError, match="method names or"):
         spattn.evaluate([3], w, progress=False)
+    with pytest.raises(TypeError, match=r"\(q, k, v\)"):
+        spattn.evaluate(["dense"], (w.q, w.k), progress=False)
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         spattn.evaluate(["dense"], w, repeats=0, progress=False)
 

@@ -19,7 +19,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from .evaluate import best_time, evaluate, format_table, parse_method_params, records_as_dicts, torch_sdpa_call
+from .evaluate import (best_time, evaluate, format_markdown, format_table, parse_method_params, records_as_dicts,
+                       torch_sdpa_call)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="sequence lengths for --methods")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                    help="method parameters for --methods")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print the --methods records as the README method table")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
@@ -116,6 +119,8 @@ def _bench_methods(args, torch) -> List[Dict[str, Any]]:
         records += evaluate(args.methods, w, causal=True, params=params, repeats=args.repeats,
                             progress=False, torch_sdpa=torch is not None)
     print(format_table(records))
+    if args.markdown:
+        print("\n" + format_markdown(records))
     return records_as_dicts(records)
 
 

@@ -4,7 +4,7 @@
 of its output against exact attention, and the time of its estimate and of the whole call
 against spattn dense (and optionally torch SDPA). ``python -m spattn demo``, ``compare`` and
 ``bench --methods`` render its records with :func:`format_table`; the README method table is
-filled from them. The harness reads only the methods' capabilities and generic hooks
+rendered from them by :func:`format_markdown` (``bench --methods ... --markdown``). The harness reads only the methods' capabilities and generic hooks
 (``prepare``, ``describe_params``, ``readouts``), never a method's name.
 """
 
@@ -163,7 +163,10 @@ def evaluate(methods: Optional[Iterable[MethodSpec]], workload: Union[Workload, 
     """
     from tqdm.auto import tqdm
 
-    q, k, v = check_qkv(*tuple(workload))
+    arrays = tuple(workload)
+    if len(arrays) != 3:
+        raise TypeError(f"workload must be a spattn.synthetic.Workload or (q, k, v), got {len(arrays)} items")
+    q, k, v = check_qkv(*arrays)
     repeats = check_positive_int(repeats, "repeats")
     params = dict(params or {})
     causal = bool(causal)
@@ -210,6 +213,36 @@ def format_table(records: List[Record]) -> str:
             line += f"{r.speedup_vs_torch:>9.2f}x" if r.speedup_vs_torch is not None else f"{'':>10}"
         extra = ", ".join(f"{key}={val}" for key, val in r.readouts.items())
         lines.append(line + (f"  {extra}" if extra else ""))
+    return "\n".join(lines)
+
+
+def _status(caps) -> str:
+    notes = []
+    if caps.exact_reference_only:
+        notes.append("needs exact attention: evaluation only")
+    if caps.needs_fit:
+        notes.append("needs a fitted state")
+    if not caps.noncausal:
+        notes.append("causal only")
+    return "works" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def format_markdown(records: List[Record]) -> str:
+    """The README method table from records: one row per method (paper, pattern and a status
+    read from its capabilities), one "density / recall / speedup" column per sequence length."""
+    lengths = sorted({r.kv_len for r in records})
+    cells: Dict[str, Dict[int, Record]] = {}
+    for r in records:
+        cells.setdefault(r.method, {})[r.kv_len] = r
+    head = "| method | paper | pattern | status | " + " | ".join(
+        f"N={n}: density / recall / speedup" for n in lengths) + " |"
+    lines = [head, "| " + " | ".join(["---"] * (4 + len(lengths))) + " |"]
+    for name, by_len in cells.items():
+        cls = _methods.base.lookup(name)
+        figures = [f"{by_len[n].density:.3f} / {by_len[n].recall:.3f} / {by_len[n].speedup_vs_dense:.2f}x"
+                   if n in by_len else "—" for n in lengths]
+        text = [cell.replace("|", "\\|") for cell in (cls.paper, cls.pattern, _status(cls.capabilities))]
+        lines.append(f"| `{name}` | " + " | ".join(text + figures) + " |")
     return "\n".join(lines)
 
 
