@@ -48,3 +48,12 @@ def test_bench_methods_renders_evaluate_records(tmp_path):
 def test_malformed_set_is_a_usage_error():
     res = subprocess.run([sys.executable, "-m", "spattn", "compare", "--set", "nodot=1"], capture_output=True, text=True)
     assert res.returncode == 2 and "method.param=value" in res.stderr
+
+
+def test_bench_memory_measures_kernels_and_registered_methods(tmp_path):
+    out = tmp_path / "memory.json"
+    run("bench", "--n", "128", "--d", "64", "--densities", "--no-torch", "--repeats", "1",
+        "--memory", "512", "--memory-kinds", "block_sparse", "streaming", "--json", str(out))
+    rows = json.loads(out.read_text())["memory"]
+    assert [r["kernel"] for r in rows] == ["block_sparse", "streaming"]
+    assert all(r["N"] == 512 and r["peak_extra_MB"] >= 0 for r in rows)

@@ -21,6 +21,7 @@ import numpy as np
 
 from .evaluate import (best_time, evaluate, format_markdown, format_table, parse_method_params, records_as_dicts,
                        torch_sdpa_call)
+from .methods import available
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", type=int, nargs="*", default=[], metavar="N",
                    help="peak memory of dense and block-sparse calls at these N (subprocesses)")
     p.add_argument("--memory-kinds", nargs="*", default=["dense", "block_sparse"],
-                   choices=["dense", "block_sparse", "sea"], help="calls measured by --memory")
+                   choices=["block_sparse"] + available(),
+                   help="calls measured by --memory: the block-sparse kernel on a random 10%% mask, or a "
+                        "registered method's whole call (dense: the exact kernel)")
     p.add_argument("--methods", nargs="*", default=[], metavar="NAME",
                    help="end-to-end methods on the synthetic structured workload (B=1, Hq, Hkv, D=128)")
     p.add_argument("--method-n", type=int, nargs="*", default=[16384, 32768], metavar="N",
@@ -90,16 +93,14 @@ q = rng.standard_normal((1, 8, N, D), dtype=np.float32)
 k = rng.standard_normal((1, 2, N, D), dtype=np.float32)
 v = rng.standard_normal((1, 2, N, D), dtype=np.float32)
 mask = random_block_mask(1, 8, N, N, 64, 0.1, True) if kind == "block_sparse" else None
-sea = spattn.methods.get("sea") if kind == "sea" else None
+method = None if kind == "block_sparse" else spattn.methods.get(kind)
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1])
 base = status("VmHWM")
-if kind == "dense":
-    spattn.attention(q, k, v, causal=True)
-elif kind == "sea":
-    sea(q, k, v, causal=True)
+if method is not None:
+    method(q, k, v, causal=True)
 else:
     spattn.block_sparse_attention(q, k, v, mask, causal=True)
 print((status("VmHWM") - base) / 1024.0)
