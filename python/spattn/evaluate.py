@@ -4,8 +4,10 @@
 of its output against exact attention, and the time of its estimate and of the whole call
 against spattn dense (and optionally torch SDPA). ``python -m spattn demo``, ``compare`` and
 ``bench --methods`` render its records with :func:`format_table`; the README method table is
-rendered from them by :func:`format_markdown` (``bench --methods ... --markdown``). The harness reads only the methods' capabilities and generic hooks
-(``prepare``, ``describe_params``, ``readouts``), never a method's name.
+rendered from them by :func:`format_markdown` (``bench --methods ... --markdown``). The harness
+reads only the methods' capabilities and generic hooks (``prepare``, ``describe_params``,
+``readouts``), never a method's name; the demo's settings (``DEMO_WORKLOAD``, ``DEMO_PARAMS``)
+are data.
 """
 
 from __future__ import annotations
