@@ -143,8 +143,9 @@ class Method:
     def default_params(cls) -> Dict[str, Any]:
         """The method's parameters and their defaults (a fresh dict).
 
-        The only place the defaults are read from: construction, ``set_params``, displays and
-        documentation all go through it.
+        The only place the defaults are read from (construction and ``set_params`` go through
+        it), so binding the C++ parameter structs changes this method and the ``defaults``
+        declarations only.
         """
         return dict(cls.defaults)
 
