@@ -12,6 +12,8 @@ META = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language"
 
 
 def write(name, cells):
+    for i, cell in enumerate(cells):  # stable ids: regenerating leaves unchanged cells unchanged
+        cell["id"] = f"{pathlib.Path(name).stem}-{i:02d}"
     nbf.write(nbf.v4.new_notebook(cells=cells, metadata=META), HERE / name)
 
 
@@ -21,6 +23,12 @@ quickstart = [
     nbf.v4.new_code_cell("import matplotlib\nmatplotlib.use('Agg')\n"
                          "import matplotlib.pyplot as plt\nimport spattn\n"
                          "print(spattn.__version__, spattn.num_threads(), 'threads;', spattn.methods.available())"),
+    nbf.v4.new_markdown_cell("Each method declares its capabilities (causality, shapes, learned state, GQA layouts, "
+                             "mask format); the harness and the tests filter on them."),
+    nbf.v4.new_code_cell("for name in spattn.methods.available():\n"
+                         "    c = spattn.methods.capabilities(name)\n"
+                         "    print(f'{name:14s} mask={c.mask_format:5s} non-causal={c.noncausal!s:5s} '\n"
+                         "          f'lengths: {c.lengths_text():38s} needs_fit={c.needs_fit}')"),
     nbf.v4.new_code_cell("w = spattn.synthetic.structured_qkv(B=1, Hq=6, Hkv=2, N=2048, D=128, seed=0)\n"
                          "q, k, v = w\nprint(q.shape, k.shape, w.head_kinds)\n"
                          "out = spattn.attention(q, k, v, causal=True)"),
@@ -45,7 +53,7 @@ quickstart = [
         "merged, _ = spattn.merge_states(oa, la, ob, lb)\n"
         "print('split-KV merge error:', spattn.metrics.relative_error(merged, spattn.attention(q, k, v)))"),
     nbf.v4.new_markdown_cell("## The demo table (`python -m spattn demo`)"),
-    nbf.v4.new_code_cell("from spattn import compare\nrows = compare.demo(progress=False)\nprint(compare.format_table(rows))"),
+    nbf.v4.new_code_cell("from spattn.evaluate import demo, format_table\nrecords = demo(progress=False)\nprint(format_table(records))"),
 ]
 
 flexprefill = [
@@ -85,7 +93,7 @@ seerattention = [
         "block, projects and scores them; it is trained to match the max-pooled exact attention "
         "(the ground truth, computed flash-style in C++) with the official KL loss."),
     nbf.v4.new_code_cell(
-        "import numpy as np\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport spattn\nfrom spattn import seer\n"
+        "import numpy as np\nimport matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport spattn\nfrom spattn.methods import seerattention as seer\n"
         "train = [tuple(spattn.synthetic.structured_qkv(Hq=6, Hkv=2, N=2048, D=64, seed=s))[:2] for s in range(1, 5)]\n"
         "test = spattn.synthetic.structured_qkv(Hq=6, Hkv=2, N=2048, D=64, seed=0)  # held out\n"
         "res = seer.train_gate(train, steps=300, seed=0)\n"
@@ -171,7 +179,7 @@ sea = [
         "key resolution, computed exactly from compressed targets) on three other inputs of the same "
         "synthetic model; recall at equal k before and after."),
     nbf.v4.new_code_cell(
-        "from spattn import sea as sea_lib\n"
+        "from spattn.methods import sea as sea_lib\n"
         "train = [tuple(spattn.synthetic.structured_qkv(Hq=4, Hkv=2, N=1024, D=64, seed=s, strength=0.5))[:2] for s in (1, 2, 3)]\n"
         "res = sea_lib.train_decoder(train, compressed_width=W, nb_features=1024, steps=150)\n"
         "plt.figure(figsize=(5, 3)); plt.plot(res.losses); plt.xlabel('step'); plt.ylabel('distillation loss')\n"

@@ -30,3 +30,30 @@ def test_compare_and_bench_small(tmp_path):
     data = json.loads(out.read_text())
     assert data["dense"][0]["gflops"] > 0 and data["block_sparse"][0]["density"] > 0
     assert data["env"]["threads"] == spattn.num_threads()
+
+
+def test_bench_methods_renders_evaluate_records(tmp_path):
+    out = tmp_path / "methods.json"
+    res = run("bench", "--n", "128", "--d", "64", "--densities", "--no-torch", "--repeats", "1",
+              "--methods", "streaming", "seerattention", "--method-n", "512",
+              "--set", "seerattention.nz_ratio=0.2", "--set", "streaming.local_tokens=128", "--markdown", "--json", str(out))
+    rows = json.loads(out.read_text())["methods"]
+    assert [r["method"] for r in rows] == ["streaming", "seerattention"]
+    assert rows[0]["params"]["local_tokens"] == 128 and rows[1]["params"]["nz_ratio"] == 0.2
+    assert all(r["kv_len"] == 512 and 0 < r["density"] <= 1 and r["speedup_vs_dense"] > 0 for r in rows)
+    assert "streaming" in res.stdout and "seerattention" in res.stdout
+    assert "| `streaming` |" in res.stdout and "N=512: density / recall / speedup" in res.stdout
+
+
+def test_malformed_set_is_a_usage_error():
+    res = subprocess.run([sys.executable, "-m", "spattn", "compare", "--set", "nodot=1"], capture_output=True, text=True)
+    assert res.returncode == 2 and "method.param=value" in res.stderr
+
+
+def test_bench_memory_measures_kernels_and_registered_methods(tmp_path):
+    out = tmp_path / "memory.json"
+    run("bench", "--n", "128", "--d", "64", "--densities", "--no-torch", "--repeats", "1",
+        "--memory", "512", "--memory-kinds", "block_sparse", "streaming", "--json", str(out))
+    rows = json.loads(out.read_text())["memory"]
+    assert [r["kernel"] for r in rows] == ["block_sparse", "streaming"]
+    assert all(r["N"] == 512 and r["peak_extra_MB"] >= 0 for r in rows)

@@ -1,21 +1,78 @@
-"""The registry: every method runs and returns a valid mask; dense, streaming and oracle_topk
-against numpy constructions."""
+"""The registry (spattn.methods) and the declared capabilities (spattn.methods.base): every
+registered method declares them, runs where they say it can and refuses where they say it
+cannot. Tests here parametrise over the registry and filter on capabilities, never on names."""
 
-import math
+import json
 
 import numpy as np
 import pytest
 
 import spattn
-from conftest import make_qkv, ref_probs
+from spattn.methods import Capabilities, Method, register
+from conftest import make_qkv
+
+ALL = spattn.methods.available()
+CAPS = {name: spattn.methods.capabilities(name) for name in ALL}
 
 
-@pytest.mark.parametrize("name", spattn.methods.available())
+def test_every_registered_method_is_one_module_declaring_its_capabilities():
+    assert len(ALL) >= 6
+    assert spattn.methods.METHOD_MODULES == ALL  # each module of the package registers its method
+    for name in ALL:
+        cls = type(spattn.methods.get(name))
+        assert cls.__module__ == f"spattn.methods.{name}"
+        assert isinstance(cls.__dict__.get("capabilities"), Capabilities), name  # declared, not inherited
+        assert cls.paper and cls.pattern and cls.__doc__
+
+
+def test_register_refuses_duplicates_and_undeclared_capabilities():
+    class Again(Method):
+        name = ALL[0]
+        capabilities = Capabilities()
+
+    class Undeclared(Method):
+        name = "undeclared_capabilities"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register(Again)
+    with pytest.raises(TypeError, match="capabilities"):
+        register(Undeclared)
+    assert spattn.methods.available() == ALL
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(mask_format="dense"), "mask_format"),
+    (dict(gqa_layouts=("interleaved",)), "gqa_layouts"),
+    (dict(needs_fit=True), "needs_fit requires fittable"),
+    (dict(causal=False, noncausal=False), "causal"),
+    (dict(prefill=False, chunked=False, decode=False), "prefill"),
+])
+def test_inconsistent_capabilities_are_refused(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        Capabilities(**kwargs)
+
+
+def test_supported_lengths():
+    causal_prefill = Capabilities(noncausal=False, chunked=False)
+    assert causal_prefill.supports(causal=True, q_len=5, kv_len=5)
+    assert causal_prefill.supports(causal=True, q_len=1, kv_len=9)
+    assert not causal_prefill.supports(causal=True, q_len=3, kv_len=9)
+    assert not causal_prefill.supports(causal=False, q_len=5, kv_len=5)
+    assert causal_prefill.lengths_text() == "Nq == Nk (prefill) or Nq == 1 (decode)"
+    assert Capabilities().supports(causal=False, q_len=3, kv_len=9)
+    assert not Capabilities(decode=False, chunked=False).supports(causal=True, q_len=1, kv_len=9)
+
+
+def test_the_registry_holds_an_exact_baseline():
+    assert any(c.exact and c.mask_format == "none" for c in CAPS.values())
+
+
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("causal", [False, True])
 def test_every_method_runs_and_returns_valid_mask(name, causal):
     w = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=700, D=64, seed=1)
     m = spattn.methods.get(name)
-    if not causal and not m.supports_noncausal:
+    if not (m.capabilities.causal if causal else m.capabilities.noncausal):
         with pytest.raises(ValueError, match="causal"):
             m.estimate(w.q, w.k, causal=causal)
         return
@@ -24,7 +81,7 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
     mask.check_against(1, 4, 700, 700)
     out = m(w.q, w.k, w.v, causal=causal)
     assert out.shape == w.q.shape and np.isfinite(out).all()
-    if name == "dense":
+    if m.capabilities.exact:
         np.testing.assert_array_equal(out, spattn.attention(w.q, w.k, w.v, causal=causal))
     elif isinstance(mask, spattn.BlockMask):  # the method is its mask run by the kernel
         ref = spattn.block_sparse_attention(w.q, w.k, w.v, mask, causal=causal)
@@ -37,57 +94,96 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
     assert repr(m).startswith("spattn.methods.get(")
 
 
-def test_dense_method_is_exact():
-    q, k, v = make_qkv(1, 4, 2, 100, 100, 64)
-    np.testing.assert_array_equal(spattn.methods.get("dense")(q, k, v, causal=True),
-                                  spattn.attention(q, k, v, causal=True))
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("nq, nk", [(300, 300), (100, 300), (1, 300)], ids=["prefill", "chunked", "decode"])
+def test_declared_lengths_run_and_the_others_are_refused(name, nq, nk):
+    caps = CAPS[name]
+    causal = caps.causal
+    q, k, v = make_qkv(1, 4, 2, nq, nk, 64, seed=2)
+    m = spattn.methods.get(name)
+    if not caps.supports_lengths(nq, nk):
+        with pytest.raises(ValueError, match=r"Nq=\d+, Nk=\d+"):
+            m.estimate(q, k, causal=causal)
+        return
+    mask = m.estimate(q, k, causal=causal)
+    mask.check_against(1, 4, nq, nk)
+    out = m(q, k, v, causal=causal)
+    assert out.shape == q.shape and np.isfinite(out).all()
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("nq, nk", [(300, 300), (100, 333), (1, 500)])
-def test_streaming_matches_numpy_construction(causal, nq, nk):
-    bs, sink, local = 32, 40, 70
-    q, k, _ = make_qkv(1, 2, 1, nq, nk, 64)
-    mask = spattn.methods.get("streaming", block_size=bs, sink_tokens=sink, local_tokens=local).estimate(q, k, causal=causal)
-    off = nk - nq
-    i = np.arange(nq)[:, None]
-    j = np.arange(nk)[None, :]
-    near = (j <= i + off) & (j > i + off - local) if causal else np.abs(j - (i + off)) < local
-    elem = (j < sink) | near
-    nqb, nkb = math.ceil(nq / bs), math.ceil(nk / bs)
-    pad = np.zeros((nqb * bs, nkb * bs), bool)
-    pad[:nq, :nk] = elem
-    expected = pad.reshape(nqb, bs, nkb, bs).any(axis=(1, 3))
-    np.testing.assert_array_equal(mask.blocks[0, 0], expected)
+@pytest.mark.parametrize("name", ALL)
+def test_mask_format_is_what_estimate_returns(name):
+    w = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=300, D=64, seed=3)
+    mask = spattn.methods.get(name).estimate(w.q, w.k, causal=CAPS[name].causal)
+    fmt = CAPS[name].mask_format
+    assert isinstance(mask, spattn.TokenIndices if fmt == "token" else spattn.BlockMask)
+    if fmt == "none":  # nothing is skipped
+        assert mask.blocks.all()
 
 
-@pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("gamma", [0.5, 0.9, 1.0])
-def test_oracle_topk_matches_numpy(causal, gamma):
-    q, k, _ = make_qkv(1, 4, 2, 150, 170, 64, seed=3)
-    q *= 2.0  # sharper rows
-    bs = 32
-    mask = spattn.methods.get("oracle_topk", block_size=bs, gamma=gamma).estimate(q, k, causal=causal)
-    p, lse = ref_probs(q, k, causal=causal)
-    nqb, nkb = math.ceil(150 / bs), math.ceil(170 / bs)
-    pp = np.zeros((1, 4, nqb * bs, nkb * bs))
-    pp[:, :, :150, :170] = p
-    mass = pp.reshape(1, 4, nqb, bs, nkb, bs).sum(axis=(3, 5))
-    valid = np.zeros((1, 4, nqb * bs))
-    valid[:, :, :150] = np.isfinite(lse)
-    valid = valid.reshape(1, 4, nqb, bs).sum(-1)
-    for h in range(4):
-        for r in range(nqb):
-            if valid[0, h, r] == 0:
-                assert not mask.blocks[0, h, r].any()
-                continue
-            row = mass[0, h, r] / valid[0, h, r]
-            order = np.argsort(-row, kind="stable")
-            csum = np.cumsum(row[order])
-            n = int(np.searchsorted(csum, gamma * (1 - 1e-6))) + 1
-            expect = np.zeros(nkb, bool)
-            expect[order[: min(n, int((row > 0).sum()))]] = True
-            got = mask.blocks[0, h, r]
-            # Equal up to float ties at the cut: the kept mass reaches gamma and is minimal.
-            assert row[got].sum() >= gamma - 1e-5
-            assert got.sum() == expect.sum()
+@pytest.mark.parametrize("name", ALL)
+def test_gqa_layouts_match_the_parameters(name):
+    interleaved = "interleaved" in CAPS[name].gqa_layouts
+    assert interleaved == ("gqa_interleave" in spattn.methods.get(name).default_params())
+    if interleaved:
+        w = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=300, D=64, seed=4)
+        m = spattn.methods.get(name, gqa_interleave=True)
+        out = m(w.q, w.k, w.v, causal=CAPS[name].causal)
+        assert out.shape == w.q.shape and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_parameters_come_from_one_hook(name):
+    cls = type(spattn.methods.get(name))
+    defaults = cls.default_params()
+    assert spattn.methods.get(name).params == defaults
+    defaults.clear()  # a fresh dict each time
+    assert cls.default_params()
+    with pytest.raises(TypeError, match="no_such_param"):
+        spattn.methods.get(name, no_such_param=1)
+
+
+def test_a_refused_parameter_leaves_the_method_unchanged():
+    m = spattn.methods.get("oracle_topk", gamma=0.5)
+    with pytest.raises(ValueError, match="gamma"):
+        m.set_params(gamma=2.0)
+    assert m.params["gamma"] == 0.5
+    assert m.set_params(block_size=32).params == {"gamma": 0.5, "block_size": 32}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fittable_methods_fit_and_the_others_refuse(name):
+    m = spattn.methods.get(name)
+    data = [tuple(spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=256, D=64, seed=s))[:2] for s in (1, 2)]
+    if not CAPS[name].fittable:
+        with pytest.raises(TypeError, match="no learned part"):
+            m.fit(data)
+        assert not m.fitted
+        return
+    assert not m.fitted
+    res = m.fit(data, steps=3, progress=False)
+    assert m.fitted and len(res.losses) == 3 and np.isfinite(res.losses).all()
+    assert json.dumps(m.describe_params())  # a learned object is shown by its type name
+    assert f"<{type(m.params[m.learned_param]).__name__}>" in m.describe_params().values()
+    w = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=256, D=64, seed=0)
+    m.estimate(w.q, w.k, causal=True).check_against(1, 4, 256, 256)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_prepare_fits_exactly_the_methods_that_need_it(name):
+    w = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=256, D=64, seed=0)
+    m = spattn.methods.get(name)
+    assert m.prepare(w, steps=2) is m
+    assert m.fitted == CAPS[name].needs_fit
+    if CAPS[name].needs_fit:
+        with pytest.raises(ValueError, match="workload's seed"):
+            spattn.methods.get(name).prepare(w, seeds=(0, 1), steps=2)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_displays_are_json_ready(name):
+    w = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=300, D=64, seed=5)
+    m = spattn.methods.get(name)
+    m.estimate(w.q, w.k, causal=CAPS[name].causal)
+    json.dumps(m.describe_params())
+    json.dumps(m.readouts())

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import spattn
-from spattn.methods import orthogonal_features
+from spattn.methods import sea as sea_mod
+from spattn.methods.sea import orthogonal_features
 from conftest import make_qkv, ref_probs
 
 
@@ -133,7 +134,6 @@ def test_bad_parameters():
 
 
 # ----------------------------------------------------------------------------- learned decoder
-from spattn import sea as sea_mod
 
 
 def test_exact_compressed_targets_match_float64():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import spattn
-from spattn import seer
+from spattn.methods import seerattention as seer
 from conftest import make_qkv, ref_probs
 
 

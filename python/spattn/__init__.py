@@ -1,8 +1,9 @@
 """spattn: the reference CPU library of sparse attention.
 
 Few fast kernels (dense flash-style, block-sparse, token-sparse, merge of states) and many mask
-estimators, one per method, behind a registry. All arrays are numpy; q (B, Hq, Nq, D),
-k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right aligned.
+estimators, one module per method under :mod:`spattn.methods`, behind a registry. All arrays are
+numpy; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right aligned.
+:func:`evaluate` measures methods on a workload; :mod:`spattn.training` fits learned estimators.
 
 >>> import spattn
 >>> w = spattn.synthetic.structured_qkv(N=1024)
@@ -12,7 +13,8 @@ k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right aligned.
 (1, 8)
 """
 
-from . import _core, methods, metrics, sea, seer, synthetic
+from . import _core, methods, metrics, synthetic, training
+from .evaluate import Record, evaluate
 from .kernels import BlockPlan, attention, block_sparse_attention, merge_states, plan, token_sparse_attention
 from .masks import BlockMask, TokenIndices
 
@@ -25,6 +27,7 @@ def num_threads() -> int:
 
 
 __all__ = [
-    "attention", "block_sparse_attention", "token_sparse_attention", "merge_states",
-    "BlockMask", "TokenIndices", "methods", "metrics", "sea", "seer", "synthetic", "num_threads", "__version__",
+    "attention", "block_sparse_attention", "token_sparse_attention", "merge_states", "plan", "BlockPlan",
+    "BlockMask", "TokenIndices", "methods", "metrics", "synthetic", "training", "evaluate", "Record",
+    "num_threads", "__version__",
 ]

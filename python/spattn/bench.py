@@ -15,10 +15,13 @@ import math
 import platform
 import subprocess
 import sys
-import time
 from typing import Any, Dict, List
 
 import numpy as np
+
+from .evaluate import (best_time, evaluate, format_markdown, format_table, parse_method_params, records_as_dicts,
+                       torch_sdpa_call)
+from .methods import available
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,24 +39,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", type=int, nargs="*", default=[], metavar="N",
                    help="peak memory of dense and block-sparse calls at these N (subprocesses)")
     p.add_argument("--memory-kinds", nargs="*", default=["dense", "block_sparse"],
-                   choices=["dense", "block_sparse", "sea"], help="calls measured by --memory")
+                   choices=["block_sparse"] + available(),
+                   help="calls measured by --memory: the block-sparse kernel on a random 10%% mask, or a "
+                        "registered method's whole call (dense: the exact kernel)")
     p.add_argument("--methods", nargs="*", default=[], metavar="NAME",
                    help="end-to-end methods on the synthetic structured workload (B=1, Hq, Hkv, D=128)")
     p.add_argument("--method-n", type=int, nargs="*", default=[16384, 32768], metavar="N",
                    help="sequence lengths for --methods")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                    help="method parameters for --methods")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print the --methods records as the README method table")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
 
 def _best(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_time(fn, repeats)[0]
 
 
 def visible_pairs(nq: int, nk: int, causal: bool) -> int:
@@ -80,13 +82,6 @@ def random_block_mask(B: int, H: int, nq: int, nk: int, block: int, density: flo
     return BlockMask(blocks, block, block, nq, nk)
 
 
-def _torch_sdpa(torch, q, k, v, causal: bool):
-    qt, kt, vt = (torch.from_numpy(x) for x in (q, k, v))
-    with torch.no_grad():
-        return lambda: torch.nn.functional.scaled_dot_product_attention(
-            qt, kt, vt, is_causal=causal, enable_gqa=qt.shape[1] != kt.shape[1])
-
-
 # Peak resident memory from /proc (VmHWM): getrusage's ru_maxrss survives execve, so a child
 # would inherit the benchmark process's own peak.
 _MEMORY_SCRIPT = r"""
@@ -98,16 +93,14 @@ q = rng.standard_normal((1, 8, N, D), dtype=np.float32)
 k = rng.standard_normal((1, 2, N, D), dtype=np.float32)
 v = rng.standard_normal((1, 2, N, D), dtype=np.float32)
 mask = random_block_mask(1, 8, N, N, 64, 0.1, True) if kind == "block_sparse" else None
-sea = spattn.methods.get("sea") if kind == "sea" else None
+method = None if kind == "block_sparse" else spattn.methods.get(kind)
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1])
 base = status("VmHWM")
-if kind == "dense":
-    spattn.attention(q, k, v, causal=True)
-elif kind == "sea":
-    sea(q, k, v, causal=True)
+if method is not None:
+    method(q, k, v, causal=True)
 else:
     spattn.block_sparse_attention(q, k, v, mask, causal=True)
 print((status("VmHWM") - base) / 1024.0)
@@ -115,44 +108,21 @@ print((status("VmHWM") - base) / 1024.0)
 
 
 def _bench_methods(args, torch) -> List[Dict[str, Any]]:
-    """Estimate cost, end-to-end time, density and recall of methods against dense and SDPA."""
-    import spattn
-    from .__main__ import _parse_sets
+    """Estimate cost, end-to-end time, density, recall and error of methods against dense and SDPA,
+    on the synthetic structured workload at each ``--method-n`` (records of spattn.evaluate)."""
+    from .synthetic import structured_qkv
 
-    params = _parse_sets(args.set)
-    rows: List[Dict[str, Any]] = []
+    params = parse_method_params(args.set)
     print(f"\n== methods on the synthetic structured workload (B=1, Hq={args.hq}, Hkv={args.hkv}, D=128, causal)")
-    print(f"{'method':<12}{'N':>6}{'density':>9}{'recall':>8}{'estimate s':>11}{'est/dense':>10}"
-          f"{'total s':>9}{'dense s':>9}{'speedup':>9}{'vs torch':>9}")
+    records = []
     for N in args.method_n:
-        w = spattn.synthetic.structured_qkv(B=1, Hq=args.hq, Hkv=args.hkv, N=N, D=128, seed=0)
-        dense_s = _best(lambda: spattn.attention(w.q, w.k, w.v, causal=True), 1)
-        torch_s = _best(_torch_sdpa(torch, w.q, w.k, w.v, True), 1) if torch is not None else None
-        for name in args.methods:
-            extra = dict(params.get(name, {}))
-            if name == "seerattention" and "gate" not in extra:
-                # Gate trained on other inputs of the synthetic model (see spattn.seer).
-                extra["gate"] = spattn.seer.train_synthetic_gate(args.hq, args.hkv, 128).gate
-            m = spattn.methods.get(name, **extra)
-            est_s = _best(lambda: m.estimate(w.q, w.k, causal=True), args.repeats)
-            mask = m.estimate(w.q, w.k, causal=True)
-            tot_s = _best(lambda: m(w.q, w.k, w.v, causal=True), 1)
-            dens = float(np.mean(mask.density(causal=True)))
-            rec = float(np.nanmean(spattn.metrics.recall(w.q, w.k, mask, causal=True)))
-            shown = {k: ("<trained gate>" if k == "gate" else v) for k, v in m.params.items()}
-            row = {"method": name, "params": shown, "N": N, "density": dens, "recall": rec,
-                   "estimate_s": est_s, "estimate_share_of_dense": est_s / dense_s, "total_s": tot_s,
-                   "dense_s": dense_s, "speedup_vs_dense": dense_s / tot_s,
-                   "torch_s": torch_s, "speedup_vs_torch": (torch_s / tot_s) if torch_s else None}
-            info = getattr(m, "last_info", {})
-            if "pattern" in info:
-                kinds, counts = np.unique(info["pattern"], return_counts=True)
-                row["patterns"] = {str(kd): int(c) for kd, c in zip(kinds, counts)}
-            rows.append(row)
-            print(f"{name:<12}{N:>6}{dens:>9.3f}{rec:>8.3f}{est_s:>11.4f}{est_s / dense_s:>9.1%}"
-                  f"{tot_s:>9.3f}{dense_s:>9.3f}{dense_s / tot_s:>8.2f}x"
-                  + (f"{torch_s / tot_s:>8.2f}x" if torch_s else ""))
-    return rows
+        w = structured_qkv(B=1, Hq=args.hq, Hkv=args.hkv, N=N, D=128, seed=0)
+        records += evaluate(args.methods, w, causal=True, params=params, repeats=args.repeats,
+                            progress=False, torch_sdpa=torch is not None)
+    print(format_table(records))
+    if args.markdown:
+        print("\n" + format_markdown(records))
+    return records_as_dicts(records)
 
 
 def run(args) -> int:
@@ -188,7 +158,7 @@ def run(args) -> int:
                 flops = 4.0 * D * args.hq * visible_pairs(N, N, causal)
                 row = {"N": N, "D": D, "causal": causal, "spattn_s": t, "gflops": flops / t / 1e9}
                 if torch is not None:
-                    tt = _best(_torch_sdpa(torch, q, k, v, causal), reps)
+                    tt = _best(torch_sdpa_call(torch, q, k, v, causal), reps)
                     row.update(torch_s=tt, torch_over_spattn=tt / t)
                 results["dense"].append(row)
                 print(f"{N:>6}{D:>5}{str(causal):>7}{t:>10.4f}{row['gflops']:>9.1f}"
@@ -214,7 +184,7 @@ def run(args) -> int:
             gbs = (k.nbytes + v.nbytes) / t / 1e9
             row = {"Nk": Nk, "spattn_s": t, "kv_GBps": gbs}
             if torch is not None:
-                tt = _best(_torch_sdpa(torch, q, k, v, False), 5)
+                tt = _best(torch_sdpa_call(torch, q, k, v, False), 5)
                 row.update(torch_s=tt, torch_over_spattn=tt / t)
             results["decode"].append(row)
             print(f"Nk={Nk:>7}: {t * 1e3:.2f} ms, {gbs:.1f} GB/s of K/V"

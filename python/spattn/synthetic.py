@@ -15,7 +15,7 @@ keeps most of the mass (about 97% for one planted key) at every sequence length.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -152,4 +152,40 @@ def structured_qkv(B: int = 1, Hq: int = 8, Hkv: int = 2, N: int = 4096, D: int 
                     ok = needle_pos[pick] <= pos_q
                     qq[:, R:] += np.where(ok[:, None], a * needles[pick], a * u_sink[None, :])
                 q[b, h] = qq.astype(dtype)
-    return Workload(q, k, v, kinds, True, {"vertical": info["vertical"], "needles": info["needles"], "off": off})
+    model = {"Hq": Hq, "Hkv": Hkv, "D": D, "Dv": Dv, "head_kinds": kinds, "strength": strength,
+             "local_window": local_window, "n_vertical": n_vertical, "slash_offsets": tuple(slash_offsets),
+             "n_needles": n_needles, "model_seed": model_seed}
+    return Workload(q, k, v, kinds, True, {"vertical": info["vertical"], "needles": info["needles"], "off": off,
+                                           "seed": seed, "model": model})
+
+
+def held_out_inputs(workload, *, seeds: Sequence[int] = (1, 2, 3), max_len: int = 4096
+                    ) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Other inputs of the synthetic model behind `workload`, as (q, k) pairs for fitting.
+
+    Parameters
+    ----------
+    workload : Workload or (q, k, v)
+        A Workload from :func:`structured_qkv` reuses its model (head kinds, strength, model
+        seed, ...); plain arrays use the default synthetic model with their head counts and dims.
+    seeds : sequence of int
+        Input seeds; they must differ from the workload's own seed (held out).
+    max_len : int
+        Length of each input: min(Nk of the workload, max_len) tokens, B=1, Nq == Nk.
+
+    Returns
+    -------
+    list of (q, k)
+    """
+    if isinstance(workload, Workload):
+        k = workload.k
+        model = dict(workload.info.get("model") or {"Hq": workload.q.shape[1], "Hkv": k.shape[1], "D": k.shape[3]})
+        if workload.info.get("seed") in tuple(seeds):
+            raise ValueError(f"seeds {tuple(seeds)} must not include the workload's seed {workload.info['seed']}")
+    else:
+        q, k, _ = workload
+        model = {"Hq": q.shape[1], "Hkv": k.shape[1], "D": k.shape[3]}
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+        raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
+    N = min(int(k.shape[2]), int(max_len))
+    return [tuple(structured_qkv(B=1, N=N, seed=s, **model))[:2] for s in seeds]

@@ -1,4 +1,4 @@
-"""SeerAttention: the learned block gate (AttnGate), its ground truth and its training on CPU.
+"""SeerAttention: the method, its learned block gate (AttnGate), the ground truth and the training on CPU.
 
 Gao et al., "SeerAttention: Learning Intrinsic Sparse Attention in Your LLMs" (2024), following
 microsoft/SeerAttention's prefill gate and distillation code:
@@ -23,20 +23,22 @@ Deviations: float32/float64 where the official code runs bf16; the gate RoPE use
 ``rope_theta`` (no llama3 frequency scaling); inputs are (B, H, N, D) as everywhere in spattn.
 The gate should see the model's q/k *before* RoPE and the ground truth the attention's q/k
 *after* RoPE: pass 4-tuples ``(q, k, q_gate, k_gate)`` to :func:`train_gate` when they differ.
+
+The fit loop, optimiser and ``.npz`` artifacts are the shared ones of :mod:`spattn.training`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core
-from ._validation import check_positive_int, check_qkv, check_scale
-from .optim import AdamW
+from .. import _core, training
+from .._validation import check_positive_int, check_qkv, check_scale
+from ..masks import BlockMask
+from .base import Capabilities, Method, register
 
 POOL_KINDS = ("max", "min", "avg")
 
@@ -118,22 +120,19 @@ class SeerGate:
 def save_gates(path: str, gates: Sequence[SeerGate]) -> None:
     """Save one gate per layer to an .npz (``layer{i}.wk``, ``layer{i}.wq``, json config)."""
     arrays = {}
-    cfg = []
     for i, g in enumerate(gates):
         arrays[f"layer{i}.wk"] = g.wk
         if g.wq is not None:
             arrays[f"layer{i}.wq"] = g.wq
-        cfg.append(g.config())
-    np.savez(path, __config__=np.array(json.dumps(cfg)), **arrays)
+    training.save_npz(path, arrays, [g.config() for g in gates])
 
 
 def load_gates(path: str) -> List[SeerGate]:
     """Load the gates written by :func:`save_gates`."""
-    with np.load(path, allow_pickle=False) as z:
-        cfg = json.loads(str(z["__config__"]))
-        return [SeerGate(z[f"layer{i}.wk"], z[f"layer{i}.wq"] if f"layer{i}.wq" in z else None,
-                         tuple(c["q_pool"]), tuple(c["k_pool"]), int(c["block_size"]), float(c["rope_theta"]))
-                for i, c in enumerate(cfg)]
+    z, cfg = training.load_npz(path)
+    return [SeerGate(z[f"layer{i}.wk"], z.get(f"layer{i}.wq"), tuple(c["q_pool"]), tuple(c["k_pool"]),
+                     int(c["block_size"]), float(c["rope_theta"]))
+            for i, c in enumerate(cfg)]
 
 
 def ground_truth(q, k, block_size: int = 64, *, scale: Optional[float] = None) -> np.ndarray:
@@ -281,8 +280,6 @@ def train_gate(data: Iterable, gate: Optional[SeerGate] = None, *, steps: int = 
     -------
     TrainResult with the trained gate and the loss of every step.
     """
-    from tqdm.auto import tqdm
-
     items = list(data)
     if not items:
         raise ValueError("data must hold at least one (q, k) item")
@@ -294,14 +291,11 @@ def train_gate(data: Iterable, gate: Optional[SeerGate] = None, *, steps: int = 
     else:
         gate = SeerGate(gate.wk.copy(), None if gate.wq is None else gate.wq.copy(), gate.q_pool, gate.k_pool,
                         gate.block_size, gate.rope_theta)
-    samples = [_prepare(it, gate) for it in tqdm(items, desc="ground truth", disable=not progress)]
+    samples = training.prepare_samples(items, lambda it: _prepare(it, gate), desc="ground truth", progress=progress)
     rng = np.random.default_rng(seed)
     params = [gate.wk.astype(np.float64)] + ([gate.wq.astype(np.float64)] if gate.wq is not None else [])
-    opt = AdamW(params, lr=lr, steps=steps, warmup_steps=warmup_steps, betas=betas, eps=eps,
-                weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-    losses: List[float] = []
-    bar = tqdm(range(steps), desc="train gate", disable=not progress)
-    for _ in bar:
+
+    def loss_and_grads(step: int):
         grads = [np.zeros_like(p) for p in params]
         loss = 0.0
         for idx in rng.integers(0, len(samples), size=batch_size):
@@ -310,9 +304,11 @@ def train_gate(data: Iterable, gate: Optional[SeerGate] = None, *, steps: int = 
             grads[0] += dwk / batch_size
             if dwq is not None:
                 grads[1] += dwq / batch_size
-        opt.step(grads)
-        losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.4f}")
+        return loss, grads
+
+    losses = training.fit(params, loss_and_grads, steps=steps, lr=lr, warmup_steps=warmup_steps, betas=betas,
+                          eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm, progress=progress,
+                          desc="train gate")
     gate.wk = params[0].astype(np.float32)
     if gate.wq is not None:
         gate.wq = params[1].astype(np.float32)
@@ -328,14 +324,98 @@ def _with_params(gate: SeerGate, params: List[np.ndarray]) -> SeerGate:
     return g
 
 
-def train_synthetic_gate(Hq: int = 8, Hkv: int = 2, D: int = 128, *, N: int = 4096, seeds: Sequence[int] = (1, 2, 3),
-                         steps: int = 200, progress: bool = False, **kwargs) -> TrainResult:
-    """Train a gate on synthetic inputs of the default synthetic "model" (``model_seed=0``).
+@register
+class SeerAttention(Method):
+    """SeerAttention: a learned block gate (AttnGate) predicts the block mask.
 
-    The demo and benchmark use it to evaluate SeerAttention on a *held-out* input (seed 0)
-    with a gate that never saw it. Extra keyword arguments go to :func:`train_gate`.
+    Gao et al., "SeerAttention: Learning Intrinsic Sparse Attention in Your LLMs", 2024; follows
+    microsoft/SeerAttention's prefill gate (see this module for the gate, its ground truth
+    and its training). Train a gate with :meth:`fit` (:func:`train_gate`), or load one with
+    :func:`load_gates`.
+
+    Parameters
+    ----------
+    gate : SeerGate, optional
+        The layer's gate. Default None: a fresh, *untrained* gate (normal(0, 0.02) weights,
+        seed ``seed``) sized from the inputs; useful only as a baseline.
+    threshold : float, default 5e-4
+        Keep blocks whose gate score is strictly above it (the README's example value; the
+        official code's default is 0.0, its docstring says 2e-3). Used when neither
+        ``nz_ratio`` nor ``topk`` is given.
+    nz_ratio : float, optional
+        Official top-k mode: every row keeps ``int((1 - sqrt(1 - nz_ratio)) * nb)`` blocks (>= 1),
+        so the causal density is about nz_ratio.
+    topk : int, optional
+        Every row keeps this many blocks.
+    last_block_dense : bool, default True
+        Keep the last two query-block rows whole (official default).
+    seed : int, default 0
+        Seed of the untrained default gate.
+
+    Nothing else is forced (no diagonal or sink block), as in the official code. Causal prefill
+    only (Nq == Nk); decode (Nq == 1) runs dense, as the official gate returns no mask there.
+    After ``estimate``, ``last_info["scores"]`` holds the gate scores (B, Hq, nb, nb).
     """
-    from .synthetic import structured_qkv
 
-    data = [tuple(structured_qkv(B=1, Hq=Hq, Hkv=Hkv, N=N, D=D, seed=s))[:2] for s in seeds]
-    return train_gate(data, steps=steps, progress=progress, **kwargs)
+    name = "seerattention"
+    paper = "Gao et al., SeerAttention: Learning Intrinsic Sparse Attention in Your LLMs, 2024"
+    pattern = "learned block gate (threshold or top-k per row)"
+    defaults = {"gate": None, "threshold": 5e-4, "nz_ratio": None, "topk": None, "last_block_dense": True, "seed": 0}
+    capabilities = Capabilities(noncausal=False, chunked=False, needs_fit=True, fittable=True)
+    learned_param = "gate"
+
+    def _check_params(self) -> None:
+        p = self.params
+        if p["gate"] is not None and not isinstance(p["gate"], SeerGate):
+            raise TypeError(f"gate must be a spattn.methods.seerattention.SeerGate, got {type(p['gate']).__name__}")
+        if p["nz_ratio"] is not None and p["topk"] is not None:
+            raise ValueError("give at most one of nz_ratio and topk")
+        if p["nz_ratio"] is not None and not 0 < float(p["nz_ratio"]) <= 1:
+            raise ValueError(f"nz_ratio must be in (0, 1], got {p['nz_ratio']!r}")
+        if p["topk"] is not None:
+            check_positive_int(p["topk"], "topk")
+        if not float(p["threshold"]) >= 0:
+            raise ValueError(f"threshold must be >= 0, got {p['threshold']!r}")
+
+    def gate_for(self, q, k) -> SeerGate:
+        """The gate used for (q, k): the given one, or a fresh untrained one sized from them."""
+        g = self.params["gate"]
+        if g is None:
+            g = SeerGate.init(q.shape[3], q.shape[1], k.shape[1], seed=self.params["seed"])
+        if g.wk.shape[0] not in (q.shape[1], k.shape[1]) or g.head_dim != q.shape[3]:
+            raise ValueError(f"gate (wk {g.wk.shape}) does not fit q {q.shape} / k {k.shape}")
+        return g
+
+    def _estimate(self, q, k, causal, scale) -> BlockMask:
+        B, Hq, Nq, _ = q.shape
+        Nk = k.shape[2]
+        g = self.gate_for(q, k)
+        bs = g.block_size
+        if Nq == 1:
+            self.last_info = {"scores": None}
+            return BlockMask.full(B, Hq, Nq, Nk, bs, bs)
+        scores = g.scores(q, k)
+        p = self.params
+        mode = "nz_ratio" if p["nz_ratio"] is not None else "topk" if p["topk"] is not None else "threshold"
+        blocks = _core.seer_select(scores, Nq, bs, mode, float(p["threshold"]),
+                                   float(p["nz_ratio"] or 0.1), int(p["topk"] or 1), bool(p["last_block_dense"]))
+        self.last_info = {"scores": scores}
+        return BlockMask(blocks, bs, bs, Nq, Nk)
+
+    def fit(self, samples: Sequence, **kwargs: Any) -> "TrainResult":
+        """Train the gate on captured (q, k) pairs (:func:`train_gate`; starts from the current
+        gate when one is set) and keep it as ``params["gate"]``.
+
+        Parameters
+        ----------
+        samples : sequence of (q, k) or (q, k, q_gate, k_gate)
+        **kwargs
+            Options of :func:`train_gate` (``steps``, ``lr``, ``batch_size``, ``seed``, ``progress``, ...).
+
+        Returns
+        -------
+        TrainResult with the gate and the loss of every step.
+        """
+        res = train_gate(samples, self.params["gate"], **kwargs)
+        self.set_params(gate=res.gate)
+        return res

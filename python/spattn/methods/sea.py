@@ -1,4 +1,4 @@
-"""SEA's learned refinement of the compressed attention estimate, and its distillation training.
+"""SEA: the method (training-free estimate), its learned refinement decoder and its distillation training.
 
 Lee et al., "SEA: Sparse Linear Attention with Estimated Attention Mask", ICLR 2024. In the paper
 a small CNN decoder (heads as channels, time as rows, compressed keys as columns; dilated
@@ -7,7 +7,7 @@ logits, and is trained by distillation against the exact attention of the teache
 ``0.1 * KL(teacher || estimate) + MSE(estimate, teacher)``, with the compressed estimate expanded
 to full key resolution (every key inherits its column's logit).
 
-Here the decoder refines the training-free estimate (``spattn.methods.get("sea")``):
+Here the decoder refines the training-free estimate of :class:`SEA`:
 
     x   = log(estimate + 1e-6)                                     (B, H, T, W)
     h1  = relu(conv3x3_causal(x;  H -> C, dilation 2))
@@ -25,20 +25,21 @@ Reductions follow the official code: KL batch-mean over rows, MSE mean over all 
 Deviations from the paper: the decoder's input is the log of the random-feature estimate instead
 of an encoder over Performer outputs with learned positional values (so no per-model encoder,
 positional table or value path), and it is smaller (two 3x3 layers and a 1x1 output, C = 2H
-channels); only the decoder learns (the paper fine-tunes the whole model).
+channels); only the decoder learns (the paper fine-tunes the whole model). The fit loop, optimiser
+and ``.npz`` artifacts are the shared ones of :mod:`spattn.training`.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Tuple
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import _core
-from ._validation import check_positive_int, check_qkv, check_scale
-from .optim import AdamW
+from .. import _core, training
+from .._validation import check_positive_int, check_qkv, check_scale
+from ..masks import TokenIndices
+from .base import Capabilities, Method, register
 
 _EPS = 1e-6
 
@@ -207,15 +208,13 @@ class SeaDecoder:
 
 def save_decoder(path: str, decoder: SeaDecoder) -> None:
     """Save a decoder to .npz."""
-    np.savez(path, __config__=np.array(json.dumps({"dilation": decoder.dilation})),
-             **{n: getattr(decoder, n) for n in SeaDecoder.NAMES})
+    training.save_npz(path, {n: getattr(decoder, n) for n in SeaDecoder.NAMES}, {"dilation": decoder.dilation})
 
 
 def load_decoder(path: str) -> SeaDecoder:
     """Load a decoder written by :func:`save_decoder`."""
-    with np.load(path, allow_pickle=False) as z:
-        cfg = json.loads(str(z["__config__"]))
-        return SeaDecoder(*(z[n].astype(np.float64) for n in SeaDecoder.NAMES), dilation=int(cfg["dilation"]))
+    z, cfg = training.load_npz(path)
+    return SeaDecoder(*(z[n].astype(np.float64) for n in SeaDecoder.NAMES), dilation=int(cfg["dilation"]))
 
 
 @dataclass
@@ -231,10 +230,8 @@ class _Sample:
 def prepare_sample(q, k, *, compressed_width: int, causal: bool = True, scale: Optional[float] = None,
                    nb_features: Optional[int] = None, seed: int = 0) -> _Sample:
     """Training-free estimate and exact distillation targets of one captured (q, k)."""
-    from .methods import get
-
     q, k, _ = check_qkv(q, k)
-    m = get("sea", compressed_width=compressed_width, nb_features=nb_features, seed=seed)
+    m = SEA(compressed_width=compressed_width, nb_features=nb_features, seed=seed)
     est = m.compressed_estimate(q, k, causal=causal, scale=scale).astype(np.float64)
     mass, psq, plogp = _core.sea_exact_compressed(q, k, bool(causal), check_scale(scale, q.shape[3]), compressed_width)
     return _Sample(est, mass.astype(np.float64), psq.astype(np.float64), plogp.astype(np.float64),
@@ -288,30 +285,157 @@ def train_decoder(data: Iterable, *, compressed_width: int = 128, causal: bool =
     steps, lr, warmup_steps, weight_decay, max_grad_norm
         AdamW with warmup then cosine decay (paper: AdamW, weight decay 1e-2; the learning rate
         here is higher than the paper's 1e-4 because only the small decoder learns).
-    """
-    from tqdm.auto import tqdm
+    decoder : SeaDecoder, optional
+        Starting point; default ``SeaDecoder.init(H, compressed_width, seed=seed, **decoder_kwargs)``.
+    seed : int
+        Seed of the fresh decoder and of the sample order.
+    progress : bool
+        Show progress bars.
 
-    items = list(data)
-    if not items:
-        raise ValueError("data must hold at least one (q, k) item")
+    Returns
+    -------
+    TrainResult with the trained decoder and the loss of every step.
+    """
     steps = check_positive_int(steps, "steps")
-    samples = [prepare_sample(q, k, compressed_width=compressed_width, causal=causal, nb_features=nb_features,
-                              seed=feature_seed) for q, k in tqdm(items, desc="targets", disable=not progress)]
+
+    def prepare(item) -> _Sample:
+        q, k = item
+        return prepare_sample(q, k, compressed_width=compressed_width, causal=causal, nb_features=nb_features,
+                              seed=feature_seed)
+
+    samples = training.prepare_samples(data, prepare, desc="targets", progress=progress)
     H = samples[0].est.shape[1]
     if decoder is None:
         decoder = SeaDecoder.init(H, compressed_width, seed=seed, **decoder_kwargs)
     else:
         decoder = SeaDecoder(*(np.array(p, np.float64) for p in decoder.params()), dilation=decoder.dilation)
-    opt = AdamW(decoder.params(), lr=lr, steps=steps, warmup_steps=warmup_steps, weight_decay=weight_decay,
-                max_grad_norm=max_grad_norm)
     rng = np.random.default_rng(seed)
-    losses: List[float] = []
-    bar = tqdm(range(steps), desc="train decoder", disable=not progress)
-    for _ in bar:
+
+    def loss_and_grads(step: int):
         s = samples[int(rng.integers(0, len(samples)))]
         z, cache = decoder.logits(s.est)
         loss, dz = distillation_loss(z, s)
-        opt.step(decoder.backward(dz, cache))
-        losses.append(loss)
-        bar.set_postfix(loss=f"{loss:.5f}")
+        return loss, decoder.backward(dz, cache)
+
+    losses = training.fit(decoder.params(), loss_and_grads, steps=steps, lr=lr, warmup_steps=warmup_steps,
+                          weight_decay=weight_decay, max_grad_norm=max_grad_norm, progress=progress,
+                          desc="train decoder")
     return TrainResult(decoder, losses)
+
+
+def orthogonal_features(m: int, d: int, seed: int = 0) -> np.ndarray:
+    """Performer's orthogonal random features (m x d): stacked d x d orthogonal blocks (QR of
+    Gaussian matrices), each row rescaled by the norm of an independent Gaussian vector."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for _ in range(-(-m // d)):
+        qmat, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        blocks.append(qmat.T)
+    w = np.concatenate(blocks, axis=0)[:m]
+    return (w * np.linalg.norm(rng.standard_normal((m, d)), axis=1)[:, None]).astype(np.float32)
+
+
+@register
+class SEA(Method):
+    """SEA: sparse attention with an attention mask estimated by linear attention (training-free).
+
+    Lee et al., "SEA: Sparse Linear Attention with Estimated Attention Mask", ICLR 2024; follows
+    gmlwns2000/sea-attention for the compressed grid, the top-k budget and the expansion:
+
+    1. Each query's attention row is estimated in a compressed key space of ``compressed_width``
+       columns; column c of query i covers keys [round(c L_i / W), round((c+1) L_i / W)) of its
+       visible prefix L_i (the official per-query grid). The estimate is kernel-based linear
+       attention with FAVOR+ positive orthogonal random features (``nb_features`` of them,
+       seeded), whose "values" are the column indicators: linear in N, no N x N buffer.
+    2. Top-k grouped over heads, as the official causal code: per query, the heads' compressed
+       rows are concatenated and the top ``round(H k W / L_i)`` entries (clamped to [1, H W],
+       ties to the lower index) kept, so peaky heads take more columns.
+    3. Each kept column expands to its key range, capped at ``k`` keys (the last k of the range);
+       queries whose prefix is at most k keys stay dense.
+    4. Sparse attention (softmax over the selected keys) runs on the resulting TokenIndices.
+
+    Parameters
+    ----------
+    k : int, default 64
+        Average keys per query per head (the official ``k``; OPT experiments: 64).
+    compressed_width : int, default 128
+        Width W of the compressed key space (official config default 128; OPT runs 256).
+    nb_features : int or None, default None
+        Random features m; None: int(D ln D / 8), the official value of the causal (OPT)
+        experiments (nbf = 8); more features give a less noisy estimate at a higher cost.
+    seed : int, default 0
+        Seed of the random features.
+    decoder : spattn.methods.sea.SeaDecoder, optional
+        Learned refinement of the compressed estimate (the paper's decoder, reduced; see
+        this module), trained with :meth:`fit` (:func:`train_decoder`). None: training-free.
+
+    Notes
+    -----
+    Deviations: the paper's decoder reads an encoder of Performer outputs with learned
+    positional values and the whole model is fine-tuned; here the optional decoder refines the
+    log of the random-feature estimate and only it learns. The learned output gates of the
+    paper (scaling the sparse output, mixing in the mean of V) are not applied: the output is
+    plain softmax attention over the selected keys. Features are softmax-kernel (FAVOR+); the
+    official causal model uses ReLU features, meaningful only with its learned encoder.
+    ``last_info["estimate"]`` holds the compressed estimate (B, Hq, Nq, W) used for the top-k
+    (refined when a decoder is given) for plotting.
+    """
+
+    name = "sea"
+    paper = "Lee et al., SEA: Sparse Linear Attention with Estimated Attention Mask, ICLR 2024"
+    pattern = "top-k per query of a linear-attention estimate (token level)"
+    defaults = {"k": 64, "compressed_width": 128, "nb_features": None, "seed": 0, "decoder": None}
+    capabilities = Capabilities(fittable=True, mask_format="token")
+    learned_param = "decoder"
+
+    def _check_params(self) -> None:
+        p = self.params
+        if p["decoder"] is not None:
+            if not isinstance(p["decoder"], SeaDecoder):
+                raise TypeError(f"decoder must be a spattn.methods.sea.SeaDecoder, got {type(p['decoder']).__name__}")
+            if p["decoder"].width != p["compressed_width"]:
+                raise ValueError(f"decoder width {p['decoder'].width} != compressed_width {p['compressed_width']}")
+        check_positive_int(p["k"], "k")
+        check_positive_int(p["compressed_width"], "compressed_width")
+        if p["nb_features"] is not None:
+            check_positive_int(p["nb_features"], "nb_features")
+
+    def features(self, D: int) -> np.ndarray:
+        m = self.params["nb_features"] or max(1, int(D * np.log(D) / 8))
+        return orthogonal_features(m, D, self.params["seed"])
+
+    def compressed_estimate(self, q, k, *, causal=False, scale=None) -> np.ndarray:
+        """The compressed estimated attention (B, Hq, Nq, compressed_width); rows sum to 1."""
+        q, k, _ = check_qkv(q, k)
+        return _core.sea_estimate(q, k, self.features(q.shape[3]), bool(causal),
+                                  check_scale(scale, q.shape[3]), self.params["compressed_width"])
+
+    def _estimate(self, q, k, causal, scale) -> TokenIndices:
+        est = self.compressed_estimate(q, k, causal=causal, scale=scale)
+        if self.params["decoder"] is not None:
+            counts = column_counts(q.shape[2], k.shape[2], self.params["compressed_width"], causal)
+            est = self.params["decoder"].refine(est, counts)
+        idx = _core.sea_select(est, k.shape[1], k.shape[2], causal, self.params["k"])
+        self.last_info = {"estimate": est}
+        return TokenIndices(idx, 1, k.shape[2], assume_sorted=True)
+
+    def fit(self, samples: Sequence, **kwargs: Any) -> "TrainResult":
+        """Train the refinement decoder on captured (q, k) pairs by distillation
+        (:func:`train_decoder` with this method's compressed width, features and seed; starts
+        from the current decoder when one is set) and keep it as ``params["decoder"]``.
+
+        Parameters
+        ----------
+        samples : sequence of (q, k)
+        **kwargs
+            Options of :func:`train_decoder` (``steps``, ``lr``, ``causal``, ``seed``, ``progress``, ...).
+
+        Returns
+        -------
+        TrainResult with the decoder and the loss of every step.
+        """
+        p = self.params
+        res = train_decoder(samples, compressed_width=p["compressed_width"], nb_features=p["nb_features"],
+                            feature_seed=p["seed"], decoder=p["decoder"], **kwargs)
+        self.set_params(decoder=res.decoder)
+        return res

@@ -1,0 +1,287 @@
+"""The Method base class, its declared Capabilities, and the registration decorator.
+
+A method is an estimator (``estimate(q, k, causal=...) -> BlockMask | TokenIndices``) plus the
+kernel that executes its mask format (``__call__(q, k, v, causal=..., return_lse=False)``).
+Each method module declares, once: ``name``, ``paper``, ``pattern``, ``defaults`` (its
+parameters), ``capabilities``, ``_check_params`` and ``_estimate``. Harnesses (``evaluate``,
+the CLI, the generic tests) read only this interface and the capabilities, never a method name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import numpy as np
+
+from .._validation import check_qkv
+from ..kernels import block_sparse_attention, token_sparse_attention
+from ..masks import BlockMask, TokenIndices
+
+Mask = Union[BlockMask, TokenIndices]
+MASK_FORMATS = ("block", "token", "none")
+GQA_LAYOUTS = ("grouped", "interleaved")
+
+_REGISTRY: Dict[str, Type["Method"]] = {}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method supports; harnesses and tests filter on these, never on method names.
+
+    Attributes
+    ----------
+    causal, noncausal : bool
+        Accepts ``causal=True`` / ``causal=False``.
+    prefill : bool
+        Estimates for Nq == Nk.
+    chunked : bool
+        Accepts any Nq != Nk (chunked prefill with Nq < Nk, bottom-right aligned, or
+        cross-attention); False: only the lengths the other flags name.
+    decode : bool
+        Accepts Nq == 1 (possibly by running dense, as the method's docstring says).
+    needs_fit : bool
+        Meaningful only with a trained state (``fit`` / ``prepare``); the default is a baseline.
+    fittable : bool
+        Has a learned part that ``fit(samples)`` trains (optional when ``needs_fit`` is False).
+    exact_reference_only : bool
+        Reads exact attention to build its mask: an evaluation upper bound, not a practical method.
+    gqa_layouts : tuple of str
+        Query-to-kv head layouts it can run: "grouped" (h // (Hq/Hkv), the default everywhere)
+        and, as an option of the method, "interleaved" (h % Hkv).
+    mask_format : str
+        "block" (BlockMask), "token" (TokenIndices) or "none" (no mask is read: the kernel is
+        exact; ``estimate`` returns the full BlockMask so metrics apply).
+    exact : bool
+        Its output is exact attention.
+    """
+
+    causal: bool = True
+    noncausal: bool = True
+    prefill: bool = True
+    chunked: bool = True
+    decode: bool = True
+    needs_fit: bool = False
+    fittable: bool = False
+    exact_reference_only: bool = False
+    gqa_layouts: Tuple[str, ...] = ("grouped",)
+    mask_format: str = "block"
+    exact: bool = False
+
+    def __post_init__(self):
+        if not (self.causal or self.noncausal):
+            raise ValueError("a method must support causal or non-causal attention")
+        if not (self.prefill or self.chunked or self.decode):
+            raise ValueError("a method must support at least one of prefill, chunked, decode")
+        if self.mask_format not in MASK_FORMATS:
+            raise ValueError(f"mask_format must be one of {MASK_FORMATS}, got {self.mask_format!r}")
+        if "grouped" not in self.gqa_layouts or any(g not in GQA_LAYOUTS for g in self.gqa_layouts):
+            raise ValueError(f"gqa_layouts must include 'grouped' and be a subset of {GQA_LAYOUTS}, "
+                             f"got {self.gqa_layouts}")
+        if self.needs_fit and not self.fittable:
+            raise ValueError("needs_fit requires fittable")
+
+    def supports(self, *, causal: bool, q_len: int, kv_len: int) -> bool:
+        """Whether a call with this causality and these lengths is defined for the method."""
+        return (self.causal if causal else self.noncausal) and self.supports_lengths(q_len, kv_len)
+
+    def supports_lengths(self, q_len: int, kv_len: int) -> bool:
+        """Whether (Nq, Nk) is a shape the method estimates (see the class attributes)."""
+        if q_len == kv_len and self.prefill:
+            return True
+        if q_len == 1 and self.decode:
+            return True
+        return q_len != kv_len and self.chunked
+
+    def lengths_text(self) -> str:
+        """The accepted (Nq, Nk) shapes in words, for error messages and tables."""
+        if self.chunked and self.prefill and self.decode:
+            return "any Nq, Nk"
+        parts = [text for flag, text in ((self.prefill, "Nq == Nk (prefill)"), (self.chunked, "Nq != Nk (chunked)"),
+                                         (self.decode, "Nq == 1 (decode)")) if flag]
+        return " or ".join(parts)
+
+
+def register(cls: Type["Method"]) -> Type["Method"]:
+    """Class decorator adding a Method subclass to the registry under ``cls.name``.
+
+    The class must declare its own ``name`` and ``capabilities`` (not inherit them).
+    """
+    if not cls.__dict__.get("name"):
+        raise ValueError(f"{cls.__name__} must declare a name")
+    if not isinstance(cls.__dict__.get("capabilities"), Capabilities):
+        raise TypeError(f"{cls.__name__} must declare capabilities = Capabilities(...)")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"method {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+class Method:
+    """Base class: parameters with defaults, declared capabilities, an estimator and the kernel
+    of its mask format.
+
+    Subclasses declare ``name``, ``paper``, ``pattern``, ``defaults``, ``capabilities`` and
+    implement ``_estimate`` (and ``_check_params`` to validate parameters). Learned methods
+    (``capabilities.fittable``) also set ``learned_param`` and implement ``fit``.
+    """
+
+    name: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    pattern: ClassVar[str] = ""
+    defaults: ClassVar[Dict[str, Any]] = {}
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    learned_param: ClassVar[Optional[str]] = None
+
+    def __init__(self, **params: Any):
+        self.params: Dict[str, Any] = {}
+        self.last_info: Dict[str, Any] = {}
+        self.set_params(**params)
+
+    # ------------------------------------------------------------------ parameters (one hook)
+    @classmethod
+    def default_params(cls) -> Dict[str, Any]:
+        """The method's parameters and their defaults (a fresh dict).
+
+        The only place the defaults are read from (construction and ``set_params`` go through
+        it), so binding the C++ parameter structs changes this method and the ``defaults``
+        declarations only.
+        """
+        return dict(cls.defaults)
+
+    def set_params(self, **params: Any) -> "Method":
+        """Override parameters (unknown names raise TypeError, bad values ValueError/TypeError)."""
+        defaults = self.default_params()
+        unknown = set(params) - set(defaults)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(defaults)}")
+        merged = {**defaults, **self.params, **params}
+        old, self.params = self.params, merged
+        try:
+            self._check_params()
+        except Exception:
+            self.params = old
+            raise
+        return self
+
+    def _check_params(self) -> None:
+        """Validate self.params; subclasses raise ValueError/TypeError naming the parameter."""
+
+    def describe_params(self) -> Dict[str, Any]:
+        """Parameters in display (JSON-friendly) form: arrays and objects such as a trained
+        gate appear as ``"<TypeName>"``."""
+        def shown(v):
+            if v is None or isinstance(v, (bool, int, float, str)):
+                return v
+            if isinstance(v, (np.integer, np.floating, np.bool_)):
+                return v.item()
+            if isinstance(v, (tuple, list)) and all(isinstance(x, (bool, int, float, str)) for x in v):
+                return list(v)
+            return f"<{type(v).__name__}>"
+        return {k: shown(v) for k, v in self.params.items()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"spattn.methods.get({self.name!r}{', ' if args else ''}{args})"
+
+    # ------------------------------------------------------------------ estimate and run
+    def check_call(self, q: np.ndarray, k: np.ndarray, causal: bool) -> None:
+        """Raise ValueError when the capabilities exclude this causality or these lengths."""
+        caps = self.capabilities
+        if causal and not caps.causal:
+            raise ValueError(f"{self.name} is defined for non-causal attention only; call it with causal=False")
+        if not causal and not caps.noncausal:
+            raise ValueError(f"{self.name} is defined for causal attention only; call it with causal=True")
+        Nq, Nk = q.shape[2], k.shape[2]
+        if not caps.supports_lengths(Nq, Nk):
+            raise ValueError(f"{self.name} needs {caps.lengths_text()}; got Nq={Nq}, Nk={Nk}")
+
+    def estimate(self, q, k, *, causal: bool = False, scale: Optional[float] = None) -> Mask:
+        """Return the mask this method selects for (q, k).
+
+        Parameters
+        ----------
+        q, k : array_like, shapes (B, Hq, Nq, D) and (B, Hkv, Nk, D)
+        causal : bool
+            Bottom-right aligned causal attention.
+        scale : float, optional
+            Logit scale, default 1/sqrt(D).
+        """
+        q, k, _ = check_qkv(q, k)
+        self.check_call(q, k, bool(causal))
+        return self._estimate(q, k, bool(causal), scale)
+
+    def _estimate(self, q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float]) -> Mask:
+        """The estimator proper, on checked float32 inputs; every registered method defines it."""
+        raise TypeError(f"{type(self).__name__} must define _estimate()")  # abstract
+
+    def __call__(self, q, k, v, *, causal: bool = False, scale: Optional[float] = None,
+                 return_lse: bool = False):
+        """Estimate the mask, then run the kernel of its format."""
+        mask = self.estimate(q, k, causal=causal, scale=scale)
+        if isinstance(mask, BlockMask):
+            return block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+        return token_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+
+    def readouts(self) -> Dict[str, Any]:
+        """A JSON-friendly summary of ``last_info`` for records and tables (default: none)."""
+        return {}
+
+    # ------------------------------------------------------------------ learned state
+    @property
+    def fitted(self) -> bool:
+        """True when the learned part (``learned_param``) holds a trained state."""
+        return self.learned_param is not None and self.params.get(self.learned_param) is not None
+
+    def fit(self, samples: Sequence, **kwargs: Any):
+        """Train the method's learned part on captured inputs and keep it in ``params``.
+
+        Parameters
+        ----------
+        samples : sequence of (q, k)
+            Captured attention inputs.
+        **kwargs
+            Options of the method's trainer (``steps``, ``lr``, ``progress``, ...).
+
+        Returns
+        -------
+        The trainer's result (its ``losses`` hold the loss of every step).
+        """
+        raise TypeError(f"{self.name} has no learned part to fit (capabilities.fittable is False)")
+
+    def prepare(self, workload, *, seeds: Sequence[int] = (1, 2, 3), steps: int = 200, max_len: int = 4096,
+                progress: bool = False) -> "Method":
+        """Make the method ready to be evaluated on `workload`.
+
+        A method that needs a fitted state (``capabilities.needs_fit``) and was given none is
+        fitted on held-out inputs of the same synthetic model (``seeds``, at most ``max_len``
+        tokens, ``steps`` steps; see :func:`spattn.synthetic.held_out_inputs`), so it is
+        measured on an input it never saw. Other methods are returned unchanged.
+
+        Parameters
+        ----------
+        workload : spattn.synthetic.Workload or (q, k, v)
+        seeds, steps, max_len, progress
+            Held-out inputs and training length.
+
+        Returns
+        -------
+        self
+        """
+        if self.capabilities.needs_fit and not self.fitted:
+            from ..synthetic import held_out_inputs
+
+            self.fit(held_out_inputs(workload, seeds=seeds, max_len=max_len), steps=steps, progress=progress)
+        return self
+
+
+def registered() -> List[Type[Method]]:
+    """The registered Method classes, sorted by name."""
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def lookup(name: str) -> Type[Method]:
+    """The Method class registered under `name` (ValueError listing the names otherwise)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
