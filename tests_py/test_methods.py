@@ -187,3 +187,32 @@ def test_displays_are_json_ready(name):
     m.estimate(w.q, w.k, causal=CAPS[name].causal)
     json.dumps(m.describe_params())
     json.dumps(m.readouts())
+
+
+@pytest.mark.parametrize("name", spattn.methods.available())
+def test_parameters_and_their_checks_come_from_the_cpp_struct(name):
+    """The C++ parameter struct is the only place a default lives and the only range check."""
+    cls = type(spattn.methods.get(name))
+    m = spattn.methods.get(name)
+    if cls.params_struct is None:
+        assert set(m.params) == set(cls.extra_defaults)
+        return
+    cpp = cls.params_struct()
+    for field in cls.params_struct.field_names():
+        assert m.params[field] == getattr(cpp, field)
+        assert getattr(cls.params_struct, field).__doc__  # documented once, in the C++ header
+    assert set(m.params) == set(cls.params_struct.field_names()) | set(cls.extra_defaults)
+    assert m.cparams == cpp
+    # an out-of-range int raises the C++ ValueError naming the method and the field
+    int_fields = [f for f in cls.params_struct.field_names() if isinstance(getattr(cpp, f), int)
+                  and not isinstance(getattr(cpp, f), bool) and f != "seed"]
+    for field in int_fields:
+        with pytest.raises(ValueError, match=f"{name}: {field} must be >="):
+            spattn.methods.get(name, **{field: -5})
+        with pytest.raises(TypeError, match=f"{name}: {field} must be an int"):
+            spattn.methods.get(name, **{field: 2 ** 31})
+    # a failed override leaves the method as it was
+    before = dict(m.params)
+    with pytest.raises((ValueError, TypeError)):
+        m.set_params(**{cls.params_struct.field_names()[0]: "not a number"})
+    assert m.params == before

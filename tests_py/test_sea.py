@@ -139,7 +139,7 @@ def test_bad_parameters():
 def test_exact_compressed_targets_match_float64():
     q, k, _ = make_qkv(1, 4, 2, 150, 300, 64, seed=3)
     for causal in (True, False):
-        mass, psq, plogp = spattn._core.sea_exact_compressed(q, k, causal, 1 / 8, 16)
+        mass, psq, plogp = spattn._core.compressed_attention_targets(q, k, causal, 1 / 8, 16)
         p, _ = ref_probs(q, k, causal=causal)
         counts = sea_mod.column_counts(150, 300, 16, causal)
         for i in (0, 77, 149):

@@ -76,6 +76,14 @@ std::vector<PoolKind> pool_kinds(const std::vector<std::string>& names, const ch
 }
 
 void bind_kernels(py::module_& m) {
+  m.def("check_shapes", [](const py::array& q, const py::array& k, const std::optional<py::array>& v,
+                           const OptScale& scale) {
+    qkv_shape(q, k, v ? &*v : nullptr);
+    check_scale(scale);
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("scale"),
+     "Raise ValueError naming the argument unless q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv) "
+     "and scale fit together (the checks every kernel runs).");
+
   m.def("dense_attention", [](const FArr& q, const FArr& k, const FArr& v, bool causal, const OptScale& scale) {
     return run_attention(q, k, v, causal, scale, [](const AttnArgs& a) { dense_attention(a); });
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("scale"));

@@ -49,5 +49,3 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
-def check_scale(scale, D):  # TEMP until the methods are wired to C++ params
-    return scale

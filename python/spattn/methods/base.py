@@ -2,8 +2,10 @@
 
 A method is an estimator (``estimate(q, k, causal=...) -> BlockMask | TokenIndices``) plus the
 kernel that executes its mask format (``__call__(q, k, v, causal=..., return_lse=False)``).
-Each method module declares, once: ``name``, ``paper``, ``pattern``, ``defaults`` (its
-parameters), ``capabilities``, ``_check_params`` and ``_estimate``. Harnesses (``evaluate``,
+Each method module declares, once: ``name``, ``paper``, ``pattern``, ``params_struct`` (the C++
+parameter class, ``_core.<Method>Params``: the only place its defaults and range checks live),
+``extra_defaults`` (Python-only parameters such as a trained gate), ``capabilities`` and
+``_estimate``. Harnesses (``evaluate``,
 the CLI, the generic tests) read only this interface and the capabilities, never a method name.
 """
 
@@ -14,6 +16,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, U
 
 import numpy as np
 
+from .. import _core
 from .._validation import check_qkv
 from ..kernels import block_sparse_attention, token_sparse_attention
 from ..masks import BlockMask, TokenIndices
@@ -129,43 +132,51 @@ class Method:
     name: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     pattern: ClassVar[str] = ""
-    defaults: ClassVar[Dict[str, Any]] = {}
+    params_struct: ClassVar[Optional[type]] = None
+    extra_defaults: ClassVar[Dict[str, Any]] = {}
     capabilities: ClassVar[Capabilities] = Capabilities()
     learned_param: ClassVar[Optional[str]] = None
 
     def __init__(self, **params: Any):
         self.params: Dict[str, Any] = {}
+        self.cparams = None  # the C++ parameter struct (params_struct) behind self.params
         self.last_info: Dict[str, Any] = {}
         self.set_params(**params)
 
     # ------------------------------------------------------------------ parameters (one hook)
     @classmethod
     def default_params(cls) -> Dict[str, Any]:
-        """The method's parameters and their defaults (a fresh dict).
-
-        The only place the defaults are read from (construction and ``set_params`` go through
-        it), so binding the C++ parameter structs changes this method and the ``defaults``
-        declarations only.
-        """
-        return dict(cls.defaults)
+        """The method's parameters and their defaults (a fresh dict): the fields of the C++
+        parameter struct as C++ initialises them, then the Python-only ``extra_defaults``."""
+        d = cls.params_struct().to_dict() if cls.params_struct is not None else {}
+        d.update(cls.extra_defaults)
+        return d
 
     def set_params(self, **params: Any) -> "Method":
-        """Override parameters (unknown names raise TypeError, bad values ValueError/TypeError)."""
+        """Override parameters. Unknown names raise TypeError; the C++ struct checks types
+        (TypeError) and ranges (ValueError), naming the parameter; ``_check_params`` checks the
+        Python-only ones."""
         defaults = self.default_params()
         unknown = set(params) - set(defaults)
         if unknown:
             raise TypeError(f"{self.name}: unknown parameter(s) {sorted(unknown)}; known: {sorted(defaults)}")
         merged = {**defaults, **self.params, **params}
+        cparams = None
+        if self.params_struct is not None:
+            cparams = self.params_struct(**{f: merged[f] for f in self.params_struct.field_names()})
+            merged.update(cparams.to_dict())  # the values as C++ holds them
         old, self.params = self.params, merged
         try:
             self._check_params()
         except Exception:
             self.params = old
             raise
+        self.cparams = cparams
         return self
 
     def _check_params(self) -> None:
-        """Validate self.params; subclasses raise ValueError/TypeError naming the parameter."""
+        """Validate the Python-only parameters (``extra_defaults``); raise ValueError/TypeError
+        naming the parameter."""
 
     def describe_params(self) -> Dict[str, Any]:
         """Parameters in display (JSON-friendly) form: arrays and objects such as a trained
@@ -208,6 +219,7 @@ class Method:
             Logit scale, default 1/sqrt(D).
         """
         q, k, _ = check_qkv(q, k)
+        _core.check_shapes(q, k, None, scale)
         self.check_call(q, k, bool(causal))
         return self._estimate(q, k, bool(causal), scale)
 

@@ -25,7 +25,7 @@ class Dense(Method):
     name = "dense"
     paper = "exact attention (FlashAttention-style tiling, Dao et al. 2022)"
     pattern = "all blocks"
-    defaults = {"block_size": 64}
+    extra_defaults = {"block_size": 64}  # no C++ estimator: the full mask is built here
     capabilities = Capabilities(mask_format="none", exact=True)
 
     def _check_params(self) -> None:

@@ -2,7 +2,8 @@
 
 Lai et al., "FlexPrefill: A Context-Aware Sparse Attention Mechanism for Efficient Long-Sequence
 Inference", ICLR 2025; the estimator is ``_core.estimate_flexprefill`` (the official
-``get_active_blocks``); this module adds the official GQA-interleave option around it.
+``get_active_blocks``) with its parameters in ``_core.FlexPrefillParams``; this module runs the
+attention of the official GQA-interleave option with the heads permuted around the kernel.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Dict
 import numpy as np
 
 from .. import _core
-from .._validation import check_positive_int, check_qkv
+from .._validation import check_qkv
 from ..kernels import block_sparse_attention
 from ..masks import BlockMask
 from .base import Capabilities, Method, register
@@ -68,48 +69,25 @@ class FlexPrefill(Method):
     name = "flexprefill"
     paper = "Lai et al., FlexPrefill: A Context-Aware Sparse Attention Mechanism, ICLR 2025"
     pattern = "query-aware | vertical-slash, chosen per head by JS divergence"
-    defaults = {"gamma": 0.9, "tau": 0.1, "min_budget": 1024, "max_budget": None, "block_size": 128,
-                "gqa_interleave": False}
+    params_struct = _core.FlexPrefillParams
     capabilities = Capabilities(noncausal=False, chunked=False, gqa_layouts=("grouped", "interleaved"))
     PATTERNS = ("vertical_slash", "query_aware", "dense")
 
     @staticmethod
     def _interleave_order(Hq: int, Hkv: int) -> np.ndarray:
         """order[j] = original query head placed at position j so that position j reads kv head
-        j // (Hq/Hkv) in spattn's layout exactly when the original head h reads h % Hkv."""
+        j // (Hq/Hkv) in spattn's layout exactly when the original head h reads h % Hkv (the
+        same permutation the C++ estimator applies for ``gqa_interleave``)."""
         G = Hq // Hkv
         j = np.arange(Hq)
         return (j % G) * Hkv + j // G
 
-    def _check_params(self) -> None:
-        p = self.params
-        check_positive_int(p["block_size"], "block_size")
-        check_positive_int(p["min_budget"], "min_budget")
-        if p["max_budget"] is not None:
-            check_positive_int(p["max_budget"], "max_budget")
-        if not isinstance(p["gamma"], (float, int, np.floating)) or not 0 < float(p["gamma"]) <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {p['gamma']!r}")
-        if not isinstance(p["tau"], (float, int, np.floating)) or not float(p["tau"]) >= 0:
-            raise ValueError(f"tau must be a number >= 0, got {p['tau']!r}")
-        if not isinstance(p["gqa_interleave"], (bool, np.bool_)):
-            raise TypeError(f"gqa_interleave must be a bool, got {p['gqa_interleave']!r}")
-
     def _estimate(self, q, k, causal, scale) -> BlockMask:
-        Nq, Nk = q.shape[2], k.shape[2]
-        p = self.params
-        order = self._interleave_order(q.shape[1], k.shape[1]) if p["gqa_interleave"] else None
-        qe = q if order is None else np.ascontiguousarray(q[:, order])
-        blocks, pattern, js, nv, ns = _core.estimate_flexprefill(
-            qe, k, True, float(p["gamma"]), float(p["tau"]), p["min_budget"],
-            -1 if p["max_budget"] is None else p["max_budget"], p["block_size"])
-        info = [blocks, pattern, js, nv, ns]
-        if order is not None:  # back to the caller's head order
-            inv = np.argsort(order)
-            info = [x[:, inv] for x in info]
-        blocks, pattern, js, nv, ns = info
+        blocks, pattern, js, nv, ns = _core.estimate_flexprefill(q, k, True, self.cparams)
         self.last_info = {"pattern": np.array(self.PATTERNS, dtype=object)[pattern].astype(str),
                           "js": js, "n_vertical": nv, "n_slash": ns}
-        return BlockMask(np.ascontiguousarray(blocks), p["block_size"], p["block_size"], Nq, Nk)
+        bs = self.params["block_size"]
+        return BlockMask(blocks, bs, bs, q.shape[2], k.shape[2])
 
     def readouts(self) -> Dict[str, Any]:
         """Heads per pattern of the last estimate, e.g. ``{"patterns": {"query_aware": 3, ...}}``."""

@@ -37,7 +37,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _core, training
-from .._validation import check_positive_int, check_qkv, check_scale
+from .._validation import check_positive_int, check_qkv
 from ..masks import TokenIndices
 from .base import Capabilities, Method, register
 
@@ -233,7 +233,7 @@ def prepare_sample(q, k, *, compressed_width: int, causal: bool = True, scale: O
     q, k, _ = check_qkv(q, k)
     m = SEA(compressed_width=compressed_width, nb_features=nb_features, seed=seed)
     est = m.compressed_estimate(q, k, causal=causal, scale=scale).astype(np.float64)
-    mass, psq, plogp = _core.sea_exact_compressed(q, k, bool(causal), check_scale(scale, q.shape[3]), compressed_width)
+    mass, psq, plogp = _core.compressed_attention_targets(q, k, bool(causal), scale, compressed_width)
     return _Sample(est, mass.astype(np.float64), psq.astype(np.float64), plogp.astype(np.float64),
                    column_counts(q.shape[2], k.shape[2], compressed_width, causal), k.shape[2])
 
@@ -384,7 +384,8 @@ class SEA(Method):
     name = "sea"
     paper = "Lee et al., SEA: Sparse Linear Attention with Estimated Attention Mask, ICLR 2024"
     pattern = "top-k per query of a linear-attention estimate (token level)"
-    defaults = {"k": 64, "compressed_width": 128, "nb_features": None, "seed": 0, "decoder": None}
+    params_struct = _core.SeaParams
+    extra_defaults = {"decoder": None}
     capabilities = Capabilities(fittable=True, mask_format="token")
     learned_param = "decoder"
 
@@ -395,10 +396,6 @@ class SEA(Method):
                 raise TypeError(f"decoder must be a spattn.methods.sea.SeaDecoder, got {type(p['decoder']).__name__}")
             if p["decoder"].width != p["compressed_width"]:
                 raise ValueError(f"decoder width {p['decoder'].width} != compressed_width {p['compressed_width']}")
-        check_positive_int(p["k"], "k")
-        check_positive_int(p["compressed_width"], "compressed_width")
-        if p["nb_features"] is not None:
-            check_positive_int(p["nb_features"], "nb_features")
 
     def features(self, D: int) -> np.ndarray:
         m = self.params["nb_features"] or max(1, int(D * np.log(D) / 8))
@@ -407,15 +404,15 @@ class SEA(Method):
     def compressed_estimate(self, q, k, *, causal=False, scale=None) -> np.ndarray:
         """The compressed estimated attention (B, Hq, Nq, compressed_width); rows sum to 1."""
         q, k, _ = check_qkv(q, k)
-        return _core.sea_estimate(q, k, self.features(q.shape[3]), bool(causal),
-                                  check_scale(scale, q.shape[3]), self.params["compressed_width"])
+        _core.check_shapes(q, k, None, scale)
+        return _core.sea_estimate(q, k, self.features(q.shape[3]), bool(causal), scale, self.cparams)
 
     def _estimate(self, q, k, causal, scale) -> TokenIndices:
         est = self.compressed_estimate(q, k, causal=causal, scale=scale)
         if self.params["decoder"] is not None:
             counts = column_counts(q.shape[2], k.shape[2], self.params["compressed_width"], causal)
             est = self.params["decoder"].refine(est, counts)
-        idx = _core.sea_select(est, k.shape[1], k.shape[2], causal, self.params["k"])
+        idx = _core.sea_select(est, k.shape[2], causal, self.cparams)
         self.last_info = {"estimate": est}
         return TokenIndices(idx, 1, k.shape[2], assume_sorted=True)
 

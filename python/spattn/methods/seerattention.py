@@ -36,7 +36,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _core, training
-from .._validation import check_positive_int, check_qkv, check_scale
+from .._validation import check_positive_int, check_qkv
 from ..masks import BlockMask
 from .base import Capabilities, Method, register
 
@@ -138,9 +138,7 @@ def load_gates(path: str) -> List[SeerGate]:
 def ground_truth(q, k, block_size: int = 64, *, scale: Optional[float] = None) -> np.ndarray:
     """Training target (B, Hq, nb, nb): causal attention max-pooled per block pair, rows sum to 1."""
     q, k, _ = check_qkv(q, k)
-    if q.shape[2] != k.shape[2]:
-        raise ValueError(f"ground truth needs Nq == Nk, got {q.shape[2]} and {k.shape[2]}")
-    return _core.seer_ground_truth(q, k, check_positive_int(block_size, "block_size"), check_scale(scale, q.shape[3]))
+    return _core.seer_ground_truth(q, k, block_size, scale)
 
 
 # ---------------------------------------------------------------------------- numpy training path
@@ -360,7 +358,8 @@ class SeerAttention(Method):
     name = "seerattention"
     paper = "Gao et al., SeerAttention: Learning Intrinsic Sparse Attention in Your LLMs, 2024"
     pattern = "learned block gate (threshold or top-k per row)"
-    defaults = {"gate": None, "threshold": 5e-4, "nz_ratio": None, "topk": None, "last_block_dense": True, "seed": 0}
+    params_struct = _core.SeerParams
+    extra_defaults = {"gate": None}
     capabilities = Capabilities(noncausal=False, chunked=False, needs_fit=True, fittable=True)
     learned_param = "gate"
 
@@ -368,14 +367,6 @@ class SeerAttention(Method):
         p = self.params
         if p["gate"] is not None and not isinstance(p["gate"], SeerGate):
             raise TypeError(f"gate must be a spattn.methods.seerattention.SeerGate, got {type(p['gate']).__name__}")
-        if p["nz_ratio"] is not None and p["topk"] is not None:
-            raise ValueError("give at most one of nz_ratio and topk")
-        if p["nz_ratio"] is not None and not 0 < float(p["nz_ratio"]) <= 1:
-            raise ValueError(f"nz_ratio must be in (0, 1], got {p['nz_ratio']!r}")
-        if p["topk"] is not None:
-            check_positive_int(p["topk"], "topk")
-        if not float(p["threshold"]) >= 0:
-            raise ValueError(f"threshold must be >= 0, got {p['threshold']!r}")
 
     def gate_for(self, q, k) -> SeerGate:
         """The gate used for (q, k): the given one, or a fresh untrained one sized from them."""
@@ -395,10 +386,7 @@ class SeerAttention(Method):
             self.last_info = {"scores": None}
             return BlockMask.full(B, Hq, Nq, Nk, bs, bs)
         scores = g.scores(q, k)
-        p = self.params
-        mode = "nz_ratio" if p["nz_ratio"] is not None else "topk" if p["topk"] is not None else "threshold"
-        blocks = _core.seer_select(scores, Nq, bs, mode, float(p["threshold"]),
-                                   float(p["nz_ratio"] or 0.1), int(p["topk"] or 1), bool(p["last_block_dense"]))
+        blocks = _core.seer_select(scores, Nq, bs, self.cparams)
         self.last_info = {"scores": scores}
         return BlockMask(blocks, bs, bs, Nq, Nk)
 

@@ -6,10 +6,7 @@ form is MInference's A-shape. The estimator is ``_core.estimate_streaming``.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import _core
-from .._validation import check_positive_int
 from ..masks import BlockMask
 from .base import Capabilities, Method, register
 
@@ -31,19 +28,10 @@ class Streaming(Method):
     name = "streaming"
     paper = "Xiao et al., Efficient Streaming Language Models with Attention Sinks, ICLR 2024"
     pattern = "sink + local window (A-shape)"
-    defaults = {"block_size": 64, "sink_tokens": 128, "local_tokens": 1024}
+    params_struct = _core.StreamingParams
     capabilities = Capabilities()
 
-    def _check_params(self) -> None:
-        check_positive_int(self.params["block_size"], "block_size")
-        for name in ("sink_tokens", "local_tokens"):
-            val = self.params[name]
-            if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {val!r}")
-
     def _estimate(self, q, k, causal, scale) -> BlockMask:
-        B, Hq, Nq, _ = q.shape
-        p = self.params
-        blocks = _core.estimate_streaming(B, Hq, k.shape[1], Nq, k.shape[2], causal,
-                                          p["block_size"], p["sink_tokens"], p["local_tokens"])
-        return BlockMask(blocks, p["block_size"], p["block_size"], Nq, k.shape[2])
+        bs = self.params["block_size"]
+        blocks = _core.estimate_streaming(q, k, causal, scale, self.cparams)
+        return BlockMask(blocks, bs, bs, q.shape[2], k.shape[2])
