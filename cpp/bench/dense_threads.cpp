@@ -3,7 +3,7 @@
 // machines without the Python stack, e.g.
 //   g++ -O3 -DNDEBUG -march=native -fopenmp -DEIGEN_DONT_PARALLELIZE -I cpp/include -I cpp/src \
 //       -I /usr/include/eigen3 cpp/bench/dense_threads.cpp cpp/src/*.cpp cpp/src/kernels/*.cpp \
-//       cpp/src/estimators/*.cpp -o dense_threads
+//       cpp/src/estimators/*.cpp cpp/src/statistics/*.cpp cpp/src/learned/*.cpp -o dense_threads
 //   for t in 1 2 4 8 16; do OMP_NUM_THREADS=$t ./dense_threads 16384 128; done
 #include <algorithm>
 #include <chrono>

@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="method parameters for --methods")
     p.add_argument("--markdown", action="store_true",
                    help="also print the --methods records as the README method table")
+    p.add_argument("--statistics", type=int, nargs="*", default=[], metavar="N",
+                   help="exact statistics passes at these N (synthetic workload, D=128): FlexPrefill estimate, "
+                        "recall of a BlockMask and of TokenIndices, against dense attention")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
@@ -125,6 +128,31 @@ def _bench_methods(args, torch) -> List[Dict[str, Any]]:
     return records_as_dicts(records)
 
 
+def _bench_statistics(args) -> List[Dict[str, Any]]:
+    """Time the exact statistics passes of the tile engine against dense attention."""
+    import spattn
+
+    rows: List[Dict[str, Any]] = []
+    print(f"\n== exact statistics passes (synthetic workload, B=1, Hq={args.hq}, Hkv={args.hkv}, D=128, causal)")
+    for N in args.statistics:
+        w = spattn.synthetic.structured_qkv(B=1, Hq=args.hq, Hkv=args.hkv, N=N, D=128, seed=0)
+        dense_s = _best(lambda: spattn.attention(w.q, w.k, w.v, causal=True), 1)
+        fp = spattn.methods.get("flexprefill")
+        est_s = _best(lambda: fp.estimate(w.q, w.k, causal=True), args.repeats + 1)
+        mask = fp.estimate(w.q, w.k, causal=True)
+        rec_s = _best(lambda: spattn.metrics.recall(w.q, w.k, mask, causal=True), args.repeats)
+        idx = spattn.TokenIndices(np.broadcast_to(np.arange(0, N, 16, dtype=np.int32), (1, args.hq, N, N // 16)),
+                                  1, N, assume_sorted=True)
+        tok_s = _best(lambda: spattn.metrics.recall(w.q, w.k, idx, causal=True), args.repeats)
+        row = {"N": N, "dense_s": dense_s, "flexprefill_estimate_s": est_s, "recall_blockmask_s": rec_s,
+               "recall_tokens_s": tok_s}
+        rows.append(row)
+        print(f"N={N:>6}: dense {dense_s:.3f} s | FlexPrefill estimate {est_s:.4f} s ({est_s / dense_s:.1%}) | "
+              f"recall(BlockMask) {rec_s:.3f} s ({rec_s / dense_s:.2f}x dense) | "
+              f"recall(TokenIndices, every 16th key) {tok_s:.3f} s")
+    return rows
+
+
 def run(args) -> int:
     import spattn
 
@@ -167,13 +195,17 @@ def run(args) -> int:
                     for dens in args.densities:
                         mask = random_block_mask(1, args.hq, N, N, args.block, dens, causal)
                         ts = _best(lambda: spattn.block_sparse_attention(q, k, v, mask, causal=causal), reps)
+                        tc = _best(lambda: spattn.plan(mask, q.shape, k.shape, causal=causal), 5)
+                        plan = spattn.plan(mask, q.shape, k.shape, causal=causal)
+                        tp = _best(lambda: spattn.block_sparse_attention(q, k, v, plan, causal=causal), reps)
                         real = float(np.mean(mask.density(causal=causal)))
                         srow = {"N": N, "D": D, "causal": causal, "target_density": dens, "density": real,
                                 "spattn_s": ts, "speedup_vs_dense": t / ts, "ideal": 1.0 / real,
-                                "gflops": flops * real / ts / 1e9}
+                                "gflops": flops * real / ts / 1e9, "plan_compile_s": tc, "with_plan_s": tp}
                         results["block_sparse"].append(srow)
                         print(f"{'':>6}{'':>5}{'':>7}  block-sparse density {real:.3f}: {ts:.4f} s, "
-                              f"{t / ts:.2f}x vs dense (ideal {1 / real:.2f}x), {srow['gflops']:.1f} GFLOP/s")
+                              f"{t / ts:.2f}x vs dense (ideal {1 / real:.2f}x), {srow['gflops']:.1f} GFLOP/s; "
+                              f"plan compile {tc * 1e3:.2f} ms, reused plan {tp:.4f} s")
     if args.decode:
         print("\n== decode (Nq=1, B=1, Hq=%d, Hkv=%d, D=128)" % (args.hq, args.hkv))
         for Nk in args.decode:
@@ -200,6 +232,8 @@ def run(args) -> int:
                 out_mb = 8 * N * 128 * 4 / 2**20
                 print(f"N={N:>6} {kind:<13} +{mb:8.1f} MB incl. output of {out_mb:.1f} MB (an N x N fp32 "
                       f"score matrix per head would be {N * N * 4 / 2**20:.0f} MB)")
+    if args.statistics:
+        results["statistics"] = _bench_statistics(args)
     if args.methods:
         results["methods"] = _bench_methods(args, torch)
     if args.json:
