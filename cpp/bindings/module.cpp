@@ -387,6 +387,9 @@ PYBIND11_MODULE(_core, m) {
                                         "StreamingLLM sinks + local window parameters.");
   bind_block_estimator<OracleParams>(m, "oracle_topk", "OracleParams", &estimate_oracle_topk,
                                      "Oracle top-k parameters (evaluation only).");
+  bind_block_estimator<MInferenceBlockSparseParams>(m, "minference_block_sparse", "MInferenceBlockSparseParams",
+                                                    &estimate_minference_block_sparse,
+                                                    "MInference block-sparse parameters (official defaults).");
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);

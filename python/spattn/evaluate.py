@@ -204,11 +204,12 @@ def format_table(records: List[Record]) -> str:
     column when measured)."""
     show_n = len({(r.q_len, r.kv_len) for r in records}) > 1
     show_torch = any(r.speedup_vs_torch is not None for r in records)
-    head = (f"{'method':<14}" + (f"{'N':>7}" if show_n else "") + f"{'density':>9}{'recall':>9}{'rel.err':>10}"
+    w = max([14] + [len(r.method) + 2 for r in records])
+    head = (f"{'method':<{w}}" + (f"{'N':>7}" if show_n else "") + f"{'density':>9}{'recall':>9}{'rel.err':>10}"
             f"{'estimate s':>12}{'est/dense':>10}{'total s':>10}{'speedup':>9}" + (f"{'vs torch':>10}" if show_torch else ""))
     lines = [head, "-" * len(head)]
     for r in records:
-        line = (f"{r.method:<14}" + (f"{r.kv_len:>7}" if show_n else "") + f"{r.density:>9.3f}{r.recall:>9.3f}"
+        line = (f"{r.method:<{w}}" + (f"{r.kv_len:>7}" if show_n else "") + f"{r.density:>9.3f}{r.recall:>9.3f}"
                 f"{r.rel_error:>10.2e}{r.estimate_s:>12.4f}{r.estimate_share_of_dense:>10.1%}{r.total_s:>10.4f}"
                 f"{r.speedup_vs_dense:>8.2f}x")
         if show_torch:
