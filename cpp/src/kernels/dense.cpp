@@ -19,18 +19,7 @@ struct DenseVariant {
   struct Local {};
 
   long long items() const { return (long long)a.shape.B * a.shape.Hkv * nqt; }
-  detail::WorkItem item(long long it) const {
-    const AttnShape& s = a.shape;
-    detail::WorkItem w;
-    const int qt = nqt - 1 - int(it % nqt);  // latest q tiles first: under a causal mask they carry the most work
-    w.hk = int((it / nqt) % s.Hkv);
-    w.b = int(it / ((long long)nqt * s.Hkv));
-    w.stack = s.group();
-    w.h0 = w.hk * w.stack;
-    w.i0 = qt * bq;
-    w.i1 = std::min(s.Nq, w.i0 + bq);
-    return w;
-  }
+  detail::WorkItem item(long long it) const { return detail::grouped_item(a.shape, it, bq, nqt); }
   Local local() const { return {}; }
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
     detail::run_key_span(t, w.rows(), kt, w.b, w.hk, detail::value_head(a, w), a.shape.Dv, 0, detail::key_end(a, w),

@@ -50,6 +50,20 @@ void run_tiles(const AttnArgs& a, const Variant& var, int max_rows, int dv) {
   }
 }
 
+// Work item `it` of the grid (batch, kv head, q tile of `rows` queries) that stacks the query heads
+// of each GQA group, latest q tiles first (under a causal mask they carry the most work).
+inline WorkItem grouped_item(const AttnShape& s, long long it, int rows, int ntiles) {
+  WorkItem w;
+  const int qt = ntiles - 1 - int(it % ntiles);
+  w.hk = int((it / ntiles) % s.Hkv);
+  w.b = int(it / ((long long)ntiles * s.Hkv));
+  w.stack = s.group();
+  w.h0 = w.hk * w.stack;
+  w.i0 = qt * rows;
+  w.i1 = std::min(s.Nq, w.i0 + rows);
+  return w;
+}
+
 // Last key position (exclusive) that any row of the item sees.
 inline int key_end(const AttnArgs& a, const WorkItem& w) {
   return a.causal ? std::clamp(w.i1 - 1 + a.shape.causal_offset() + 1, 0, a.shape.Nk) : a.shape.Nk;

@@ -38,17 +38,7 @@ struct BlockMapVariant {
   };
 
   long long items() const { return (long long)a.shape.B * a.shape.Hkv * nqb; }
-  detail::WorkItem item(long long it) const {
-    detail::WorkItem w;
-    const int qb = nqb - 1 - int(it % nqb);
-    w.hk = int((it / nqb) % a.shape.Hkv);
-    w.b = int(it / ((long long)nqb * a.shape.Hkv));
-    w.stack = a.shape.group();
-    w.h0 = w.hk * w.stack;
-    w.i0 = qb * block_q;
-    w.i1 = std::min(a.shape.Nq, w.i0 + block_q);
-    return w;
-  }
+  detail::WorkItem item(long long it) const { return detail::grouped_item(a.shape, it, block_q, nqb); }
   Local local() const {
     return {Reducer{*this, 0, std::vector<float>(size_t(a.shape.group()) * nkb)},
             std::vector<float>(size_t(a.shape.group()) * std::min(block_q, a.shape.Nq))};

@@ -50,21 +50,12 @@ struct TargetsVariant {
     std::vector<float> row_lse;
   };
 
-  long long items() const { return (long long)a.shape.B * a.shape.Hq * nqt; }
-  detail::WorkItem item(long long it) const {
-    detail::WorkItem w;
-    const int qt = nqt - 1 - int(it % nqt);
-    w.h0 = int((it / nqt) % a.shape.Hq);
-    w.b = int(it / ((long long)nqt * a.shape.Hq));
-    w.hk = w.h0 / a.shape.group();
-    w.i0 = qt * kRowsPerItem;
-    w.i1 = std::min(a.shape.Nq, w.i0 + kRowsPerItem);
-    return w;
-  }
+  long long items() const { return (long long)a.shape.B * a.shape.Hkv * nqt; }
+  detail::WorkItem item(long long it) const { return detail::grouped_item(a.shape, it, kRowsPerItem, nqt); }
   Local local() const {
-    return {Reducer{*this, 0, 0, std::vector<double>(size_t(kRowsPerItem) * width), std::vector<double>(kRowsPerItem),
-                    std::vector<double>(kRowsPerItem)},
-            std::vector<float>(kRowsPerItem)};
+    const size_t rows = size_t(a.shape.group()) * kRowsPerItem;
+    return {Reducer{*this, 0, 0, std::vector<double>(rows * width), std::vector<double>(rows), std::vector<double>(rows)},
+            std::vector<float>(rows)};
   }
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& l) const {
     l.red.i0 = w.i0;
@@ -78,12 +69,13 @@ struct TargetsVariant {
                          w.i0 + a.shape.causal_offset(), step);
   }
   void finish(const detail::TileScratch&, const detail::WorkItem& w, Local& l) const {
-    for (int r = 0; r < w.n(); ++r) {
-      const size_t row = a.shape.row_index(w.b, w.h0, w.i0 + r);
-      for (int c = 0; c < width; ++c) mass[row * width + c] = float(l.red.acc[size_t(r) * width + c]);
-      psq[row] = float(l.red.sq[r]);
-      plogp[row] = float(l.red.ent[r]);
-    }
+    for (int g = 0; g < w.stack; ++g)
+      for (int r = 0; r < w.n(); ++r) {
+        const size_t row = a.shape.row_index(w.b, w.h0 + g, w.i0 + r), sr = size_t(g) * w.n() + r;
+        for (int c = 0; c < width; ++c) mass[row * width + c] = float(l.red.acc[sr * width + c]);
+        psq[row] = float(l.red.sq[sr]);
+        plogp[row] = float(l.red.ent[sr]);
+      }
   }
 };
 
@@ -103,9 +95,10 @@ void compressed_attention_targets(const AttnArgs& a, int width, float* mass, flo
   AttnArgs qk = a;
   qk.shape.Dv = 0;
   qk.v = nullptr;
-  const detail::TransposedK kt(qk, detail::use_transposed_k(std::min(kRowsPerItem, s.Nq)));
+  const int rows = s.group() * std::min(kRowsPerItem, s.Nq);
+  const detail::TransposedK kt(qk, detail::use_transposed_k(rows));
   const TargetsVariant var{qk, kt, lse.data(), width, ceil_div(s.Nq, kRowsPerItem), mass, psq, plogp};
-  detail::run_tiles(qk, var, kRowsPerItem, 0);
+  detail::run_tiles(qk, var, rows, 0);
 }
 
 }  // namespace spattn
