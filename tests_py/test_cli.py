@@ -26,9 +26,12 @@ def test_compare_and_bench_small(tmp_path):
     assert "streaming" in res.stdout
     out = tmp_path / "bench.json"
     run("bench", "--n", "256", "--d", "64", "--densities", "0.3", "--no-torch", "--repeats", "1",
-        "--decode", "1024", "--json", str(out))
+        "--decode", "1024", "--statistics", "512", "--json", str(out))
     data = json.loads(out.read_text())
     assert data["dense"][0]["gflops"] > 0 and data["block_sparse"][0]["density"] > 0
+    assert data["block_sparse"][0]["plan_compile_s"] > 0 and data["block_sparse"][0]["with_plan_s"] > 0
+    stats = data["statistics"][0]
+    assert stats["N"] == 512 and stats["method"] == "flexprefill" and stats["recall_mask_s"] > 0
     assert data["env"]["threads"] == spattn.num_threads()
 
 
