@@ -19,6 +19,7 @@
 #include "spattn/learned/seer_gate.hpp"
 #include "spattn/plan.hpp"
 #include "spattn/statistics.hpp"
+#include "../src/simd/simd.hpp"
 
 namespace py = pybind11;
 using namespace spattn;
@@ -394,4 +395,26 @@ PYBIND11_MODULE(_core, m) {
   bind_seerattention(m);
   bind_sea(m);
   m.def("max_threads", []() { return omp_get_max_threads(); });
+  m.def("build_info", []() {
+    py::dict d;
+    d["simd"] = simd::name(simd::kernels().level);
+    py::list avail;
+    for (auto l : simd::available()) avail.append(simd::name(l));
+    d["simd_available"] = avail;
+    d["simd_choice"] = simd::choice_note();
+    d["openmp_threads"] = omp_get_max_threads();
+#if defined(__clang__)
+    d["compiler"] = "clang " __clang_version__;
+#elif defined(__GNUC__)
+    d["compiler"] = "gcc " __VERSION__;
+#else
+    d["compiler"] = "unknown";
+#endif
+#ifdef SPATTN_NATIVE_BUILD
+    d["native"] = true;
+#else
+    d["native"] = false;
+#endif
+    return d;
+  }, "The SIMD level chosen at load, the levels this CPU and build support, OpenMP threads, compiler.");
 }

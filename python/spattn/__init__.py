@@ -21,6 +21,18 @@ from .masks import BlockMask, TokenIndices
 __version__ = "0.1.0"
 
 
+def build_info() -> dict:
+    """How this spattn was built and what it runs on.
+
+    Returns a dict with ``version``; ``simd``, the instruction set of the kernels chosen at load
+    (``"avx512"``, ``"avx2"`` or ``"generic"``; the environment variable
+    ``SPATTN_SIMD=avx512|avx2|generic``, set before import, overrides it); ``simd_available``,
+    the levels this CPU and build support, best first; ``simd_choice``, why that level;
+    ``openmp_threads``; ``compiler``; ``native`` (built with ``SPATTN_NATIVE=ON``).
+    """
+    return {"version": __version__, **_core.build_info()}
+
+
 def num_threads() -> int:
     """Threads the core uses (OpenMP; set OMP_NUM_THREADS before importing to change it)."""
     return int(_core.max_threads())
@@ -29,5 +41,5 @@ def num_threads() -> int:
 __all__ = [
     "attention", "block_sparse_attention", "token_sparse_attention", "merge_states", "plan", "BlockPlan",
     "BlockMask", "TokenIndices", "methods", "metrics", "synthetic", "training", "evaluate", "Record",
-    "num_threads", "__version__",
+    "num_threads", "build_info", "__version__",
 ]

@@ -16,7 +16,7 @@
 #include <limits>
 #include <vector>
 
-#include "microkernel.hpp"
+#include "../simd/simd.hpp"
 #include "spattn/masks.hpp"
 #include "spattn/tensor.hpp"
 
@@ -44,6 +44,7 @@ constexpr int kRowsTarget = 256;
 using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
 
 struct TileScratch {
+  const simd::Kernels& simd = simd::kernels();  // the tile products, exp and max of this CPU
   int max_rows = 0, d = 0, dv = 0, bk = 0;
   AlignedFloats q, s, acc, m, l;
   std::vector<int> qlim;  // largest visible key position of each row (causal)
@@ -161,8 +162,9 @@ inline int tile_columns(const KeySegment* seg, int nseg) {
 }
 
 // S (rows x cols, row stride cols) = Q_tile K_tile^T for the `nseg` segments of one tile (at most
-// t.bk keys in all); Q is pre-scaled. The only Q.K^T product in spattn: the AVX-512
-// micro-kernel on transposed K, Eigen on row-major K (few-row work items) or portable builds.
+// t.bk keys in all); Q is pre-scaled. The only Q.K^T product in spattn: the SIMD layer's
+// micro-kernel (AVX-512, AVX2 or portable, chosen at load) on transposed K; Eigen on row-major K
+// (work items of a few rows, where the product is a memory-bound GEMV).
 inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nseg, int cols) {
   float* S = t.s.data();
   for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
@@ -171,12 +173,7 @@ inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nse
           CMap(t.q.data(), rows, t.d, Stride(t.d)) * CMap(seg[g].k, seg[g].len, t.d, Stride(seg[g].ldkt)).transpose();
       continue;
     }
-#ifdef SPATTN_HAVE_MICROKERNEL
-    mk::gemm_qk(t.q.data(), rows, t.d, seg[g].kt, seg[g].ldkt, seg[g].len, S + n0, cols);
-#else
-    MMap(S + n0, rows, seg[g].len, Stride(cols)).noalias() =
-        CMap(t.q.data(), rows, t.d, Stride(t.d)) * CMap(seg[g].kt, t.d, seg[g].len, Stride(seg[g].ldkt));
-#endif
+    t.simd.qk(t.q.data(), rows, t.d, seg[g].kt, seg[g].ldkt, seg[g].len, S + n0, cols);
   }
 }
 
@@ -193,12 +190,11 @@ struct OnlineSoftmax {
       const int ncols = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
       if (ncols < cols) std::fill(srow + ncols, srow + cols, 0.f);
       if (ncols == 0) continue;
-      ArrMap srow_a(srow, ncols);
       const float m_old = t.m[r];
-      const float m_new = std::max(m_old, srow_a.maxCoeff());
-      srow_a = (srow_a - m_new).exp();
+      const float m_new = std::max(m_old, t.simd.max(srow, ncols));
+      const float row_sum = t.simd.exp_shift_sum(srow, ncols, m_new);
       const float alpha = std::exp(m_old - m_new);  // 0 when m_old = -inf
-      t.l[r] = t.l[r] * alpha + srow_a.sum();
+      t.l[r] = t.l[r] * alpha + row_sum;
       t.m[r] = m_new;
       if (alpha != 1.f && t.dv > 0) {
         ArrMap acc_row(t.acc.data() + size_t(r) * t.dv, t.dv);
@@ -207,12 +203,7 @@ struct OnlineSoftmax {
     }
     if (t.dv == 0) return;
     for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
-#ifdef SPATTN_HAVE_MICROKERNEL
-      mk::gemm_pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());
-#else
-      MMap(t.acc.data(), rows, t.dv, Stride(t.dv)).noalias() +=
-          CMap(S + n0, rows, seg[g].len, Stride(cols)) * CMap(seg[g].v, seg[g].len, t.dv, Stride(seg[g].ldv));
-#endif
+      t.simd.pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());
     }
   }
 };
@@ -236,9 +227,9 @@ struct ProbabilitySweep {
       if (l == kNegInf) continue;
       const int ncols = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
       if (ncols == 0) continue;
-      ArrMap p(t.s.data() + size_t(r) * cols, ncols);
-      p = (p - l).exp();
-      reduce(r, p.data(), t.pos.data(), ncols);
+      float* p = t.s.data() + size_t(r) * cols;
+      t.simd.exp_shift_sum(p, ncols, l);
+      reduce(r, p, t.pos.data(), ncols);
     }
   }
 };

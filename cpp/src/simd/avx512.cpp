@@ -1,19 +1,20 @@
-// Register-blocked AVX-512 micro-kernels for the two tile products of the online-softmax update
-// (PERF.md, "GEMM inside the tile"): S = Q K^T against a K tile packed transposed once per tile,
-// and O += P V reading V rows in place. 6 rows x 64 columns per block (24 accumulators), the
-// last 16-lane vector of a block masked. Eigen's small-GEMM path repacks both operands on every
-// call, which left the dense kernel near 140 GFLOP/s; these keep the operands in registers.
-// Built only when the compiler targets AVX-512 (SPATTN_NATIVE on such a machine); otherwise
-// tile.hpp uses Eigen.
-#pragma once
+// AVX-512 kernels of the SIMD layer (compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl
+// -mfma; see simd.hpp). Register-blocked micro-kernels for the two tile products (PERF.md, "GEMM
+// inside the tile"): S = Q K^T against a K tile stored transposed, and O += P V reading V rows in
+// place, 6 rows x 64 columns per block (24 accumulators), the last 16-lane vector masked. Eigen's
+// small-GEMM path repacks both operands on every call, which left the dense kernel near
+// 140 GFLOP/s; these keep the operands in registers. Plus a vectorised exp (Cephes polynomial,
+// scalef) and max for the softmax.
+#include "simd.hpp"
 
-#if defined(__AVX512F__)
-#define SPATTN_HAVE_MICROKERNEL 1
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__) && defined(__FMA__)
 #include <immintrin.h>
 
-#include <algorithm>
+namespace spattn::simd {
 
-namespace spattn::detail::mk {
+namespace {
+
+inline int imin(int a, int b) { return a < b ? a : b; }
 
 constexpr int kRows = 6;
 constexpr int kVecs = 4;  // 64 floats
@@ -112,11 +113,11 @@ struct PV {
 // S (rows x cols, stride lds) = Q (rows x d) K^T from the packed Kt.
 inline void gemm_qk(const float* Q, int rows, int d, const float* Kt, int ldkt, int cols, float* S, int lds) {
   for (int c0 = 0; c0 < cols; c0 += 16 * kVecs) {
-    const int width = std::min(16 * kVecs, cols - c0);
+    const int width = imin(16 * kVecs, cols - c0);
     const int nv = (width + 15) / 16;
     const __mmask16 m = lane_mask(width - 16 * (nv - 1));
     for (int r0 = 0; r0 < rows; r0 += kRows)
-      dispatch<QK>(std::min(kRows, rows - r0), nv, Q + size_t(r0) * d, d, Kt + c0, ldkt, d,
+      dispatch<QK>(imin(kRows, rows - r0), nv, Q + size_t(r0) * d, d, Kt + c0, ldkt, d,
                    S + size_t(r0) * lds + c0, lds, m);
   }
 }
@@ -128,17 +129,88 @@ inline void gemm_qk(const float* Q, int rows, int d, const float* Kt, int ldkt, 
 constexpr int kChunk = 64;
 inline void gemm_pv(const float* P, int rows, int ldp, const float* V, long ldv, int cols, int dv, float* O) {
   for (int c0 = 0; c0 < dv; c0 += 16 * kVecs) {
-    const int width = std::min(16 * kVecs, dv - c0);
+    const int width = imin(16 * kVecs, dv - c0);
     const int nv = (width + 15) / 16;
     const __mmask16 m = lane_mask(width - 16 * (nv - 1));
     for (int j0 = 0; j0 < cols; j0 += kChunk) {
-      const int n = std::min(kChunk, cols - j0);
+      const int n = imin(kChunk, cols - j0);
       for (int r0 = 0; r0 < rows; r0 += kRows)
-        dispatch<PV>(std::min(kRows, rows - r0), nv, P + size_t(r0) * ldp + j0, ldp, V + size_t(j0) * ldv + c0,
+        dispatch<PV>(imin(kRows, rows - r0), nv, P + size_t(r0) * ldp + j0, ldp, V + size_t(j0) * ldv + c0,
                      ldv, n, O + size_t(r0) * dv + c0, dv, m);
     }
   }
 }
 
-}  // namespace spattn::detail::mk
+
+// exp(x) for the softmax: Cephes expf polynomial on r = x - n ln2, scaled by 2^n with scalef.
+// x < -87.34 (where expf leaves the normal range) gives 0, x > 88 gives +inf, NaN stays NaN.
+inline __m512 exp_ps(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.336544750553f), hi = _mm512_set1_ps(88.0f);
+  __m512 xc = _mm512_min_ps(hi, _mm512_max_ps(lo, x));  // NaN in x passes through (second operand)
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  xc = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  xc = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), xc);
+  __m512 y = _mm512_set1_ps(1.9875691500E-4f);
+  y = _mm512_fmadd_ps(y, xc, _mm512_set1_ps(1.3981999507E-3f));
+  y = _mm512_fmadd_ps(y, xc, _mm512_set1_ps(8.3334519073E-3f));
+  y = _mm512_fmadd_ps(y, xc, _mm512_set1_ps(4.1665795894E-2f));
+  y = _mm512_fmadd_ps(y, xc, _mm512_set1_ps(1.6666665459E-1f));
+  y = _mm512_fmadd_ps(y, xc, _mm512_set1_ps(5.0000001201E-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(xc, xc), _mm512_add_ps(xc, _mm512_set1_ps(1.f)));
+  y = _mm512_scalef_ps(y, n);
+  y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ), y, _mm512_setzero_ps());
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), y, _mm512_set1_ps(__builtin_inff()));
+}
+
+float exp_shift_sum(float* x, int n, float shift) {
+  const __m512 s = _mm512_set1_ps(shift);
+  __m512 acc = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+    _mm512_storeu_ps(x + i, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  if (i < n) {
+    const __mmask16 m = lane_mask(n - i);
+    const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), s));
+    _mm512_mask_storeu_ps(x + i, m, e);
+    acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(m, e));
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+float max_of(const float* x, int n) {
+  __m512 acc = _mm512_set1_ps(-__builtin_inff());
+  __mmask16 nan = 0;
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    acc = _mm512_max_ps(acc, v);
+  }
+  if (i < n) {
+    const __mmask16 m = lane_mask(n - i);
+    const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-__builtin_inff()), m, x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    acc = _mm512_max_ps(acc, v);
+  }
+  return nan ? __builtin_nanf("") : _mm512_reduce_max_ps(acc);
+}
+
+const Kernels kTable{Level::AVX512, &gemm_qk, &gemm_pv, &exp_shift_sum, &max_of};
+
+}  // namespace
+
+const Kernels* avx512_kernels() { return &kTable; }
+
+}  // namespace spattn::simd
+
+#else  // the compiler cannot target AVX-512
+
+namespace spattn::simd {
+const Kernels* avx512_kernels() { return nullptr; }
+}  // namespace spattn::simd
+
 #endif

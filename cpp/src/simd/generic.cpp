@@ -1,0 +1,50 @@
+// Portable kernels of the SIMD layer (baseline flags; see simd.hpp): Eigen's products and
+// vectorised exp at whatever the build targets (SSE2 on a default x86-64 build, NEON on ARM).
+#include <Eigen/Core>
+#include <cmath>
+#include <limits>
+
+#include "simd.hpp"
+
+namespace spattn::simd {
+
+namespace {
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Stride = Eigen::OuterStride<>;
+using CMap = Eigen::Map<const RowMat, Eigen::Unaligned, Stride>;
+using MMap = Eigen::Map<RowMat, Eigen::Unaligned, Stride>;
+
+void gemm_qk(const float* Q, int rows, int d, const float* Kt, int ldkt, int cols, float* S, int lds) {
+  MMap(S, rows, cols, Stride(lds)).noalias() = CMap(Q, rows, d, Stride(d)) * CMap(Kt, d, cols, Stride(ldkt));
+}
+
+void gemm_pv(const float* P, int rows, int ldp, const float* V, long ldv, int cols, int dv, float* O) {
+  MMap(O, rows, dv, Stride(dv)).noalias() += CMap(P, rows, cols, Stride(ldp)) * CMap(V, cols, dv, Stride(ldv));
+}
+
+// Same rules as the ISA files: below -87.34 (where expf leaves the normal range) and for -inf
+// the result is exactly 0 (Eigen's exp clamps there and would give about 3e-39).
+float exp_shift_sum(float* x, int n, float shift) {
+  Eigen::Map<Eigen::ArrayXf> a(x, n);
+  a -= shift;
+  a = (a < -87.336544750553f).select(Eigen::ArrayXf::Zero(n), a.exp());
+  return a.sum();
+}
+
+float max_of(const float* x, int n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int i = 0; i < n; ++i) {
+    if (std::isnan(x[i])) return x[i];
+    m = x[i] > m ? x[i] : m;
+  }
+  return m;
+}
+
+const Kernels kTable{Level::Generic, &gemm_qk, &gemm_pv, &exp_shift_sum, &max_of};
+
+}  // namespace
+
+const Kernels* generic_kernels() { return &kTable; }
+
+}  // namespace spattn::simd

@@ -1,0 +1,48 @@
+// The SIMD layer: the few hot loops of the tile engine, compiled once per instruction set
+// (simd/avx512.cpp, simd/avx2.cpp with their own compiler flags, simd/generic.cpp at the
+// baseline) and chosen once at load by CPU detection (the FAISS / hnswlib route). The
+// environment variable SPATTN_SIMD=avx512|avx2|generic overrides the choice (a level the CPU
+// lacks falls back to the best one it has). Nothing else in spattn needs an ISA flag, so the
+// default build runs on any x86-64 CPU.
+//
+// ODR note: the ISA files define everything in anonymous namespaces and use no std:: templates,
+// so no inline function compiled with AVX-512 flags can be picked by the linker for baseline code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace spattn::simd {
+
+enum class Level : int { Generic = 0, AVX2 = 1, AVX512 = 2 };
+
+struct Kernels {
+  Level level;
+  // S (rows x cols, row stride lds) = Q (rows x d, row stride d) Kt, with Kt (d x cols) stored with
+  // row stride ldkt and readable up to a multiple of 16 columns.
+  void (*qk)(const float* Q, int rows, int d, const float* Kt, int ldkt, int cols, float* S, int lds);
+  // O (rows x dv, row stride dv) += P (rows x cols, row stride ldp) V (cols x dv, row stride ldv).
+  void (*pv)(const float* P, int rows, int ldp, const float* V, long ldv, int cols, int dv, float* O);
+  // x[i] = exp(x[i] - shift) for i < n (NaN propagates, exp(-inf) = 0); returns the sum.
+  float (*exp_shift_sum)(float* x, int n, float shift);
+  // Largest of x[0..n) (n >= 1); NaN if any is NaN.
+  float (*max)(const float* x, int n);
+};
+
+// The kernels chosen at load (CPU detection, SPATTN_SIMD override).
+const Kernels& kernels();
+
+// Levels this CPU supports, best first; and the names used by SPATTN_SIMD and build_info.
+std::vector<Level> available();
+const char* name(Level level);
+
+// What the first call of kernels() decided, for build_info: e.g. "avx2 (SPATTN_SIMD=avx512: not
+// supported by this CPU)".
+std::string choice_note();
+
+// Per-ISA tables (defined in the ISA files; null pointers when the compiler cannot build them).
+const Kernels* avx512_kernels();
+const Kernels* avx2_kernels();
+const Kernels* generic_kernels();
+
+}  // namespace spattn::simd
