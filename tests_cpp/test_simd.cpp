@@ -63,6 +63,23 @@ TEST(Simd, TileProductsMatchNaiveLoops) {
               ASSERT_NEAR(s[size_t(r) * lds + c], ref, 1e-4 * (1 + std::sqrt(double(d))))
                   << spattn::simd::name(k->level) << " rows " << rows << " cols " << cols << " d " << d;
             }
+          if (rows <= 13) {  // row-major K: the decode product
+            const int ldk = d + 3;
+            const auto kr = randn(size_t(cols) * ldk, 6);
+            std::vector<float> s2(size_t(rows) * lds, 7.f);
+            k->qk_rowmajor(q.data(), rows, d, kr.data(), ldk, cols, s2.data(), lds);
+            for (int r = 0; r < rows; ++r)
+              for (int c = 0; c < lds; ++c) {
+                if (c >= cols) {
+                  ASSERT_EQ(s2[size_t(r) * lds + c], 7.f);
+                  continue;
+                }
+                double ref = 0;
+                for (int p = 0; p < d; ++p) ref += double(q[size_t(r) * d + p]) * kr[size_t(c) * ldk + p];
+                ASSERT_NEAR(s2[size_t(r) * lds + c], ref, 1e-4 * (1 + std::sqrt(double(d))))
+                    << spattn::simd::name(k->level) << " rowmajor rows " << rows << " cols " << cols << " d " << d;
+              }
+          }
           for (int dv : {1, 13, 64, 80}) {
             const int ldv = dv + 5;
             const auto p = randn(size_t(rows) * lds, 3), v = randn(size_t(cols) * ldv, 4);

@@ -162,15 +162,14 @@ inline int tile_columns(const KeySegment* seg, int nseg) {
 }
 
 // S (rows x cols, row stride cols) = Q_tile K_tile^T for the `nseg` segments of one tile (at most
-// t.bk keys in all); Q is pre-scaled. The only Q.K^T product in spattn: the SIMD layer's
-// micro-kernel (AVX-512, AVX2 or portable, chosen at load) on transposed K; Eigen on row-major K
-// (work items of a few rows, where the product is a memory-bound GEMV).
+// t.bk keys in all); Q is pre-scaled. The only Q.K^T product in spattn: the SIMD layer's kernels
+// (AVX-512, AVX2 or portable, chosen at load), the register-blocked micro-kernel on transposed K
+// or, for work items of a few rows (decode), dot products on row-major K.
 inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nseg, int cols) {
   float* S = t.s.data();
   for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
     if (seg[g].kt == nullptr) {
-      MMap(S + n0, rows, seg[g].len, Stride(cols)).noalias() =
-          CMap(t.q.data(), rows, t.d, Stride(t.d)) * CMap(seg[g].k, seg[g].len, t.d, Stride(seg[g].ldkt)).transpose();
+      t.simd.qk_rowmajor(t.q.data(), rows, t.d, seg[g].k, seg[g].ldkt, seg[g].len, S + n0, cols);
       continue;
     }
     t.simd.qk(t.q.data(), rows, t.d, seg[g].kt, seg[g].ldkt, seg[g].len, S + n0, cols);

@@ -13,8 +13,14 @@ namespace {
 
 inline int imin(int a, int b) { return a < b ? a : b; }
 
-constexpr int kRows = 6;
-constexpr int kVecs = 2;  // 16 floats
+#ifndef SPATTN_AVX2_QK_ROWS
+#define SPATTN_AVX2_QK_ROWS 6
+#define SPATTN_AVX2_QK_VECS 2
+#define SPATTN_AVX2_PV_ROWS 6
+#define SPATTN_AVX2_PV_VECS 2
+#endif
+constexpr int kQkRows = SPATTN_AVX2_QK_ROWS, kQkVecs = SPATTN_AVX2_QK_VECS;
+constexpr int kPvRows = SPATTN_AVX2_PV_ROWS, kPvVecs = SPATTN_AVX2_PV_VECS;
 
 // Lanes [0, lanes) active.
 inline __m256i lane_mask(int lanes) {
@@ -22,107 +28,190 @@ inline __m256i lane_mask(int lanes) {
 }
 
 // S[r, c] = sum_p Q[r, p] * Kt[p, c] for R rows and NV vectors of columns (the last masked).
+// Pointers advance by increments (no index products in the loop), so GCC keeps the 12
+// accumulators of the 6 x 16 block in registers.
 template <int R, int NV>
-inline void qk_block(const float* Q, int ldq, const float* Kt, int ldkt, int d, float* S, int lds, __m256i last) {
+inline void qk_block(const float* Q, int ldq, const float* Kt, int ldkt, int d, float* S, int lds, int last_lanes) {
   __m256 acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_ps();
-  for (int p = 0; p < d; ++p) {
+  const float* kp = Kt;
+  const float* qp = Q;
+  for (int p = 0; p < d; ++p, kp += ldkt, ++qp) {
     __m256 b[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) b[v] = _mm256_loadu_ps(Kt + long(p) * ldkt + 8 * v);
-#pragma GCC unroll 6
+    for (int v = 0; v < NV; ++v) b[v] = _mm256_loadu_ps(kp + 8 * v);
     for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(Q + long(r) * ldq + p);
-#pragma GCC unroll 2
+      const __m256 a = _mm256_broadcast_ss(qp + long(r) * ldq);
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
     }
   }
+  const __m256i last = lane_mask(last_lanes);  // built after the loop: no register held during it
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v + 1 < NV; ++v) _mm256_storeu_ps(S + long(r) * lds + 8 * v, acc[r][v]);
     _mm256_maskstore_ps(S + long(r) * lds + 8 * (NV - 1), last, acc[r][NV - 1]);
   }
 }
 
-// O[r, c] += sum_j P[r, j] * V[j, c] for R rows and NV vectors of value columns (the last masked).
-template <int R, int NV>
-inline void pv_block(const float* P, int ldp, const float* V, long ldv, int cols, float* O, int ldo, __m256i last) {
+// O[r, c] += sum_j P[r, j] * V[j, c] for R rows and NV vectors of value columns. The last vector
+// is masked only when the value width is not a multiple of 8 (`last_lanes` < 8): a mask register
+// held through the loop would push the 12 accumulators out of the 16 ymm registers.
+template <int R, int NV, bool Masked>
+inline void pv_block_impl(const float* P, int ldp, const float* V, long ldv, int cols, float* O, int ldo,
+                          int last_lanes) {
   __m256 acc[R][NV];
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v + 1 < NV; ++v) acc[r][v] = _mm256_loadu_ps(O + long(r) * ldo + 8 * v);
-    acc[r][NV - 1] = _mm256_maskload_ps(O + long(r) * ldo + 8 * (NV - 1), last);
+    acc[r][NV - 1] = Masked ? _mm256_maskload_ps(O + long(r) * ldo + 8 * (NV - 1), lane_mask(last_lanes))
+                            : _mm256_loadu_ps(O + long(r) * ldo + 8 * (NV - 1));
   }
-  for (int j = 0; j < cols; ++j) {
+  const float* vp = V;
+  const float* pp = P;
+  for (int j = 0; j < cols; ++j, vp += ldv, ++pp) {
     __m256 b[NV];
-    for (int v = 0; v + 1 < NV; ++v) b[v] = _mm256_loadu_ps(V + long(j) * ldv + 8 * v);
-    b[NV - 1] = _mm256_maskload_ps(V + long(j) * ldv + 8 * (NV - 1), last);
-#pragma GCC unroll 6
+    for (int v = 0; v + 1 < NV; ++v) b[v] = _mm256_loadu_ps(vp + 8 * v);
+    b[NV - 1] = Masked ? _mm256_maskload_ps(vp + 8 * (NV - 1), lane_mask(last_lanes)) : _mm256_loadu_ps(vp + 8 * (NV - 1));
     for (int r = 0; r < R; ++r) {
-      const __m256 a = _mm256_broadcast_ss(P + long(r) * ldp + j);
-#pragma GCC unroll 2
+      const __m256 a = _mm256_broadcast_ss(pp + long(r) * ldp);
       for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
     }
   }
+  const __m256i last = lane_mask(last_lanes);
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v + 1 < NV; ++v) _mm256_storeu_ps(O + long(r) * ldo + 8 * v, acc[r][v]);
     _mm256_maskstore_ps(O + long(r) * ldo + 8 * (NV - 1), last, acc[r][NV - 1]);
   }
 }
 
+template <int R, int NV>
+inline void pv_block(const float* P, int ldp, const float* V, long ldv, int cols, float* O, int ldo, int last_lanes) {
+  if (last_lanes == 8) pv_block_impl<R, NV, false>(P, ldp, V, ldv, cols, O, ldo, 8);
+  else pv_block_impl<R, NV, true>(P, ldp, V, ldv, cols, O, ldo, last_lanes);
+}
+
 template <template <int, int> class Fn, typename... Args>
 inline void dispatch(int R, int NV, Args... args) {
-  switch (R * 4 + NV) {
-    case 1 * 4 + 1: Fn<1, 1>::run(args...); return;
-    case 1 * 4 + 2: Fn<1, 2>::run(args...); return;
-    case 2 * 4 + 1: Fn<2, 1>::run(args...); return;
-    case 2 * 4 + 2: Fn<2, 2>::run(args...); return;
-    case 3 * 4 + 1: Fn<3, 1>::run(args...); return;
-    case 3 * 4 + 2: Fn<3, 2>::run(args...); return;
-    case 4 * 4 + 1: Fn<4, 1>::run(args...); return;
-    case 4 * 4 + 2: Fn<4, 2>::run(args...); return;
-    case 5 * 4 + 1: Fn<5, 1>::run(args...); return;
-    case 5 * 4 + 2: Fn<5, 2>::run(args...); return;
-    case 6 * 4 + 1: Fn<6, 1>::run(args...); return;
-    default: Fn<6, 2>::run(args...); return;
+#define SPATTN_AVX2_CASE(r)                      \
+  case r:                                        \
+    switch (NV) {                                \
+      case 1: Fn<r, 1>::run(args...); return;    \
+      case 2: Fn<r, 2>::run(args...); return;    \
+      case 3: Fn<r, 3>::run(args...); return;    \
+      default: Fn<r, 4>::run(args...); return;   \
+    }
+  switch (R) {
+    SPATTN_AVX2_CASE(1)
+    SPATTN_AVX2_CASE(2)
+    SPATTN_AVX2_CASE(3)
+    SPATTN_AVX2_CASE(4)
+    SPATTN_AVX2_CASE(5)
+    default:
+      switch (NV) {
+        case 1: Fn<6, 1>::run(args...); return;
+        case 2: Fn<6, 2>::run(args...); return;
+        case 3: Fn<6, 3>::run(args...); return;
+        default: Fn<6, 4>::run(args...); return;
+      }
   }
+#undef SPATTN_AVX2_CASE
+}
+
+// The full 6 x 16 blocks with the 12 accumulators as named variables: GCC keeps an array of
+// vectors on the stack here (a store per FMA), which halves the throughput.
+#define SPATTN_ACC6x2(X) X(0) X(1) X(2) X(3) X(4) X(5)
+
+inline void qk_6x2(const float* Q, int ldq, const float* Kt, int ldkt, int d, float* S, int lds, int last_lanes) {
+#define DECL(r) __m256 a##r##0 = _mm256_setzero_ps(), a##r##1 = _mm256_setzero_ps();
+  SPATTN_ACC6x2(DECL)
+#undef DECL
+  const float* kp = Kt;
+  const float* qp = Q;
+  for (int p = 0; p < d; ++p, kp += ldkt, ++qp) {
+    const __m256 b0 = _mm256_loadu_ps(kp), b1 = _mm256_loadu_ps(kp + 8);
+#define STEP(r)                                                  \
+  {                                                              \
+    const __m256 x = _mm256_broadcast_ss(qp + long(r) * ldq);   \
+    a##r##0 = _mm256_fmadd_ps(x, b0, a##r##0);                   \
+    a##r##1 = _mm256_fmadd_ps(x, b1, a##r##1);                   \
+  }
+    SPATTN_ACC6x2(STEP)
+#undef STEP
+  }
+  const __m256i last = lane_mask(last_lanes);
+#define STORE(r)                                                 \
+  _mm256_storeu_ps(S + long(r) * lds, a##r##0);                  \
+  _mm256_maskstore_ps(S + long(r) * lds + 8, last, a##r##1);
+  SPATTN_ACC6x2(STORE)
+#undef STORE
+}
+
+inline void pv_6x2_full(const float* P, int ldp, const float* V, long ldv, int cols, float* O, int ldo) {
+#define DECL(r) __m256 a##r##0 = _mm256_loadu_ps(O + long(r) * ldo), a##r##1 = _mm256_loadu_ps(O + long(r) * ldo + 8);
+  SPATTN_ACC6x2(DECL)
+#undef DECL
+  const float* vp = V;
+  const float* pp = P;
+  for (int j = 0; j < cols; ++j, vp += ldv, ++pp) {
+    const __m256 b0 = _mm256_loadu_ps(vp), b1 = _mm256_loadu_ps(vp + 8);
+#define STEP(r)                                                  \
+  {                                                              \
+    const __m256 x = _mm256_broadcast_ss(pp + long(r) * ldp);   \
+    a##r##0 = _mm256_fmadd_ps(x, b0, a##r##0);                   \
+    a##r##1 = _mm256_fmadd_ps(x, b1, a##r##1);                   \
+  }
+    SPATTN_ACC6x2(STEP)
+#undef STEP
+  }
+#define STORE(r)                                                 \
+  _mm256_storeu_ps(O + long(r) * ldo, a##r##0);                  \
+  _mm256_storeu_ps(O + long(r) * ldo + 8, a##r##1);
+  SPATTN_ACC6x2(STORE)
+#undef STORE
 }
 
 template <int R, int NV>
 struct QK {
-  static void run(const float* Q, int ldq, const float* Kt, int ldkt, int d, float* S, int lds, __m256i m) {
+  static void run(const float* Q, int ldq, const float* Kt, int ldkt, int d, float* S, int lds, int m) {
     qk_block<R, NV>(Q, ldq, Kt, ldkt, d, S, lds, m);
   }
 };
 template <int R, int NV>
 struct PV {
-  static void run(const float* P, int ldp, const float* V, long ldv, int cols, float* O, int ldo, __m256i m) {
+  static void run(const float* P, int ldp, const float* V, long ldv, int cols, float* O, int ldo, int m) {
     pv_block<R, NV>(P, ldp, V, ldv, cols, O, ldo, m);
   }
 };
 
 void gemm_qk(const float* Q, int rows, int d, const float* Kt, int ldkt, int cols, float* S, int lds) {
-  for (int c0 = 0; c0 < cols; c0 += 8 * kVecs) {
-    const int width = imin(8 * kVecs, cols - c0);
+  for (int c0 = 0; c0 < cols; c0 += 8 * kQkVecs) {
+    const int width = imin(8 * kQkVecs, cols - c0);
     const int nv = (width + 7) / 8;
-    const __m256i m = lane_mask(width - 8 * (nv - 1));
-    for (int r0 = 0; r0 < rows; r0 += kRows)
-      dispatch<QK>(imin(kRows, rows - r0), nv, Q + long(r0) * d, d, Kt + c0, ldkt, d, S + long(r0) * lds + c0, lds, m);
+    const int m = width - 8 * (nv - 1);
+    for (int r0 = 0; r0 < rows; r0 += kQkRows) {
+      if (kQkRows == 6 && kQkVecs == 2 && rows - r0 >= 6 && nv == 2)
+        qk_6x2(Q + long(r0) * d, d, Kt + c0, ldkt, d, S + long(r0) * lds + c0, lds, m);
+      else
+        dispatch<QK>(imin(kQkRows, rows - r0), nv, Q + long(r0) * d, d, Kt + c0, ldkt, d, S + long(r0) * lds + c0, lds, m);
+    }
   }
 }
 
-// V consumed in chunks of kChunk rows so a 16-column V panel chunk stays in L1 while every row
-// block passes over it.
+// V consumed in chunks of kChunk rows so a V panel chunk stays in L1 while every row block
+// passes over it.
 constexpr int kChunk = 64;
 void gemm_pv(const float* P, int rows, int ldp, const float* V, long ldv, int cols, int dv, float* O) {
-  for (int c0 = 0; c0 < dv; c0 += 8 * kVecs) {
-    const int width = imin(8 * kVecs, dv - c0);
+  for (int c0 = 0; c0 < dv; c0 += 8 * kPvVecs) {
+    const int width = imin(8 * kPvVecs, dv - c0);
     const int nv = (width + 7) / 8;
-    const __m256i m = lane_mask(width - 8 * (nv - 1));
+    const int m = width - 8 * (nv - 1);
     for (int j0 = 0; j0 < cols; j0 += kChunk) {
       const int n = imin(kChunk, cols - j0);
-      for (int r0 = 0; r0 < rows; r0 += kRows)
-        dispatch<PV>(imin(kRows, rows - r0), nv, P + long(r0) * ldp + j0, ldp, V + long(j0) * ldv + c0, ldv, n,
-                     O + long(r0) * dv + c0, dv, m);
+      for (int r0 = 0; r0 < rows; r0 += kPvRows) {
+        if (kPvRows == 6 && kPvVecs == 2 && rows - r0 >= 6 && nv == 2 && m == 8)
+          pv_6x2_full(P + long(r0) * ldp + j0, ldp, V + long(j0) * ldv + c0, ldv, n, O + long(r0) * dv + c0, dv);
+        else
+          dispatch<PV>(imin(kPvRows, rows - r0), nv, P + long(r0) * ldp + j0, ldp, V + long(j0) * ldv + c0, ldv, n,
+                       O + long(r0) * dv + c0, dv, m);
+      }
     }
   }
 }
@@ -163,6 +252,41 @@ inline float hmax(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Row-major K (decode): each key row is read once per group of 4 query rows, dot products by
+// FMAs over 8-lane chunks and one horizontal sum per (row, key).
+void gemm_qk_rowmajor(const float* Q, int rows, int d, const float* K, int ldk, int cols, float* S, int lds) {
+  const int full = d / 8, rest = d % 8;
+  const __m256i tail = lane_mask(rest);
+  for (int c = 0; c < cols; ++c) {
+    const float* kr = K + long(c) * ldk;
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+      const int nr = imin(4, rows - r0);
+      __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(),
+             acc3 = _mm256_setzero_ps();
+      const float* q0 = Q + long(r0) * d;
+      for (int v = 0; v < full; ++v) {
+        const __m256 kv = _mm256_loadu_ps(kr + 8 * v);
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + 8 * v), kv, acc0);
+        if (nr > 1) acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + d + 8 * v), kv, acc1);
+        if (nr > 2) acc2 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + 2 * d + 8 * v), kv, acc2);
+        if (nr > 3) acc3 = _mm256_fmadd_ps(_mm256_loadu_ps(q0 + 3 * d + 8 * v), kv, acc3);
+      }
+      if (rest) {
+        const __m256 kv = _mm256_maskload_ps(kr + 8 * full, tail);
+        acc0 = _mm256_fmadd_ps(_mm256_maskload_ps(q0 + 8 * full, tail), kv, acc0);
+        if (nr > 1) acc1 = _mm256_fmadd_ps(_mm256_maskload_ps(q0 + d + 8 * full, tail), kv, acc1);
+        if (nr > 2) acc2 = _mm256_fmadd_ps(_mm256_maskload_ps(q0 + 2 * d + 8 * full, tail), kv, acc2);
+        if (nr > 3) acc3 = _mm256_fmadd_ps(_mm256_maskload_ps(q0 + 3 * d + 8 * full, tail), kv, acc3);
+      }
+      float* s = S + long(r0) * lds + c;
+      s[0] = hsum(acc0);
+      if (nr > 1) s[lds] = hsum(acc1);
+      if (nr > 2) s[2 * long(lds)] = hsum(acc2);
+      if (nr > 3) s[3 * long(lds)] = hsum(acc3);
+    }
+  }
+}
+
 float exp_shift_sum(float* x, int n, float shift) {
   const __m256 s = _mm256_set1_ps(shift);
   __m256 acc = _mm256_setzero_ps();
@@ -199,7 +323,7 @@ float max_of(const float* x, int n) {
   return _mm256_movemask_ps(nan) ? __builtin_nanf("") : hmax(acc);
 }
 
-const Kernels kTable{Level::AVX2, &gemm_qk, &gemm_pv, &exp_shift_sum, &max_of};
+const Kernels kTable{Level::AVX2, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of};
 
 }  // namespace
 

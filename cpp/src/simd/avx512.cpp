@@ -142,6 +142,35 @@ inline void gemm_pv(const float* P, int rows, int ldp, const float* V, long ldv,
 }
 
 
+// Row-major K (decode): each key row is read once per group of 4 query rows, dot products by
+// FMAs over 16-lane chunks and one horizontal sum per (row, key).
+void gemm_qk_rowmajor(const float* Q, int rows, int d, const float* K, int ldk, int cols, float* S, int lds) {
+  const __mmask16 tail = lane_mask(d % 16 == 0 ? 16 : d % 16);
+  const int full = (d - 1) / 16;  // full vectors before the (possibly partial) last one
+  for (int c = 0; c < cols; ++c) {
+    const float* kr = K + long(c) * ldk;
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+      const int nr = imin(4, rows - r0);
+      __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(),
+             acc3 = _mm512_setzero_ps();
+      const float* q0 = Q + long(r0) * d;
+      for (int v = 0; v <= full; ++v) {
+        const __mmask16 m = v < full ? __mmask16(0xFFFF) : tail;
+        const __m512 kv = _mm512_maskz_loadu_ps(m, kr + 16 * v);
+        acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + 16 * v), kv, acc0);
+        if (nr > 1) acc1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + d + 16 * v), kv, acc1);
+        if (nr > 2) acc2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + 2 * d + 16 * v), kv, acc2);
+        if (nr > 3) acc3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q0 + 3 * d + 16 * v), kv, acc3);
+      }
+      float* s = S + long(r0) * lds + c;
+      s[0] = _mm512_reduce_add_ps(acc0);
+      if (nr > 1) s[lds] = _mm512_reduce_add_ps(acc1);
+      if (nr > 2) s[2 * long(lds)] = _mm512_reduce_add_ps(acc2);
+      if (nr > 3) s[3 * long(lds)] = _mm512_reduce_add_ps(acc3);
+    }
+  }
+}
+
 // exp(x) for the softmax: Cephes expf polynomial on r = x - n ln2, scaled by 2^n with scalef.
 // x < -87.34 (where expf leaves the normal range) gives 0, x > 88 gives +inf, NaN stays NaN.
 inline __m512 exp_ps(__m512 x) {
@@ -199,7 +228,7 @@ float max_of(const float* x, int n) {
   return nan ? __builtin_nanf("") : _mm512_reduce_max_ps(acc);
 }
 
-const Kernels kTable{Level::AVX512, &gemm_qk, &gemm_pv, &exp_shift_sum, &max_of};
+const Kernels kTable{Level::AVX512, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of};
 
 }  // namespace
 

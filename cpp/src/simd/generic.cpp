@@ -19,6 +19,10 @@ void gemm_qk(const float* Q, int rows, int d, const float* Kt, int ldkt, int col
   MMap(S, rows, cols, Stride(lds)).noalias() = CMap(Q, rows, d, Stride(d)) * CMap(Kt, d, cols, Stride(ldkt));
 }
 
+void gemm_qk_rowmajor(const float* Q, int rows, int d, const float* K, int ldk, int cols, float* S, int lds) {
+  MMap(S, rows, cols, Stride(lds)).noalias() = CMap(Q, rows, d, Stride(d)) * CMap(K, cols, d, Stride(ldk)).transpose();
+}
+
 void gemm_pv(const float* P, int rows, int ldp, const float* V, long ldv, int cols, int dv, float* O) {
   MMap(O, rows, dv, Stride(dv)).noalias() += CMap(P, rows, cols, Stride(ldp)) * CMap(V, cols, dv, Stride(ldv));
 }
@@ -41,7 +45,7 @@ float max_of(const float* x, int n) {
   return m;
 }
 
-const Kernels kTable{Level::Generic, &gemm_qk, &gemm_pv, &exp_shift_sum, &max_of};
+const Kernels kTable{Level::Generic, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of};
 
 }  // namespace
 

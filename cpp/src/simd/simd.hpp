@@ -21,6 +21,9 @@ struct Kernels {
   // S (rows x cols, row stride lds) = Q (rows x d, row stride d) Kt, with Kt (d x cols) stored with
   // row stride ldkt and readable up to a multiple of 16 columns.
   void (*qk)(const float* Q, int rows, int d, const float* Kt, int ldkt, int cols, float* S, int lds);
+  // S (rows x cols, row stride lds) = Q (rows x d, row stride d) K^T with K (cols x d) row-major
+  // (row stride ldk): the product of work items of a few query rows (decode), memory-bound.
+  void (*qk_rowmajor)(const float* Q, int rows, int d, const float* K, int ldk, int cols, float* S, int lds);
   // O (rows x dv, row stride dv) += P (rows x cols, row stride ldp) V (cols x dv, row stride ldv).
   void (*pv)(const float* P, int rows, int ldp, const float* V, long ldv, int cols, int dv, float* O);
   // x[i] = exp(x[i] - shift) for i < n (NaN propagates, exp(-inf) = 0); returns the sum.
