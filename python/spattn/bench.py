@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--statistics-method", default="flexprefill", metavar="NAME",
                    help="method whose estimate and mask --statistics times (default: flexprefill, whose "
                         "estimate is an exact last-rows pass)")
+    p.add_argument("--no-roofs", action="store_true",
+                   help="skip the sgemm and memory-copy roofs measured at the start of the run")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
@@ -156,6 +158,36 @@ def _bench_statistics(args) -> List[Dict[str, Any]]:
     return rows
 
 
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_roofs(torch, threads: int) -> Dict[str, float]:
+    """The machine's roofs in this run: sgemm 4096^3 GFLOP/s (torch when installed, else numpy's
+    BLAS) and memory-copy GB/s (read + write of 512 MiB)."""
+    n = 4096
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.copy()
+    if torch is not None:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        t = _best(lambda: torch.mm(ta, tb), 3)
+    else:
+        t = _best(lambda: a @ b, 3)
+    src = np.ones(128 * 2**20, dtype=np.float32)
+    dst = np.empty_like(src)
+    tc = _best(lambda: np.copyto(dst, src), 5)
+    return {"sgemm_gflops": 2.0 * n**3 / t / 1e9, "copy_GBps": 2 * src.nbytes / tc / 1e9,
+            "sgemm_by": "torch" if torch is not None else "numpy"}
+
+
 def run(args) -> int:
     import spattn
 
@@ -169,9 +201,16 @@ def run(args) -> int:
             torch = _torch
         except ImportError:
             print("torch not installed: no SDPA comparison (pip install '.[bench]')")
-    env = {"threads": threads, "machine": platform.processor() or platform.machine(),
+    info = spattn.build_info()
+    env = {"threads": threads, "machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
+           "simd": info["simd"], "simd_available": info["simd_available"], "native": info["native"],
            "torch": getattr(torch, "__version__", None), "spattn": spattn.__version__}
-    print(f"threads={threads} torch={env['torch']}")
+    print(f"cpu: {env['cpu']}; simd={info['simd']} (available {', '.join(info['simd_available'])}); "
+          f"threads={threads} torch={env['torch']}")
+    if not args.no_roofs:
+        env.update(measure_roofs(torch, threads))
+        print(f"roofs: sgemm 4096^3 {env['sgemm_gflops']:.1f} GFLOP/s ({env['sgemm_by']}), "
+              f"memory copy {env['copy_GBps']:.1f} GB/s (read + write)")
     results: Dict[str, Any] = {"env": env, "dense": [], "block_sparse": [], "decode": [], "memory": []}
     causal_modes = [True] + ([False] if args.non_causal else [])
     rng = np.random.default_rng(0)
@@ -222,7 +261,8 @@ def run(args) -> int:
                 tt = _best(torch_sdpa_call(torch, q, k, v, False), 5)
                 row.update(torch_s=tt, torch_over_spattn=tt / t)
             results["decode"].append(row)
-            print(f"Nk={Nk:>7}: {t * 1e3:.2f} ms, {gbs:.1f} GB/s of K/V"
+            share = f" ({gbs / env['copy_GBps']:.0%} of the copy roof)" if "copy_GBps" in env else ""
+            print(f"Nk={Nk:>7}: {t * 1e3:.2f} ms, {gbs:.1f} GB/s of K/V{share}"
                   + (f", torch {row['torch_s'] * 1e3:.2f} ms" if torch else ""))
     if args.memory:
         print("\n== peak memory above inputs (B=1, Hq=8, Hkv=2, D=128, causal), fresh process per size")
