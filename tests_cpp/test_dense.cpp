@@ -22,7 +22,12 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DenseTest, ::testing::Values(
     DenseCase{1, 4, 1, 300, 300, 128, 128, true},  // GQA 4
     DenseCase{1, 4, 4, 1, 517, 128, 64, true},     // decode, Dv != D
     DenseCase{1, 2, 2, 200, 77, 64, 64, true},     // Nq > Nk: first rows empty
-    DenseCase{1, 2, 1, 257, 513, 80, 80, false}),
+    DenseCase{1, 2, 1, 257, 513, 80, 80, false},
+    // split-KV (few rows, long keys): decode, a few chunked-prefill rows, empty rows inside chunks
+    DenseCase{1, 8, 2, 1, 5000, 64, 64, true},
+    DenseCase{2, 4, 1, 3, 4133, 80, 48, true},
+    DenseCase{1, 2, 2, 9, 2100, 128, 128, false},
+    DenseCase{1, 2, 1, 4, 2050, 64, 64, true}),
     [](const ::testing::TestParamInfo<DenseCase>& i) {
       const DenseCase& c = i.param;
       return "B" + std::to_string(c.B) + "Hq" + std::to_string(c.Hq) + "Hkv" + std::to_string(c.Hkv) + "Nq" +

@@ -2,6 +2,12 @@
 // flash-attention style (Dao et al., "FlashAttention", 2022). Causal skips key tiles above the
 // diagonal and masks only the tiles that cross it. GQA: the query heads sharing one kv head are
 // stacked into one work item so each K/V tile is loaded once per group.
+// Split-KV (decode and other few-row calls, flash-decoding style): when the (batch, kv head,
+// q tile) items are too few to occupy every thread, each item's keys are cut into chunks run as
+// separate work items whose unnormalised states (acc, running max, sum) are merged exactly.
+#include <cmath>
+#include <limits>
+
 #include "engine.hpp"
 #include "spattn/kernels.hpp"
 
@@ -28,6 +34,84 @@ struct DenseVariant {
   void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const { detail::store_item(t, a, w); }
 };
 
+// Split-KV: work item `it` is (base item, chunk `part`). Chunk c covers keys [c * chunk,
+// (c + 1) * chunk) of the item's visible range; its unnormalised state goes to the split buffers.
+struct SplitDenseVariant {
+  const AttnArgs& a;
+  const detail::TransposedK& kt;
+  int bq, nqt, splits, chunk;
+  float *acc, *m, *l;  // (splits, B*Hq*Nq[, Dv])
+  struct Local {};
+
+  long long items() const { return (long long)a.shape.B * a.shape.Hkv * nqt * splits; }
+  detail::WorkItem item(long long it) const {
+    detail::WorkItem w = detail::grouped_item(a.shape, it / splits, bq, nqt);
+    w.part = int(it % splits);
+    return w;
+  }
+  Local local() const { return {}; }
+  void keys(detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
+    const int kend = detail::key_end(a, w);
+    const int j0 = std::min(kend, w.part * chunk), j1 = std::min(kend, j0 + chunk);
+    detail::run_key_span(t, w.rows(), kt, w.b, w.hk, detail::value_head(a, w), a.shape.Dv, j0, j1, a.causal,
+                         w.i0 + a.shape.causal_offset());
+  }
+  void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
+    const AttnShape& s = a.shape;
+    const size_t rows_total = size_t(s.B) * s.Hq * s.Nq;
+    for (int g = 0; g < w.stack; ++g)
+      for (int r = 0; r < w.n(); ++r) {
+        const int sr = g * w.n() + r;
+        const size_t o = size_t(w.part) * rows_total + s.row_index(w.b, w.h0 + g, w.i0 + r);
+        m[o] = t.m[sr];
+        l[o] = t.l[sr];
+        if (s.Dv > 0) std::copy_n(t.acc.data() + size_t(sr) * t.dv, s.Dv, acc + o * s.Dv);
+      }
+  }
+};
+
+// Exact merge of the split states of every row: M = max m_c, L = sum l_c e^(m_c - M),
+// out = sum acc_c e^(m_c - M) / L, lse = M + log L; rows empty in every split give out = 0, lse = -inf.
+void merge_splits(const AttnArgs& a, int splits, const float* acc, const float* m, const float* l) {
+  const AttnShape& s = a.shape;
+  const long long rows = (long long)s.B * s.Hq * s.Nq;
+  const float ninf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel for schedule(static)
+  for (long long row = 0; row < rows; ++row) {
+    float M = ninf;
+    for (int c = 0; c < splits; ++c) M = std::max(M, m[size_t(c) * rows + row]);
+    float L = 0.f;
+    float* out = a.out != nullptr && s.Dv > 0 ? a.out + size_t(row) * s.Dv : nullptr;
+    if (out) std::fill(out, out + s.Dv, 0.f);
+    if (M != ninf) {
+      for (int c = 0; c < splits; ++c) {
+        const size_t o = size_t(c) * rows + row;
+        if (l[o] == 0.f) continue;  // empty chunk (m = -inf)
+        const float w = std::exp(m[o] - M);
+        L += l[o] * w;
+        if (out)
+          for (int d = 0; d < s.Dv; ++d) out[d] += w * acc[o * s.Dv + d];
+      }
+    }
+    const bool empty = L == 0.f;
+    if (out && !empty)
+      for (int d = 0; d < s.Dv; ++d) out[d] /= L;
+    if (a.lse != nullptr) a.lse[row] = empty ? ninf : M + std::log(L);
+  }
+}
+
+// Chunks per item so that about 4 work items per thread exist; each chunk at least kMinChunk keys.
+constexpr int kMinChunk = 1024;
+int kv_splits(long long items, int nk) {
+#ifdef SPATTN_NO_SPLIT_KV  // benchmarks only (cpp/bench/dense_threads.cpp): time decode without splitting
+  return 1;
+#endif
+  const long long want = 4LL * omp_get_max_threads();
+  if (items >= want || nk < 2 * kMinChunk) return 1;
+  const long long by_threads = (want + items - 1) / items;
+  return int(std::max<long long>(1, std::min<long long>(by_threads, nk / kMinChunk)));
+}
+
 }  // namespace
 
 void dense_attention(const AttnArgs& a) {
@@ -36,9 +120,22 @@ void dense_attention(const AttnArgs& a) {
   if (s.Nq == 0) return;
   const int G = s.group();
   const int bq = query_tile_rows(G);
+  const int nqt = ceil_div(s.Nq, bq);
   const detail::TransposedK kt(a, detail::use_transposed_k(G * std::min(bq, s.Nq)));
-  const DenseVariant var{a, kt, bq, ceil_div(s.Nq, bq)};
-  detail::run_tiles(a, var, G * bq, s.Dv);
+  const long long items = (long long)s.B * s.Hkv * nqt;
+  // Split only work items of a few rows (decode): prefill tiles already fill the threads.
+  const int splits = detail::use_transposed_k(G * std::min(bq, s.Nq)) ? 1 : kv_splits(items, s.Nk);
+  if (splits == 1) {
+    const DenseVariant var{a, kt, bq, nqt};
+    detail::run_tiles(a, var, G * std::min(bq, s.Nq), s.Dv);
+    return;
+  }
+  const int chunk = (ceil_div(s.Nk, splits) + 15) / 16 * 16;
+  const size_t rows_total = size_t(s.B) * s.Hq * s.Nq;
+  std::vector<float> acc(size_t(splits) * rows_total * s.Dv), m(size_t(splits) * rows_total), l(m.size());
+  const SplitDenseVariant var{a, kt, bq, nqt, splits, chunk, acc.data(), m.data(), l.data()};
+  detail::run_tiles(a, var, G * std::min(bq, s.Nq), s.Dv);
+  merge_splits(a, splits, acc.data(), m.data(), l.data());
 }
 
 void row_logsumexp(const AttnArgs& a, float* lse) {

@@ -26,6 +26,7 @@ namespace spattn::detail {
 // of batch b. Stacked row g * (i1 - i0) + r is row i0 + r of head h0 + g.
 struct WorkItem {
   int b = 0, h0 = 0, stack = 1, hk = 0, i0 = 0, i1 = 0;
+  int part = 0;  // which part of the keys, for variants that split them (split-KV)
   int n() const { return i1 - i0; }
   int rows() const { return stack * (i1 - i0); }
 };
