@@ -49,11 +49,12 @@ struct TileScratch {
   AlignedFloats q, s, acc, m, l;
   std::vector<int> qlim;  // largest visible key position of each row (causal)
   std::vector<int> pos;   // key position of each column of the current tile (ProbabilitySweep)
+  std::vector<int> ncols; // visible keys of each row in the current tile (OnlineSoftmax)
 
   TileScratch(int max_rows_, int d_, int dv_, int bk_)
       : max_rows(max_rows_), d(d_), dv(dv_), bk(bk_),
         q(size_t(max_rows_) * d_), s(size_t(max_rows_) * bk_), acc(size_t(max_rows_) * dv_),
-        m(max_rows_), l(max_rows_), qlim(max_rows_), pos(bk_) {}
+        m(max_rows_), l(max_rows_), qlim(max_rows_), pos(bk_), ncols(max_rows_) {}
 
   void reset(int rows) {
     std::fill(m.begin(), m.begin() + rows, kNegInf);
@@ -184,22 +185,8 @@ struct OnlineSoftmax {
     if (cols == 0) return;
     tile_scores(t, rows, seg, nseg, cols);
     float* S = t.s.data();
-    for (int r = 0; r < rows; ++r) {
-      float* srow = S + size_t(r) * cols;
-      const int ncols = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
-      if (ncols < cols) std::fill(srow + ncols, srow + cols, 0.f);
-      if (ncols == 0) continue;
-      const float m_old = t.m[r];
-      const float m_new = std::max(m_old, t.simd.max(srow, ncols));
-      const float row_sum = t.simd.exp_shift_sum(srow, ncols, m_new);
-      const float alpha = std::exp(m_old - m_new);  // 0 when m_old = -inf
-      t.l[r] = t.l[r] * alpha + row_sum;
-      t.m[r] = m_new;
-      if (alpha != 1.f && t.dv > 0) {
-        ArrMap acc_row(t.acc.data() + size_t(r) * t.dv, t.dv);
-        acc_row *= alpha;
-      }
-    }
+    for (int r = 0; r < rows; ++r) t.ncols[r] = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
+    t.simd.online_softmax(S, rows, cols, t.ncols.data(), t.m.data(), t.l.data(), t.acc.data(), t.dv);
     if (t.dv == 0) return;
     for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
       t.simd.pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());

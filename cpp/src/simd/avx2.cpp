@@ -323,7 +323,16 @@ float max_of(const float* x, int n) {
   return _mm256_movemask_ps(nan) ? __builtin_nanf("") : hmax(acc);
 }
 
-const Kernels kTable{Level::AVX2, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of};
+void scale_row(float* x, int n, float alpha) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(a, _mm256_loadu_ps(x + i)));
+  for (; i < n; ++i) x[i] *= alpha;
+}
+
+#include "online_softmax.inl"
+
+const Kernels kTable{Level::AVX2, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax};
 
 }  // namespace
 

@@ -228,7 +228,19 @@ float max_of(const float* x, int n) {
   return nan ? __builtin_nanf("") : _mm512_reduce_max_ps(acc);
 }
 
-const Kernels kTable{Level::AVX512, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of};
+void scale_row(float* x, int n, float alpha) {
+  const __m512 a = _mm512_set1_ps(alpha);
+  int i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(a, _mm512_loadu_ps(x + i)));
+  if (i < n) {
+    const __mmask16 m = lane_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+#include "online_softmax.inl"
+
+const Kernels kTable{Level::AVX512, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax};
 
 }  // namespace
 

@@ -45,7 +45,11 @@ float max_of(const float* x, int n) {
   return m;
 }
 
-const Kernels kTable{Level::Generic, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of};
+void scale_row(float* x, int n, float alpha) { Eigen::Map<Eigen::ArrayXf>(x, n) *= alpha; }
+
+#include "online_softmax.inl"
+
+const Kernels kTable{Level::Generic, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax};
 
 }  // namespace
 

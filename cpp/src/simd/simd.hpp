@@ -30,6 +30,9 @@ struct Kernels {
   float (*exp_shift_sum)(float* x, int n, float shift);
   // Largest of x[0..n) (n >= 1); NaN if any is NaN.
   float (*max)(const float* x, int n);
+  // The online-softmax update of a tile's rows (simd/online_softmax.inl): visible prefix ncols[r]
+  // of each row of S (row stride cols), running max m and sum l, accumulator rows (stride dv).
+  void (*online_softmax)(float* S, int rows, int cols, const int* ncols, float* m, float* l, float* acc, int dv);
 };
 
 // The kernels chosen at load (CPU detection, SPATTN_SIMD override).
