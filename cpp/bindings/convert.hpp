@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -76,8 +77,12 @@ inline AttnShape qkv_shape(const py::array& q, const py::array& k, const py::arr
 inline float check_scale(const std::optional<double>& scale) {
   if (!scale) return 0.f;  // the core's "default" marker
   if (!std::isfinite(*scale) || *scale <= 0.0)
-    throw py::value_error("scale must be a finite positive number, got " + std::to_string(*scale));
-  return float(*scale);
+    throw py::value_error("scale must be a finite positive number, got " + py::repr(py::float_(*scale)).cast<std::string>());
+  const float f = float(*scale);
+  if (!(f >= std::numeric_limits<float>::min()) || std::isinf(f))  // computed in float32: no underflow to "default"
+    throw py::value_error("scale must lie in the float32 range [1.2e-38, 3.4e38], got " +
+                          py::repr(py::float_(*scale)).cast<std::string>());
+  return f;
 }
 
 inline AttnArgs make_args(const FArr& q, const FArr& k, const FArr* v, bool causal, const std::optional<double>& scale) {

@@ -198,15 +198,17 @@ void bind_statistics(py::module_& m) {
 
   m.def("token_attention_mass", [](const FArr& q, const FArr& k, const IArr& idx, int group_size, int kv_len,
                                    bool causal, const OptScale& scale) {
-    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    AttnArgs a = make_args(q, k, nullptr, causal, scale);
     const TokenIndicesView iv = index_view(idx, group_size, kv_len);
     FArr mass({a.shape.B, a.shape.Hq, a.shape.Nq});
+    FArr lse({a.shape.B, a.shape.Hq, a.shape.Nq});
     float* mp = mass.mutable_data();
+    a.lse = lse.mutable_data();
     {
       py::gil_scoped_release nogil;
       token_attention_mass(a, iv, mp);
     }
-    return mass;
+    return py::make_tuple(mass, lse);
   }, py::arg("q"), py::arg("k"), py::arg("indices"), py::arg("group_size"), py::arg("kv_len"), py::arg("causal"),
      py::arg("scale"));
 

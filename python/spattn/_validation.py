@@ -30,7 +30,24 @@ def as_float_array(x, name: str) -> np.ndarray:
                 raise TypeError(f"{name} must be a numpy array, got {type(x).__name__}") from exc
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"{name} must be a real floating-point array (float16/32/64), got dtype {x.dtype}")
-    return np.ascontiguousarray(x, dtype=np.float32)
+    return np.asarray(x, dtype=np.float32, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
+
+
+def as_causal(causal) -> bool:
+    """`causal` as a bool; anything but a bool (or numpy bool) raises TypeError, since the string
+    "False" or an array would otherwise be silently truthy."""
+    if isinstance(causal, (bool, np.bool_)):
+        return bool(causal)
+    raise TypeError(f"causal must be a bool, got {type(causal).__name__} {causal!r}"[:200])
+
+
+def as_scale(scale):
+    """`scale` as None or a Python float (its range is checked in C++)."""
+    if scale is None:
+        return None
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__} {scale!r}"[:200])
+    return float(scale)
 
 
 def check_qkv(q, k, v=None):

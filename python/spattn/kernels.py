@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._validation import as_float_array, check_qkv
+from ._validation import as_causal, as_float_array, as_scale, check_qkv
 from .masks import BlockMask, TokenIndices
 
 Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
@@ -40,7 +40,7 @@ def attention(q, k, v, *, causal: bool = False, scale: Optional[float] = None,
         Also return the row log-sum-exp (B, Hq, Nq).
     """
     q, k, v = check_qkv(q, k, v)
-    out, lse = _core.dense_attention(q, k, v, bool(causal), scale)
+    out, lse = _core.dense_attention(q, k, v, as_causal(causal), as_scale(scale))
     return _finish(out, lse, return_lse)
 
 
@@ -71,7 +71,7 @@ def plan(mask: BlockMask, q_shape: Sequence[int], k_shape: Sequence[int], *, cau
         raise ValueError(f"mask was made for q_len={mask.q_len}, kv_len={mask.kv_len}, but q/k have "
                          f"Nq={q_shape[2]}, Nk={k_shape[2]}")
     return _core.compile_plan(mask.blocks.view(np.uint8), mask.block_q, mask.block_k, mask.q_len, mask.kv_len,
-                              q_shape[0], q_shape[1], bool(causal))
+                              q_shape[0], q_shape[1], as_causal(causal))
 
 
 def block_sparse_attention(q, k, v, mask: Union[BlockMask, BlockPlan], *, causal: bool = False,
@@ -85,9 +85,9 @@ def block_sparse_attention(q, k, v, mask: Union[BlockMask, BlockPlan], *, causal
     q, k, v = check_qkv(q, k, v)
     if isinstance(mask, BlockMask):
         out, lse = _core.block_sparse_attention_mask(q, k, v, mask.blocks.view(np.uint8), mask.block_q, mask.block_k,
-                                                     mask.q_len, mask.kv_len, bool(causal), scale)
+                                                     mask.q_len, mask.kv_len, as_causal(causal), as_scale(scale))
     elif isinstance(mask, BlockPlan):
-        out, lse = _core.block_sparse_attention(q, k, v, mask, bool(causal), scale)
+        out, lse = _core.block_sparse_attention(q, k, v, mask, as_causal(causal), as_scale(scale))
     else:
         raise TypeError(f"mask must be a spattn.BlockMask or a plan from spattn.plan, got {type(mask).__name__}")
     return _finish(out, lse, return_lse)
@@ -104,7 +104,7 @@ def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = Fal
     if not isinstance(indices, TokenIndices):
         raise TypeError(f"indices must be a spattn.TokenIndices, got {type(indices).__name__}")
     out, lse = _core.token_sparse_attention(q, k, v, indices.indices, indices.group_size, indices.kv_len,
-                                            bool(causal), scale)
+                                            as_causal(causal), as_scale(scale))
     return _finish(out, lse, return_lse)
 
 

@@ -15,14 +15,16 @@ from ._validation import check_positive_int
 _DENSE_LIMIT = 1 << 28  # elements; to_dense refuses larger element masks
 
 
-def _visible_pairs(q_len: int, kv_len: int, block_q: int, block_k: int, causal: bool) -> np.ndarray:
-    """Number of visible (query, key) pairs inside each block, shape (nqb, nkb), int64.
+def _visible_pairs(q_len: int, kv_len: int, block_q: int, block_k: int, causal: bool,
+                   rows: Optional[slice] = None) -> np.ndarray:
+    """Number of visible (query, key) pairs inside each block, shape (nqb, nkb) (or the q-block
+    rows `rows` of it), int64.
 
     Closed form per block, no element mask: with bottom-right causal alignment row i sees
     min(max(i + off + 1 - j0, 0), w) keys of a block starting at j0 of width w.
     """
     nqb, nkb = math.ceil(q_len / block_q), math.ceil(kv_len / block_k)
-    i0 = np.arange(nqb, dtype=np.int64)[:, None] * block_q
+    i0 = np.arange(nqb, dtype=np.int64)[rows if rows is not None else slice(None)][:, None] * block_q
     n = np.minimum(q_len, i0 + block_q) - i0
     j0 = np.arange(nkb, dtype=np.int64)[None, :] * block_k
     w = np.minimum(kv_len, j0 + block_k) - j0
@@ -150,9 +152,14 @@ class BlockMask:
         Counted exactly at element level (causal rule inside diagonal blocks included), without
         building the element mask. Rows of a causal call that see no key count as nothing.
         """
-        pairs = _visible_pairs(self.q_len, self.kv_len, self.block_q, self.block_k, causal)
-        total = pairs.sum()
-        kept = np.einsum("bhqk,qk->bh", self.blocks.astype(np.int64), pairs)
+        B, H, nqb, nkb = self.blocks.shape
+        kept = np.zeros((B, H), dtype=np.int64)
+        total = 0
+        step = max(1, (1 << 19) // max(1, B * H * nkb))  # q-block rows per chunk: int64 temporaries of 4 MB
+        for r0 in range(0, nqb, step):
+            pairs = _visible_pairs(self.q_len, self.kv_len, self.block_q, self.block_k, causal, slice(r0, r0 + step))
+            total += int(pairs.sum())
+            kept += np.einsum("bhqk,qk->bh", self.blocks[:, :, r0:r0 + step].astype(np.int64), pairs)
         return kept / total if total > 0 else np.zeros(kept.shape)
 
     def to_dense(self, causal: bool = False) -> np.ndarray:
@@ -311,20 +318,17 @@ class TokenIndices:
         B, H, G, K = self.indices.shape
         q_len = G * self.group_size if q_len is None else int(q_len)
         off = self.kv_len - q_len
-        rows = np.arange(q_len)
-        g = rows // self.group_size
-        total = 0
-        kept = np.zeros((B, H))
-        for gi in range(G):
-            r = rows[g == gi]
-            if r.size == 0:
-                continue
-            idx = self.indices[:, :, gi, :]
-            if causal:
-                lim = r + off  # visible iff idx <= lim
-                kept += ((idx[..., None] >= 0) & (idx[..., None] <= lim)).sum(axis=(-1, -2))
-                total += np.clip(lim + 1, 0, self.kv_len).sum()
-            else:
-                kept += (idx >= 0).sum(axis=-1) * r.size
-                total += r.size * self.kv_len
-        return kept / total if total > 0 else kept
+        # Rows r0..r1 of each group (empty groups past q_len get r1 < r0).
+        r0 = np.arange(G, dtype=np.int64) * self.group_size
+        r1 = np.minimum(q_len, r0 + self.group_size) - 1
+        idx = self.indices.astype(np.int64)
+        valid = idx >= 0
+        if causal:
+            # key j of group g is visible to rows i >= j - off: max(0, r1 - max(r0, j - off) + 1) of them
+            seen = np.clip(r1[:, None] - np.maximum(r0[:, None], idx - off) + 1, 0, None)
+            kept = np.where(valid, seen, 0).sum(axis=(-1, -2))
+            total = int(np.clip(np.arange(q_len, dtype=np.int64) + off + 1, 0, self.kv_len).sum())
+        else:
+            kept = (valid.sum(axis=-1) * np.clip(r1 - r0 + 1, 0, None)).sum(axis=-1)
+            total = q_len * self.kv_len
+        return kept / total if total > 0 else kept.astype(np.float64)

@@ -10,7 +10,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _core
-from ._validation import check_qkv
+from ._validation import as_causal, as_scale, check_qkv
 from .masks import BlockMask, TokenIndices
 
 
@@ -26,21 +26,20 @@ def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
     TokenIndices: exact row log-sum-exp, then the mass of the listed keys.
     """
     q, k, _ = check_qkv(q, k)
+    causal, scale = as_causal(causal), as_scale(scale)
     if isinstance(mask, BlockMask):
         if q.ndim == 4 and k.ndim == 4:
             mask.check_against(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-        block_map, lse = _core.block_attention_map(q, k, mask.block_q, mask.block_k, bool(causal), scale, "sum")
-        kept = np.einsum("bhqk,bhqk->bh", block_map.astype(np.float64),
-                         np.broadcast_to(mask.blocks, block_map.shape).astype(np.float64))
-        valid = np.isfinite(lse).sum(axis=-1)
+        block_map, lse = _core.block_attention_map(q, k, mask.block_q, mask.block_k, causal, scale, "sum")
+        # one float32 temporary of the map's size, summed in float64 (no float64 copies of map or mask)
+        kept = np.where(mask.blocks, block_map, np.float32(0)).sum(axis=(2, 3), dtype=np.float64)
     elif isinstance(mask, TokenIndices):
-        mass = _core.token_attention_mass(q, k, mask.indices, mask.group_size, mask.kv_len, bool(causal),
-                                          scale).astype(np.float64)
-        ok = np.isfinite(mass)
-        kept = np.where(ok, mass, 0.0).sum(axis=-1)
-        valid = ok.sum(axis=-1)
+        mass, lse = _core.token_attention_mass(q, k, mask.indices, mask.group_size, mask.kv_len, causal, scale)
+        kept = np.where(lse == -np.inf, np.float32(0), mass).sum(axis=-1, dtype=np.float64)
     else:
         raise TypeError(f"mask must be a BlockMask or TokenIndices, got {type(mask).__name__}")
+    # Rows that see no key (lse = -inf) are left out; a NaN row (NaN inputs) makes the recall NaN.
+    valid = (lse != -np.inf).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(valid > 0, kept / np.maximum(valid, 1), np.nan)
 

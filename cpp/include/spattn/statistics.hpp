@@ -18,7 +18,8 @@ enum class BlockPool { Sum, Max };
 void block_attention_map(const AttnArgs& args, int block_q, int block_k, BlockPool pool, float* map);
 
 // Per-query share of exact softmax mass that falls on the listed keys:
-// mass (B, Hq, Nq); rows that see no key get NaN (callers skip them).
+// mass (B, Hq, Nq); rows that see no key get NaN (callers skip them: args.lse, when non-null,
+// receives the row log-sum-exp, -inf for those rows and NaN for rows with NaN inputs).
 void token_attention_mass(const AttnArgs& args, const TokenIndicesView& indices, float* mass);
 
 // Exact attention mass of each query on each column of its compressed grid (SEA's per-query

@@ -19,22 +19,24 @@ BlockMask estimate_streaming(const AttnArgs& qk, const StreamingParams& p) {
   const AttnShape& s = qk.shape;
   const bool causal = qk.causal;
   BlockMask m(s.B, 1, s.Nq, s.Nk, p.block_size, p.block_size);
-  const int off = s.causal_offset();
-  const int sink_blocks = std::min(m.nkb, ceil_div(p.sink_tokens, p.block_size));
+  // 64-bit positions: windows and sinks up to 2^31 - 1 tokens must not wrap.
+  using i64 = long long;
+  const i64 off = s.causal_offset(), bs = p.block_size;
+  const int sink_blocks = int(std::min<i64>(m.nkb, (i64(p.sink_tokens) + bs - 1) / bs));
   for (int qb = 0; qb < m.nqb; ++qb) {
-    const int i0 = qb * p.block_size, i1 = std::min(s.Nq, i0 + p.block_size) - 1;
+    const i64 i0 = qb * bs, i1 = std::min<i64>(s.Nq, i0 + bs) - 1;
     // Keys covered by the windows of rows i0..i1: [i0+off-local+1, i1+off] (causal) or that
     // range extended by local-1 to the right (non-causal, centred window).
-    const int lo = i0 + off - p.local_tokens + 1;
-    const int hi = causal ? i1 + off : i1 + off + p.local_tokens - 1;
+    const i64 lo = i0 + off - p.local_tokens + 1;
+    const i64 hi = causal ? i1 + off : i1 + off + p.local_tokens - 1;
     for (int b = 0; b < s.B; ++b) {
       uint8_t* row = m.row(b, 0, qb);
       for (int c = 0; c < sink_blocks; ++c) row[c] = 1;
       if (p.local_tokens > 0) {
-        const int c0 = std::max(0, lo) / p.block_size;
-        const int c1 = std::min(s.Nk - 1, hi);
-        for (int c = c0; c >= 0 && c * p.block_size <= c1 && c < m.nkb; ++c)
-          if ((c + 1) * p.block_size - 1 >= lo) row[c] = 1;
+        const i64 c0 = std::max<i64>(0, lo) / bs;
+        const i64 c1 = std::min<i64>(s.Nk - 1, hi);
+        for (i64 c = c0; c * bs <= c1 && c < m.nkb; ++c)
+          if ((c + 1) * bs - 1 >= lo) row[c] = 1;
       }
     }
   }

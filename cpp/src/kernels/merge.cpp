@@ -14,6 +14,12 @@ void merge_states(const float* out_a, const float* lse_a, const float* out_b,
     const float la = lse_a[r], lb = lse_b[r];
     const float mx = std::max(la, lb);
     float* o = out + r * dv;
+    // A NaN or +inf lse (no finite mass) makes the merged row NaN: never substitute a value.
+    if (std::isnan(la) || std::isnan(lb) || mx == std::numeric_limits<float>::infinity()) {
+      std::fill(o, o + dv, std::numeric_limits<float>::quiet_NaN());
+      lse[r] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
     if (mx == detail::kNegInf) {  // empty on both sides
       std::fill(o, o + dv, 0.f);
       lse[r] = detail::kNegInf;

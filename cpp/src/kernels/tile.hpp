@@ -189,7 +189,41 @@ struct OnlineSoftmax {
     t.simd.online_softmax(S, rows, cols, t.ncols.data(), t.m.data(), t.l.data(), t.acc.data(), t.dv);
     if (t.dv == 0) return;
     for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
+      if (masked && !hidden_values_finite(t, rows, seg[g], n0)) {
+        pv_visible_only(t, rows, cols, seg[g], n0);
+        continue;
+      }
       t.simd.pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());
+    }
+  }
+
+  // Keys of the segment hidden from some row get P = 0, and 0 * NaN (or inf) in their value rows
+  // would leak NaN into rows that cannot see them. True when those value rows are all finite
+  // (the usual case: one scan of a few rows per masked tile).
+  static bool hidden_values_finite(const TileScratch& t, int rows, const KeySegment& sg, int n0) {
+    int lo = sg.len;
+    for (int r = 0; r < rows; ++r) lo = std::min(lo, std::clamp(t.ncols[r] - n0, 0, sg.len));
+    for (int j = lo; j < sg.len; ++j)
+      for (int c = 0; c < t.dv; ++c)
+        if (!std::isfinite(sg.v[size_t(j) * sg.ldv + c])) return false;
+    return true;
+  }
+
+  // O += P V over each row's visible keys only: blocks of 6 rows share their common visible
+  // prefix, the rest row by row.
+  static void pv_visible_only(TileScratch& t, int rows, int cols, const KeySegment& sg, int n0) {
+    const float* S = t.s.data();
+    for (int r0 = 0; r0 < rows; r0 += 6) {
+      const int nr = std::min(6, rows - r0);
+      int lo = sg.len;
+      for (int r = r0; r < r0 + nr; ++r) lo = std::min(lo, std::clamp(t.ncols[r] - n0, 0, sg.len));
+      if (lo > 0) t.simd.pv(S + size_t(r0) * cols + n0, nr, cols, sg.v, sg.ldv, lo, t.dv, t.acc.data() + size_t(r0) * t.dv);
+      for (int r = r0; r < r0 + nr; ++r) {
+        const int vis = std::clamp(t.ncols[r] - n0, 0, sg.len);
+        if (vis > lo)
+          t.simd.pv(S + size_t(r) * cols + n0 + lo, 1, cols, sg.v + size_t(lo) * sg.ldv, sg.ldv, vis - lo, t.dv,
+                    t.acc.data() + size_t(r) * t.dv);
+      }
     }
   }
 };

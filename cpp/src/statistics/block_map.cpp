@@ -67,7 +67,11 @@ void block_attention_map(const AttnArgs& a, int block_q, int block_k, BlockPool 
   if (block_q < 1 || block_k < 1) throw std::invalid_argument("block sizes must be >= 1");
   const int nqb = ceil_div(s.Nq, block_q), nkb = ceil_div(s.Nk, block_k);
   std::fill(map, map + size_t(s.B) * s.Hq * nqb * nkb, 0.f);
-  if (s.Nq == 0 || s.Nk == 0) return;
+  if (s.Nq == 0) return;
+  if (s.Nk == 0) {  // every row sees no key
+    if (a.lse != nullptr) std::fill(a.lse, a.lse + size_t(s.B) * s.Hq * s.Nq, detail::kNegInf);
+    return;
+  }
   std::vector<float> lse_own;
   float* lse = a.lse;
   if (lse == nullptr) {

@@ -57,6 +57,7 @@ void token_attention_mass(const AttnArgs& a, const TokenIndicesView& ix, float* 
   if (s.Nq == 0) return;
   std::vector<float> lse(size_t(s.B) * s.Hq * s.Nq);
   row_logsumexp(a, lse.data());
+  if (a.lse != nullptr) std::copy(lse.begin(), lse.end(), a.lse);
   AttnArgs qk = a;
   qk.shape.Dv = 0;
   qk.v = nullptr;

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Type, U
 import numpy as np
 
 from .. import _core
-from .._validation import check_qkv
+from .._validation import as_causal, as_scale, check_qkv
 from ..kernels import block_sparse_attention, token_sparse_attention
 from ..masks import BlockMask, TokenIndices
 
@@ -219,9 +219,10 @@ class Method:
             Logit scale, default 1/sqrt(D).
         """
         q, k, _ = check_qkv(q, k)
+        causal, scale = as_causal(causal), as_scale(scale)
         _core.check_shapes(q, k, None, scale)
-        self.check_call(q, k, bool(causal))
-        return self._estimate(q, k, bool(causal), scale)
+        self.check_call(q, k, causal)
+        return self._estimate(q, k, causal, scale)
 
     def _estimate(self, q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float]) -> Mask:
         """The estimator proper, on checked float32 inputs; every registered method defines it."""
