@@ -141,3 +141,11 @@ def test_token_indices_density_matches_the_element_mask(causal, q_len, group):
     if causal:
         vis = np.arange(45)[None, :] <= np.arange(q_len)[:, None] + (45 - q_len)
     np.testing.assert_allclose(ti.density(q_len=q_len, causal=causal), dense.sum(axis=(2, 3)) / vis.sum())
+
+
+@pytest.mark.parametrize("field", ["compressed_width", "nb_features"])
+def test_sea_sizes_beyond_any_paper_are_rejected_before_allocating(field):
+    """Found by the fuzz tier: width or features of 2**31 - 1 sized buffers until the kernel's
+    out-of-memory killer ended the process."""
+    with pytest.raises(ValueError, match=f"sea: {field} must be <= 65536"):
+        spattn.methods.get("sea", **{field: BIG})

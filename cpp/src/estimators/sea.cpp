@@ -58,6 +58,10 @@ void SeaParams::validate() const {
   require_min("sea", "k", k, 1);
   require_min("sea", "compressed_width", compressed_width, 1);
   require_min("sea", "nb_features", nb_features, 1);
+  // Both size per-query (width) and per-key (features) buffers: cap them far above any paper's
+  // value (width 128-256, features D ln D / 8) so a typo gives an error, not an out-of-memory kill.
+  if (compressed_width > (1 << 16)) param_error("sea", "compressed_width", "be <= 65536", compressed_width);
+  if (nb_features && *nb_features > (1 << 16)) param_error("sea", "nb_features", "be <= 65536", *nb_features);
 }
 
 void sea_estimate(const AttnArgs& a, const float* W, int m, const SeaParams& p, float* est) {
