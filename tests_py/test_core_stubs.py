@@ -14,7 +14,7 @@ STUB = ast.parse((Path(spattn.__file__).parent / "_core.pyi").read_text())
 def stub_names():
     out = {}
     for node in STUB.body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
             out[node.name] = node
     return out
 

@@ -87,6 +87,28 @@ inline void load_item_lse(const AttnArgs& a, const WorkItem& w, const float* lse
     for (int r = 0; r < w.n(); ++r) dst[g * w.n() + r] = lse[a.shape.row_index(w.b, w.h0 + g, w.i0 + r)];
 }
 
+// The arguments of a statistics pass: q, k, shape, scale and causality only (no values, no outputs).
+inline AttnArgs statistics_args(const AttnArgs& a) {
+  AttnArgs s = a;
+  s.v = nullptr;
+  s.out = nullptr;
+  s.lse = nullptr;
+  s.shape.Dv = 0;
+  return s;
+}
+
+// Second pass of a statistics variant over a dense key span: the exact probabilities of every key
+// the item's rows see, normalised by their final log-sum-exp (`lse`, copied to `row_lse`), handed
+// to `reduce` tile by tile.
+template <class Reducer>
+void sweep_item_span(TileScratch& t, const AttnArgs& a, const TransposedK& kt, const WorkItem& w, const float* lse,
+                     float* row_lse, Reducer& reduce) {
+  load_item_lse(a, w, lse, row_lse);
+  const ProbabilitySweep<Reducer> step{row_lse, reduce};
+  run_key_span(t, w.rows(), kt, w.b, w.hk, nullptr, 0, 0, key_end(a, w), a.causal, w.i0 + a.shape.causal_offset(),
+               step);
+}
+
 // Collects key spans of one work item as segments of one tile (no copies: the segments point
 // into the transposed K and into V) and runs the step when the tile is full. A tile is masked
 // (causal element rule) when any span added to it was.

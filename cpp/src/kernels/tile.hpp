@@ -26,7 +26,6 @@ using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMa
 using Stride = Eigen::OuterStride<>;
 using CMap = Eigen::Map<const RowMat, Eigen::Unaligned, Stride>;
 using MMap = Eigen::Map<RowMat, Eigen::Unaligned, Stride>;
-using ArrMap = Eigen::Map<Eigen::ArrayXf>;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -253,11 +252,6 @@ struct ProbabilitySweep {
     }
   }
 };
-
-// The attention tile update (scores + online softmax), kept as the name the kernels use.
-inline void tile_update(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) {
-  OnlineSoftmax{}(t, rows, seg, nseg, masked);
-}
 
 // Whether work items of `rows` stacked query rows read K transposed (micro-kernel) or row-major.
 inline bool use_transposed_k(int rows) { return rows >= 32; }

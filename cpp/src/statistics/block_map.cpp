@@ -46,10 +46,7 @@ struct BlockMapVariant {
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& l) const {
     l.red.n = w.n();
     std::fill(l.red.acc.begin(), l.red.acc.end(), 0.f);
-    detail::load_item_lse(a, w, lse, l.row_lse.data());
-    const detail::ProbabilitySweep<Reducer> step{l.row_lse.data(), l.red};
-    detail::run_key_span(t, w.rows(), kt, w.b, w.hk, nullptr, 0, 0, detail::key_end(a, w), a.causal,
-                         w.i0 + a.shape.causal_offset(), step);
+    detail::sweep_item_span(t, a, kt, w, lse, l.row_lse.data(), l.red);
   }
   void finish(const detail::TileScratch&, const detail::WorkItem& w, Local& l) const {
     const int qb = w.i0 / block_q;
@@ -79,8 +76,7 @@ void block_attention_map(const AttnArgs& a, int block_q, int block_k, BlockPool 
     lse = lse_own.data();
   }
   row_logsumexp(a, lse);
-  AttnArgs qk = a;
-  qk.shape.Dv = 0;
+  const AttnArgs qk = detail::statistics_args(a);
   const int rows = s.group() * std::min(block_q, s.Nq);
   const detail::TransposedK kt(qk, detail::use_transposed_k(rows));
   const BlockMapVariant var{qk, kt, lse, block_q, block_k, nqb, nkb, pool, map};

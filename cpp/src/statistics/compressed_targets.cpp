@@ -63,10 +63,7 @@ struct TargetsVariant {
     std::fill(l.red.acc.begin(), l.red.acc.end(), 0.0);
     std::fill(l.red.sq.begin(), l.red.sq.end(), 0.0);
     std::fill(l.red.ent.begin(), l.red.ent.end(), 0.0);
-    detail::load_item_lse(a, w, lse, l.row_lse.data());
-    const detail::ProbabilitySweep<Reducer> step{l.row_lse.data(), l.red};
-    detail::run_key_span(t, w.rows(), kt, w.b, w.hk, nullptr, 0, 0, detail::key_end(a, w), a.causal,
-                         w.i0 + a.shape.causal_offset(), step);
+    detail::sweep_item_span(t, a, kt, w, lse, l.row_lse.data(), l.red);
   }
   void finish(const detail::TileScratch&, const detail::WorkItem& w, Local& l) const {
     for (int g = 0; g < w.stack; ++g)
@@ -92,9 +89,7 @@ void compressed_attention_targets(const AttnArgs& a, int width, float* mass, flo
   if (s.Nq == 0 || s.Nk == 0) return;
   std::vector<float> lse(rows_total);
   row_logsumexp(a, lse.data());
-  AttnArgs qk = a;
-  qk.shape.Dv = 0;
-  qk.v = nullptr;
+  const AttnArgs qk = detail::statistics_args(a);
   const int rows = s.group() * std::min(kRowsPerItem, s.Nq);
   const detail::TransposedK kt(qk, detail::use_transposed_k(rows));
   const TargetsVariant var{qk, kt, lse.data(), width, ceil_div(s.Nq, kRowsPerItem), mass, psq, plogp};

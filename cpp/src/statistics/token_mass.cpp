@@ -58,9 +58,7 @@ void token_attention_mass(const AttnArgs& a, const TokenIndicesView& ix, float* 
   std::vector<float> lse(size_t(s.B) * s.Hq * s.Nq);
   row_logsumexp(a, lse.data());
   if (a.lse != nullptr) std::copy(lse.begin(), lse.end(), a.lse);
-  AttnArgs qk = a;
-  qk.shape.Dv = 0;
-  qk.v = nullptr;
+  const AttnArgs qk = detail::statistics_args(a);
   detail::run_tiles(qk, TokenMassVariant(qk, ix, lse.data(), mass), std::min(ix.group_size, s.Nq), 0);
 }
 

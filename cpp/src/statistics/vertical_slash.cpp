@@ -58,10 +58,7 @@ struct VerticalSlashVariant {
     l.red.i0 = w.i0;
     std::fill(l.red.vert.begin(), l.red.vert.end(), 0.f);
     std::fill(l.red.sl.begin(), l.red.sl.end(), 0.f);
-    detail::load_item_lse(a, w, lse, l.row_lse.data());
-    const detail::ProbabilitySweep<Reducer> step{l.row_lse.data(), l.red};
-    detail::run_key_span(t, w.rows(), kt, w.b, w.hk, nullptr, 0, 0, detail::key_end(a, w), a.causal,
-                         w.i0 + a.shape.causal_offset(), step);
+    detail::sweep_item_span(t, a, kt, w, lse, l.row_lse.data(), l.red);
   }
   void finish(const detail::TileScratch&, const detail::WorkItem& w, Local& l) const {
     const int Nk = a.shape.Nk;
@@ -88,9 +85,7 @@ void vertical_slash_sums(const AttnArgs& a, float* vertical, float* slash) {
   if (s.Nq == 0 || s.Nk == 0) return;
   std::vector<float> lse(size_t(s.B) * s.Hq * s.Nq);
   row_logsumexp(a, lse.data());
-  AttnArgs qk = a;
-  qk.shape.Dv = 0;
-  qk.v = nullptr;
+  const AttnArgs qk = detail::statistics_args(a);
   const int rows = s.group() * s.Nq;
   const detail::TransposedK kt(qk, detail::use_transposed_k(rows));
   const VerticalSlashVariant var{qk, kt, lse.data(), vertical, slash};
