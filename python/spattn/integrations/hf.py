@@ -1,0 +1,549 @@
+"""spattn as an attention backend of HuggingFace transformers (5.x), on the CPU.
+
+>>> from spattn.integrations import hf
+>>> model = hf.use(model, method="flexprefill", gamma=0.9)     # doctest: +SKIP
+>>> model.generate(input_ids, max_new_tokens=20)                # doctest: +SKIP
+>>> hf.stats(model)[0]                                          # doctest: +SKIP
+
+:func:`use` registers an attention function and a mask function with transformers'
+``AttentionInterface`` / ``AttentionMaskInterface`` under the name ``"spattn"`` and switches the
+model to it. Every attention layer gets its own method instance (per-layer parameters, per-layer
+learned state, layers kept dense); :func:`restore` switches the model back.
+
+What runs where, per call of a layer:
+
+- a layer in ``dense_layers``, the method ``"dense"``, or fewer than ``min_prefill_tokens`` keys
+  (a short prompt): exact attention (:func:`spattn.attention`);
+- one query (a decode step): ``decode_method`` when given, else exact attention (the split-KV
+  decode kernel);
+- otherwise (prefill, Nq == Nk, and chunked prefill, Nq < Nk): the method's estimator, then the
+  kernel of its mask format. A call whose shape the method's capabilities exclude (e.g.
+  chunked prefill for a method defined for Nq == Nk only) runs exact attention; the reason is
+  counted in :func:`stats` and warned about once per layer and reason.
+
+Tensors: q arrives from transformers as a transposed view (B, H, Nq, D) of (B, Nq, H, D); it is
+copied once to contiguous float32. k and v (the cache) are used without a copy when float32 and
+contiguous. GQA is not expanded: spattn's query head h reads kv head h // (Hq / Hkv), which is
+transformers' ``repeat_kv`` layout. bf16 / fp16 models work: q, k, v are converted to float32
+once per call and the output back to the model's dtype.
+
+Masks: the registered mask function never builds an Nq x Nk mask. It hands the attention
+function the causal flag and the 2-D key padding mask; a padded batch row runs on its valid keys
+(left padding, the usual padding for generation, and right padding of a prompt both work; padded
+query rows get zeros). What the backend cannot express raises ``ValueError`` naming it: sliding
+window, chunked or packed-sequence masks, custom mask overlays, padding with holes (right
+padding followed by generation), and additive float masks that are not 0 / -inf. A 4-D mask
+given by the caller is accepted when it is exactly causal (or full) attention with key padding.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .. import methods as _methods
+from ..kernels import attention as _dense_attention
+from ..kernels import block_sparse_attention, token_sparse_attention
+from ..masks import BlockMask
+from ..methods.base import Method
+
+NAME = "spattn"
+INSTALL_HINT = 'pip install "spattn[hf]"  (transformers, gguf, accelerate; torch==2.13.0)'
+
+
+def _require_transformers():
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:  # the optional extra is missing
+        raise ImportError(f"spattn.integrations.hf needs torch and transformers: {INSTALL_HINT}") from exc
+    major = int(transformers.__version__.split(".")[0])
+    if major < 5:
+        raise ImportError(f"spattn.integrations.hf needs transformers 5.x (AttentionMaskInterface), "
+                          f"found {transformers.__version__}: {INSTALL_HINT}")
+    return torch, transformers
+
+
+# ---------------------------------------------------------------------------------- layer state
+@dataclass
+class LayerState:
+    """The configuration and counters of one attention layer under the spattn backend.
+
+    Attributes
+    ----------
+    layer_idx : int
+    method : Method
+        The prefill method of this layer (its own instance: per-layer parameters and learned state).
+    decode_method : Method or None
+        Run on single-query calls; None: exact attention.
+    dense : bool
+        The layer is kept dense (``dense_layers``).
+    min_prefill_tokens : int
+        Calls with fewer keys run exact attention.
+    calls : dict
+        Calls per path: ``"sparse"``, ``"decode_method"``, ``"dense"`` (dense layer, dense
+        method, decode without a decode method), ``"short"`` (below ``min_prefill_tokens``) and
+        ``"fallback: <reason>"`` (the capabilities exclude the call).
+    densities : list of float
+        Density (share of visible pairs computed, mean over heads and batch) of every sparse call.
+    seconds : float
+        Wall time spent in this layer's attention (estimate + kernel + conversions).
+    """
+
+    layer_idx: int
+    method: Method
+    decode_method: Optional[Method]
+    dense: bool
+    min_prefill_tokens: int
+    calls: Dict[str, int] = field(default_factory=dict)
+    densities: List[float] = field(default_factory=list)
+    seconds: float = 0.0
+    _warned: set = field(default_factory=set, repr=False)
+
+    def count(self, path: str) -> None:
+        self.calls[path] = self.calls.get(path, 0) + 1
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.densities.clear()
+        self.seconds = 0.0
+
+
+@dataclass
+class _ModelState:
+    layers: Dict[int, LayerState]
+    previous_implementation: Optional[str]
+    capture: Optional[Dict[int, tuple]] = None
+
+
+@dataclass(frozen=True)
+class KeyMask:
+    """What the spattn mask function hands to the attention function instead of an Nq x Nk mask.
+
+    Attributes
+    ----------
+    causal : bool
+    kv_length : int
+        Keys the queries may see: the cache may hold more (a static cache), which are cut.
+    key_valid : torch.BoolTensor (B, kv_length) or None
+        Key padding (False = padded key); None: no padding.
+    """
+
+    causal: bool
+    kv_length: int
+    key_valid: Any = None
+    # transformers asks a prepared mask for its rank; a KeyMask stands for a 4-D mask
+    ndim = 4
+
+
+# ---------------------------------------------------------------------------------- registration
+def _mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
+                   mask_function=None, attention_mask=None, local_size=None, **kwargs):
+    """The ``AttentionMaskInterface`` entry: a :class:`KeyMask` (or None for plain causal
+    attention without padding), never a dense mask. Patterns other than causal / bidirectional
+    with key padding raise ValueError naming the pattern."""
+    from transformers import masking_utils as mu
+
+    if isinstance(attention_mask, KeyMask):  # prepared once by generate() for a static cache
+        return attention_mask
+    if mask_function is None or mask_function is mu.causal_mask_function:
+        causal = True
+    elif mask_function is mu.bidirectional_mask_function:
+        causal = False
+    else:
+        what = getattr(mask_function, "__qualname__", repr(mask_function))
+        raise ValueError(
+            "the spattn attention backend supports causal or bidirectional attention with key padding; "
+            f"this model asked for the mask pattern {what!r} (a sliding-window, chunked, packed-sequence or "
+            "custom mask), which it cannot express. Keep such models on attn_implementation='sdpa'.")
+    if local_size is not None:
+        raise ValueError(f"the spattn attention backend has no local (sliding-window) attention; got local_size={local_size}")
+    q_offset = int(q_offset)
+    kv_offset = int(kv_offset)
+    visible = q_offset + q_length - kv_offset if causal else kv_length
+    if visible > kv_length or visible < q_length and causal:
+        raise ValueError(f"the spattn attention backend cannot align queries at offset {q_offset} (length {q_length}) "
+                         f"with keys at offset {kv_offset} (length {kv_length})")
+    key_valid = None
+    if attention_mask is not None:
+        pad = mu.prepare_padding_mask(attention_mask, kv_length, kv_offset)
+        key_valid = pad[:, kv_offset:kv_offset + visible].to(dtype=attention_mask.dtype).bool()
+        if bool(key_valid.all()):
+            key_valid = None
+    if causal and key_valid is None and visible == kv_length:
+        return None
+    return KeyMask(causal=causal, kv_length=visible, key_valid=key_valid)
+
+
+def register() -> None:
+    """Register the spattn attention and mask functions with transformers under ``"spattn"``
+    (idempotent; :func:`use` calls it)."""
+    _require_transformers()
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, attention_forward)
+    AttentionMaskInterface.register(NAME, _mask_function)
+
+
+def _attention_modules(model) -> List[Any]:
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")
+            and hasattr(m, "is_causal")]
+    if not mods:
+        raise ValueError(f"{type(model).__name__} has no attention layers that follow transformers' "
+                         "AttentionInterface (modules with layer_idx and num_key_value_groups)")
+    return mods
+
+
+def _as_method(m: Union[str, Method], params: Mapping[str, Any], what: str) -> Method:
+    if isinstance(m, Method):
+        inst = copy.deepcopy(m)
+        if params:
+            inst.set_params(**params)
+        return inst
+    if isinstance(m, str):
+        return _methods.get(m, **params)
+    raise TypeError(f"{what} must be a method name or a spattn Method, got {type(m).__name__}")
+
+
+def use(model, method: Union[str, Method, Sequence[Union[str, Method]]] = "flexprefill",
+        decode_method: Optional[Union[str, Method]] = None, min_prefill_tokens: int = 1024, *,
+        dense_layers: Iterable[int] = (), layer_params: Optional[Mapping[int, Mapping[str, Any]]] = None,
+        **params: Any):
+    """Switch `model` to the spattn attention backend with `method`; returns the model.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A model whose attention follows transformers' ``AttentionInterface`` (Llama, Qwen2,
+        Mistral without sliding window, ...).
+    method : str, Method, or one per layer
+        The prefill method (a registry name or an instance, copied per layer), or a sequence
+        with one entry per attention layer (e.g. per-layer trained gates).
+    decode_method : str or Method, optional
+        Run on single-query (decode) calls; default exact attention.
+    min_prefill_tokens : int
+        Calls that see fewer keys run exact attention (default 1024).
+    dense_layers : iterable of int
+        Layers kept dense (exact attention).
+    layer_params : {layer: {param: value}}, optional
+        Per-layer parameter overrides on top of ``params``.
+    **params
+        Parameters of `method` (and not of `decode_method`, which takes an instance for its own).
+
+    Raises
+    ------
+    ImportError naming the pip command when transformers is missing; ValueError / TypeError for an
+    unknown method or parameter, a method that cannot run causal attention, or a layer index out
+    of range.
+    """
+    _require_transformers()
+    if isinstance(min_prefill_tokens, bool) or not isinstance(min_prefill_tokens, (int, np.integer)) \
+            or min_prefill_tokens < 0:
+        raise ValueError(f"min_prefill_tokens must be an int >= 0, got {min_prefill_tokens!r}")
+    register()
+    mods = _attention_modules(model)
+    n_layers = len(mods)
+    dense_layers = set(int(i) for i in dense_layers)
+    layer_params = dict(layer_params or {})
+    for i in list(dense_layers) + list(layer_params):
+        if not 0 <= int(i) < n_layers:
+            raise ValueError(f"layer index {i} out of range: the model has {n_layers} attention layers")
+    if isinstance(method, (list, tuple)):
+        if len(method) != n_layers:
+            raise ValueError(f"method: one entry per attention layer expected ({n_layers}), got {len(method)}")
+        per_layer = list(method)
+    else:
+        per_layer = [method] * n_layers
+    layers: Dict[int, LayerState] = {}
+    for mod in mods:
+        i = int(mod.layer_idx)
+        m = _as_method(per_layer[i], {**params, **layer_params.get(i, {})}, "method")
+        caps = m.capabilities
+        if getattr(mod, "is_causal", True) and not caps.causal:
+            raise ValueError(f"{m.name} cannot run causal attention; layer {i} of this model is causal")
+        dm = None
+        if decode_method is not None:
+            dm = _as_method(decode_method, {}, "decode_method")
+            if not dm.capabilities.decode:
+                raise ValueError(f"decode_method {dm.name} does not support single-query (decode) calls")
+        layers[i] = LayerState(layer_idx=i, method=m, decode_method=dm, dense=i in dense_layers,
+                               min_prefill_tokens=int(min_prefill_tokens))
+        mod._spattn_layer = layers[i]
+    old = getattr(model, "_spattn_state", None)
+    previous = old.previous_implementation if old is not None else model.config._attn_implementation
+    model._spattn_state = _ModelState(layers=layers, previous_implementation=previous)
+    for mod in mods:
+        mod._spattn_model = model._spattn_state
+    model.set_attn_implementation(NAME)
+    return model
+
+
+def restore(model):
+    """Switch `model` back to the attention implementation it had before :func:`use`."""
+    state = getattr(model, "_spattn_state", None)
+    if state is None:
+        raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
+    model.set_attn_implementation(state.previous_implementation or "sdpa")
+    for mod in _attention_modules(model):
+        for attr in ("_spattn_layer", "_spattn_model"):
+            if hasattr(mod, attr):
+                delattr(mod, attr)
+    del model._spattn_state
+    return model
+
+
+def layers(model) -> List[LayerState]:
+    """The per-layer states of a model on the spattn backend, by layer index."""
+    state = getattr(model, "_spattn_state", None)
+    if state is None:
+        raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
+    return [state.layers[i] for i in sorted(state.layers)]
+
+
+def stats(model, reset: bool = False) -> List[Dict[str, Any]]:
+    """Per layer: calls per path, mean density of the sparse calls and attention seconds.
+
+    Parameters
+    ----------
+    reset : bool
+        Clear the counters after reading them.
+    """
+    out = []
+    for st in layers(model):
+        out.append({"layer": st.layer_idx, "method": st.method.name, "dense_layer": st.dense,
+                     "calls": dict(st.calls),
+                     "density": float(np.mean(st.densities)) if st.densities else None,
+                     "seconds": st.seconds})
+        if reset:
+            st.reset()
+    return out
+
+
+@contextmanager
+def capture(model):
+    """Within the block, every attention call also stores this layer's float32 (q, k) in the
+    yielded dict {layer_idx: (q, k)} (the last call per layer), as numpy arrays (B, H, N, D)."""
+    state = getattr(model, "_spattn_state", None)
+    if state is None:
+        raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
+    store: Dict[int, tuple] = {}
+    state.capture = store
+    try:
+        yield store
+    finally:
+        state.capture = None
+
+
+def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, progress: bool = False,
+        **fit_kwargs: Any) -> Dict[int, Any]:
+    """Train every layer's learned method part on that layer's real (q, k) for `input_ids`.
+
+    The model runs once with exact attention while (q, k) are captured per layer; then each
+    layer whose method is fittable calls ``method.fit([(q, k)], **fit_kwargs)``. Use a text the
+    evaluation does not use. Returns {layer: the trainer's result}.
+    """
+    torch, _ = _require_transformers()
+    states = {st.layer_idx: st for st in layers(model)}
+    todo = sorted(states if layers_to_fit is None else set(int(i) for i in layers_to_fit))
+    saved = {i: (st.dense, st.min_prefill_tokens) for i, st in states.items()}
+    try:
+        for st in states.values():
+            st.dense = True
+        with capture(model) as store, torch.no_grad():
+            model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+    finally:
+        for i, (d, mpt) in saved.items():
+            states[i].dense, states[i].min_prefill_tokens = d, mpt
+    for st in states.values():
+        st.reset()  # the exact capture pass is not the method's work
+    fit_kwargs.setdefault("progress", False)
+    results = {}
+    it = todo
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(todo, desc="fit layers")
+    for i in it:
+        m = states[i].method
+        if m.capabilities.fittable:
+            q, k = store[i]
+            results[i] = m.fit([(q, k)], **fit_kwargs)
+    return results
+
+
+# ---------------------------------------------------------------------------------- attention
+def _to_f32(t, torch):
+    """A C-contiguous float32 numpy view of tensor `t`: no copy when already so, one otherwise."""
+    t = t.detach()
+    if t.dtype != torch.float32 or not t.is_contiguous():
+        t = torch.empty(t.shape, dtype=torch.float32).copy_(t)
+    return t.numpy()
+
+
+def _interpret_dense_mask(mask, B: int, Nq: int, Nk: int, causal: bool, torch) -> KeyMask:
+    """A 4-D mask given by the caller: accepted when it is exactly (causal or full) attention with
+    key padding; otherwise ValueError naming what it is not."""
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2:] != (Nq, Nk) or mask.shape[0] not in (1, B):
+        raise ValueError(f"attention_mask: expected a (B, 1, {Nq}, {Nk}) mask, got shape {tuple(mask.shape)} "
+                         "(per-head masks are not supported by the spattn backend)")
+    if mask.dtype == torch.bool:
+        allowed = mask
+    elif mask.is_floating_point():
+        finite = torch.isfinite(mask)
+        if bool((mask[finite] != 0).any()) or bool((mask[~finite] > 0).any()):
+            raise ValueError("attention_mask: an additive float mask must hold only 0 and -inf; "
+                             "the spattn backend has no attention bias")
+        allowed = finite
+    else:
+        raise ValueError(f"attention_mask: expected a bool or float mask, got dtype {mask.dtype}")
+    allowed = allowed[:, 0].expand(B, Nq, Nk)
+    key_valid = allowed.any(dim=1)  # (B, Nk): keys some query may see
+    base = torch.ones(Nq, Nk, dtype=torch.bool)
+    if causal:
+        base = torch.ones(Nq, Nk, dtype=torch.bool).tril(diagonal=Nk - Nq)
+    expect = base[None] & key_valid[:, None, :]
+    # rows of padded queries (their own key padded) may differ: their output is discarded
+    real_rows = expect.any(dim=2)
+    if not bool(((allowed == expect) | ~real_rows[:, :, None]).all()):
+        raise ValueError("attention_mask: this 4-D mask is not causal attention with key padding "
+                         f"(causal={causal}); the spattn backend cannot express it")
+    return KeyMask(causal=causal, kv_length=Nk, key_valid=None if bool(key_valid.all()) else key_valid)
+
+
+def _run(state: LayerState, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool,
+         scale: Optional[float]) -> np.ndarray:
+    """One batch of unpadded rows: choose the path, run it, count it."""
+    Nq, Nk = q.shape[2], k.shape[2]
+    if Nq == 1 and state.decode_method is not None and not state.dense:
+        dm = state.decode_method
+        if dm.capabilities.supports(causal=causal, q_len=Nq, kv_len=Nk):
+            state.count("decode_method")
+            return _run_method(state, dm, q, k, v, causal, scale)
+    if state.dense or state.method.capabilities.exact or Nq == 1:
+        state.count("dense")
+        return _dense_attention(q, k, v, causal=causal, scale=scale)
+    if Nk < state.min_prefill_tokens:
+        state.count("short")
+        return _dense_attention(q, k, v, causal=causal, scale=scale)
+    m = state.method
+    if not m.capabilities.supports(causal=causal, q_len=Nq, kv_len=Nk):
+        reason = (f"{m.name} needs {m.capabilities.lengths_text()}" if m.capabilities.causal == causal or causal
+                  else f"{m.name} is causal-only")
+        if (Nq != Nk) and not m.capabilities.chunked:
+            reason = f"{m.name} does not estimate chunked prefill (Nq != Nk)"
+        key = f"fallback: {reason}"
+        state.count(key)
+        if key not in state._warned:
+            state._warned.add(key)
+            warnings.warn(f"spattn layer {state.layer_idx}: {reason}; Nq={Nq}, Nk={Nk} runs exact attention",
+                          RuntimeWarning, stacklevel=3)
+        return _dense_attention(q, k, v, causal=causal, scale=scale)
+    state.count("sparse")
+    return _run_method(state, m, q, k, v, causal, scale)
+
+
+def _run_method(state: LayerState, m: Method, q, k, v, causal: bool, scale) -> np.ndarray:
+    mask = m.estimate(q, k, causal=causal, scale=scale)
+    if isinstance(mask, BlockMask):
+        out = block_sparse_attention(q, k, v, mask, causal=causal, scale=scale)
+        state.densities.append(float(np.mean(mask.density(causal=causal))))
+    else:
+        out = token_sparse_attention(q, k, v, mask, causal=causal, scale=scale)
+        state.densities.append(float(np.mean(mask.density(q_len=q.shape[2], causal=causal))))
+    return out
+
+
+def _contiguous_run(valid: np.ndarray, name: str) -> tuple:
+    idx = np.flatnonzero(valid)
+    if idx.size == 0:
+        return 0, 0
+    s, e = int(idx[0]), int(idx[-1]) + 1
+    if e - s != idx.size:
+        raise ValueError(f"{name}: the key padding of a batch row has holes (valid keys not contiguous, e.g. right "
+                         "padding followed by generation); the spattn backend supports left padding "
+                         "(tokenizer.padding_side = 'left') and right padding of a prompt")
+    return s, e
+
+
+def attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
+                      scaling: Optional[float] = None, is_causal: Optional[bool] = None, **kwargs):
+    """The ``AttentionInterface`` entry (see the module docstring); returns (out (B, Nq, H, Dv), None)."""
+    import torch
+
+    state: Optional[LayerState] = getattr(module, "_spattn_layer", None)
+    if state is None:
+        raise ValueError("this model runs attn_implementation='spattn' but was not set up by "
+                         "spattn.integrations.hf.use(model, method=...), which chooses the method per layer")
+    if dropout:
+        raise ValueError(f"the spattn backend is for inference: attention dropout must be 0, got {dropout} "
+                         "(call model.eval())")
+    for name in ("softcap", "sliding_window", "s_aux", "position_bias"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"the spattn attention backend does not support {name} (got {kwargs[name]!r})")
+    if kwargs.get("output_attentions"):
+        raise ValueError("the spattn backend does not return attention weights (output_attentions=True)")
+    t0 = time.perf_counter()
+    B, Hq, Nq, _ = query.shape
+    Nk = key.shape[2]
+    causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+    if attention_mask is None:
+        km = KeyMask(causal=causal, kv_length=Nk)
+    elif isinstance(attention_mask, KeyMask):
+        km = attention_mask
+        if km.causal != causal and not causal:
+            km = KeyMask(causal=False, kv_length=km.kv_length, key_valid=km.key_valid)
+    elif isinstance(attention_mask, torch.Tensor):
+        km = _interpret_dense_mask(attention_mask, B, Nq, Nk, causal, torch)
+    else:
+        raise ValueError(f"attention_mask: the spattn backend got a {type(attention_mask).__name__}; "
+                         "expected None, its own mask or a 4-D bool/float tensor")
+    if km.kv_length < Nk:  # a static cache holds empty slots past the visible keys
+        key, value = key[:, :, :km.kv_length], value[:, :, :km.kv_length]
+        Nk = km.kv_length
+    out_dtype = query.dtype
+    q = _to_f32(query, torch)
+    k = _to_f32(key, torch)
+    v = _to_f32(value, torch)
+    scale = None if scaling is None else float(scaling)
+    if km.key_valid is None:
+        out = _run(state, q, k, v, km.causal, scale)
+    else:
+        valid = km.key_valid.detach().cpu().numpy().astype(bool)
+        if valid.shape[0] == 1 and B > 1:
+            valid = np.broadcast_to(valid, (B, valid.shape[1]))
+        out = np.zeros((B, Hq, Nq, v.shape[3]), dtype=np.float32)
+        for b in range(B):
+            if km.causal:
+                s, e = _contiguous_run(valid[b], "attention_mask")
+                shift = Nk - Nq
+                qs, qe = max(0, s - shift), min(Nq, e - shift)
+                if e > s and qe > qs:
+                    out[b:b + 1, :, qs:qe] = _run(state, q[b:b + 1, :, qs:qe], k[b:b + 1, :, s:e],
+                                                  v[b:b + 1, :, s:e], True, scale)
+            else:
+                idx = np.flatnonzero(valid[b])
+                if idx.size:
+                    kb = k[b:b + 1, :, idx] if idx.size != Nk else k[b:b + 1]
+                    vb = v[b:b + 1, :, idx] if idx.size != Nk else v[b:b + 1]
+                    out[b:b + 1] = _run(state, q[b:b + 1], kb, vb, False, scale)
+    model_state = _model_state_of(module)
+    if model_state is not None and model_state.capture is not None:
+        model_state.capture[state.layer_idx] = (np.array(q), np.array(k))
+    res = torch.from_numpy(out).transpose(1, 2)
+    res = res.to(out_dtype).contiguous() if out_dtype != torch.float32 else res.contiguous()
+    state.seconds += time.perf_counter() - t0
+    return res, None
+
+
+def _model_state_of(module) -> Optional[_ModelState]:
+    return getattr(module, "_spattn_model", None)
+
+
+__all__ = ["use", "restore", "register", "layers", "stats", "capture", "fit", "attention_forward",
+           "KeyMask", "LayerState", "NAME"]

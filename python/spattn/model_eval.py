@@ -1,0 +1,356 @@
+"""Evaluation of methods inside a real pretrained model (``python -m spattn eval``).
+
+For each sequence length and method, with the model on the spattn transformers backend
+(:mod:`spattn.integrations.hf`):
+
+- **perplexity** of the evaluation text (:func:`spattn.models.long_text`, its first n tokens),
+  the whole sequence as one sparse prefill; next-token loss over all n - 1 positions;
+- **passkey retrieval**: a sentence "The pass key is K. Remember it. K is the pass key." is put
+  into the same text at several depths (share of the text before it), the prompt ends with
+  "What is the pass key? The pass key is", the model generates 8 tokens greedily (prefill with
+  the method, decode steps dense or ``decode_method``); a hit is K among them;
+- **recall and density on the model's real attention**: (q, k) of every layer and head are
+  captured from the exact (dense) run on the text, each layer's estimator is applied to them, and
+  :func:`spattn.metrics.recall` / density are taken per layer and head;
+- **prefill time** of the whole model (the decoder stack without the LM head) on the text, and
+  the attention share of it, against the dense backend and against transformers' ``sdpa``.
+
+Methods that need a trained state (``capabilities.needs_fit``) are fitted per layer on (q, k)
+captured from a held-out text (:func:`spattn.models.long_text` with ``held_out=True``). Methods
+whose capabilities exclude causal prefill are skipped with the reason in the record.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import methods as _methods
+from . import metrics
+from . import models as _models
+
+DEPTHS = (0.1, 0.5, 0.9)
+
+
+@dataclass
+class ModelRecord:
+    """One (method, length) row of a model evaluation; times in seconds."""
+
+    method: str
+    n: int
+    params: Dict[str, Any] = field(default_factory=dict)
+    skipped: Optional[str] = None
+    perplexity: Optional[float] = None
+    perplexity_dense: Optional[float] = None
+    perplexity_sdpa: Optional[float] = None
+    passkey_hits: int = 0
+    passkey_trials: int = 0
+    passkey_outputs: List[str] = field(default_factory=list)
+    recall: Optional[float] = None
+    density: Optional[float] = None
+    recall_per_layer: List[float] = field(default_factory=list)
+    density_per_layer: List[float] = field(default_factory=list)
+    backend_density: Optional[float] = None
+    prefill_s: Optional[float] = None
+    prefill_dense_s: Optional[float] = None
+    prefill_sdpa_s: Optional[float] = None
+    attention_s: Optional[float] = None
+    attention_dense_s: Optional[float] = None
+    calls: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def passkey_accuracy(self) -> Optional[float]:
+        return self.passkey_hits / self.passkey_trials if self.passkey_trials else None
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["passkey_accuracy"] = self.passkey_accuracy
+        return d
+
+
+def _perplexity_and_time(model, ids, torch, chunk: int = 1024):
+    """Perplexity of `ids` (one prefill) and the seconds of the decoder stack; the LM head and the
+    loss run in chunks afterwards (never an n x vocab logits tensor)."""
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
+        seconds = time.perf_counter() - t0
+        head = model.get_output_embeddings()
+        nll, count = 0.0, 0
+        for s in range(0, ids.shape[1] - 1, chunk):
+            e = min(ids.shape[1] - 1, s + chunk)
+            logits = head(hidden[:, s:e]).float()
+            nll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                           ids[:, s + 1:e + 1].reshape(-1), reduction="sum"))
+            count += (e - s) * ids.shape[0]
+    return float(np.exp(nll / count)), seconds
+
+
+def passkey_prompt(tokenizer, text_ids, n: int, depth: float, key: int):
+    """A prompt of exactly `n` tokens: the text with the passkey sentence inserted after
+    ``depth`` of it, then the question."""
+    import torch
+
+    needle = tokenizer(f"\nThe pass key is {key}. Remember it. {key} is the pass key.\n",
+                       add_special_tokens=False).input_ids
+    question = tokenizer("\nWhat is the pass key? The pass key is", add_special_tokens=False).input_ids
+    n_fill = n - len(needle) - len(question)
+    if n_fill <= 0 or n_fill > text_ids.shape[-1]:
+        raise ValueError(f"n: {n} tokens cannot hold the passkey prompt with this text")
+    pos = int(round(depth * n_fill))
+    flat = text_ids.reshape(-1).tolist()
+    return torch.tensor([flat[:pos] + needle + flat[pos:n_fill] + question])
+
+
+def _passkey(model, tokenizer, text_ids, n, depths, seed, torch):
+    rng = np.random.default_rng(seed)
+    hits, outs = 0, []
+    for depth in depths:
+        key = int(rng.integers(10000, 100000))
+        ids = passkey_prompt(tokenizer, text_ids, n, depth, key)
+        with torch.no_grad():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                 pad_token_id=tokenizer.eos_token_id)
+        text = tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+        hit = str(key) in text
+        hits += int(hit)
+        outs.append(f"depth {depth}: key {key} -> {text.strip()!r}{'' if hit else ' (miss)'}")
+    return hits, outs
+
+
+def _real_recall(method_layers, captured, causal=True):
+    recalls, densities = [], []
+    for st in method_layers:
+        q, k = captured[st.layer_idx]
+        if st.dense or st.method.capabilities.exact:
+            recalls.append(1.0)
+            densities.append(1.0)
+            continue
+        mask = st.method.estimate(q, k, causal=causal)
+        recalls.append(float(np.nanmean(metrics.recall(q, k, mask, causal=causal))))
+        densities.append(float(np.mean(metrics.density(mask, causal=causal, q_len=q.shape[2]))))
+    return recalls, densities
+
+
+def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Sequence[int], *,
+                   params: Optional[Dict[str, Dict[str, Any]]] = None, depths: Sequence[float] = DEPTHS,
+                   decode_method: Optional[str] = None, min_prefill_tokens: int = 1024, fit_tokens: int = 2048,
+                   fit_steps: int = 100, seed: int = 0, progress: bool = True,
+                   keep_captured: Optional[Dict[int, Any]] = None,
+                   keep_methods: Optional[Dict[str, Any]] = None) -> List[ModelRecord]:
+    """Evaluate `method_names` on `model` at each of `lengths` (see the module docstring).
+
+    Parameters
+    ----------
+    model, tokenizer
+        A causal LM and its tokenizer (e.g. from :func:`spattn.models.load`).
+    method_names : names from the registry; "dense" is the exact reference and always runs.
+    lengths : sequence lengths in tokens.
+    params : {method: {param: value}} overrides.
+    depths : passkey depths (share of the text before the passkey).
+    decode_method : run on decode steps of the passkey generation (default exact).
+    min_prefill_tokens : passed to :func:`spattn.integrations.hf.use`.
+    fit_tokens, fit_steps : held-out tokens and steps for methods that need fitting.
+    keep_captured : if a dict, receives {n: {layer: (q, k)}} of the dense runs (for plots).
+    keep_methods : if a dict, receives {method: [its Method instance per layer]} (fitted ones included).
+
+    Returns
+    -------
+    list of ModelRecord, by length then method.
+    """
+    import torch
+
+    from .integrations import hf
+
+    params = params or {}
+    names = list(dict.fromkeys(["dense", *method_names]))
+    for n in names:
+        _methods.lookup(n)  # unknown names fail before any model work
+    text = _models.text_ids(tokenizer, max(lengths))
+    records: List[ModelRecord] = []
+    fitted: Dict[str, Any] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(lengths) * (len(names) + 1), desc="eval", unit="run")
+    try:
+        for n in lengths:
+            ids = text[:, :n]
+            # transformers' own sdpa: the reference for perplexity and time
+            if getattr(model, "_spattn_state", None) is not None:
+                hf.restore(model)
+            ppl_sdpa, t_sdpa = _perplexity_and_time(model, ids, torch)
+            if bar is not None:
+                bar.update(1)
+            dense_rec = None
+            captured = None
+            for name in names:
+                if bar is not None:
+                    bar.set_postfix_str(f"n={n} {name}")
+                rec = ModelRecord(method=name, n=n, perplexity_sdpa=ppl_sdpa, prefill_sdpa_s=t_sdpa)
+                caps = _methods.capabilities(name)
+                if not caps.causal or not caps.prefill:
+                    rec.skipped = f"{name} cannot run causal prefill (capabilities)"
+                    records.append(rec)
+                    if bar is not None:
+                        bar.update(1)
+                    continue
+                method_arg: Any = name
+                if name in fitted:
+                    method_arg = fitted[name]
+                hf.use(model, method=method_arg, decode_method=decode_method,
+                       min_prefill_tokens=min_prefill_tokens, **(params.get(name, {}) if name not in fitted else {}))
+                states = hf.layers(model)
+                if keep_methods is not None:
+                    keep_methods[name] = [st.method for st in states]
+                rec.params = states[0].method.describe_params()
+                if caps.needs_fit and name not in fitted:
+                    fit_ids = _models.text_ids(tokenizer, fit_tokens, held_out=True)
+                    hf.fit(model, fit_ids, steps=fit_steps)
+                    fitted[name] = [st.method for st in states]
+                    rec.params = states[0].method.describe_params()
+                if name == "dense":
+                    with hf.capture(model) as store:
+                        ppl, t = _perplexity_and_time(model, ids, torch)
+                    captured = dict(store)
+                    if keep_captured is not None:
+                        keep_captured[n] = captured
+                else:
+                    hf.stats(model, reset=True)
+                    ppl, t = _perplexity_and_time(model, ids, torch)
+                st = hf.stats(model, reset=True)
+                rec.perplexity, rec.prefill_s = ppl, t
+                rec.attention_s = float(sum(s["seconds"] for s in st))
+                dens = [s["density"] for s in st if s["density"] is not None]
+                rec.backend_density = float(np.mean(dens)) if dens else (1.0 if name == "dense" else None)
+                calls: Dict[str, int] = {}
+                for s in st:
+                    for key, c in s["calls"].items():
+                        calls[key] = calls.get(key, 0) + c
+                rec.calls = calls
+                rec.recall_per_layer, rec.density_per_layer = _real_recall(states, captured)
+                rec.recall = float(np.mean(rec.recall_per_layer))
+                rec.density = float(np.mean(rec.density_per_layer))
+                rec.passkey_hits, rec.passkey_outputs = _passkey(model, tokenizer, text, n, depths, seed, torch)
+                rec.passkey_trials = len(depths)
+                hf.stats(model, reset=True)
+                if name == "dense":
+                    dense_rec = rec
+                if dense_rec is not None:
+                    rec.perplexity_dense = dense_rec.perplexity
+                    rec.prefill_dense_s = dense_rec.prefill_s
+                    rec.attention_dense_s = dense_rec.attention_s
+                records.append(rec)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if getattr(model, "_spattn_state", None) is not None:
+            hf.restore(model)
+    return records
+
+
+def format_table(records: Sequence[ModelRecord]) -> str:
+    """A markdown table of the records (one row per method and length)."""
+    head = ("| method | n | perplexity (dense) | passkey | real recall | density | prefill s | "
+            "vs dense | vs sdpa | attention s (dense) |")
+    lines = [head, "|" + " --- |" * 10]
+    for r in records:
+        if r.skipped:
+            lines.append(f"| {r.method} | {r.n} | skipped: {r.skipped} |" + " |" * 7)
+            continue
+        lines.append(
+            f"| {r.method} | {r.n} | {r.perplexity:.3f} ({r.perplexity_dense:.3f}) | "
+            f"{r.passkey_hits}/{r.passkey_trials} | {r.recall:.3f} | {r.density:.3f} | {r.prefill_s:.2f} | "
+            f"{r.prefill_dense_s / r.prefill_s:.2f}x | {r.prefill_sdpa_s / r.prefill_s:.2f}x | "
+            f"{r.attention_s:.2f} ({r.attention_dense_s:.2f}) |")
+    return "\n".join(lines)
+
+
+def plot_perplexity_density(records: Sequence[ModelRecord], path: str) -> None:
+    """PNG: perplexity against real density, one marker per method and length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rows = [r for r in records if not r.skipped]
+    lengths = sorted({r.n for r in rows})
+    markers = "osD^v<>"
+    names = list(dict.fromkeys(r.method for r in rows))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for li, n in enumerate(lengths):
+        for mi, name in enumerate(names):
+            for r in rows:
+                if r.n == n and r.method == name:
+                    ax.scatter(r.density, r.perplexity, marker=markers[li % len(markers)],
+                               color=colors[mi % len(colors)], s=50,
+                               label=name if li == 0 else None)
+        dense = [r for r in rows if r.n == n and r.method == "dense"]
+        if dense:
+            ax.axhline(dense[0].perplexity, color="gray", lw=0.8, ls=":")
+            ax.annotate(f"dense, n={n}", (0.01, dense[0].perplexity), xycoords=ax.get_yaxis_transform(),
+                        fontsize=8, color="gray", xytext=(0, 2), textcoords="offset points")
+    ax.set_xlabel("density (share of causal pairs computed, real q/k, mean over layers and heads)")
+    ax.set_ylabel("perplexity")
+    ax.set_title("SmolLM2-135M: perplexity against density (markers: " +
+                 ", ".join(f"{markers[i % len(markers)]} n={n}" for i, n in enumerate(lengths)) + ")", fontsize=9)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_masks(model_layers_by_method: Dict[str, Any], q, k, path: str, *, layer: int, head: int,
+               block: int = 64) -> None:
+    """PNG: the exact attention map of one real head (block-summed, log scale) next to each
+    method's mask on the same head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from . import _core
+    from .masks import BlockMask
+
+    bmap, _ = _core.block_attention_map(q, k, block, block, True, None, "sum")
+    exact = bmap[0, head]
+    names = list(model_layers_by_method)
+    cols = 1 + len(names)
+    fig, axes = plt.subplots(1, cols, figsize=(2.6 * cols, 2.9))
+    with np.errstate(divide="ignore"):
+        axes[0].imshow(np.log10(np.maximum(exact, 1e-6)), cmap="viridis", interpolation="nearest")
+    axes[0].set_title(f"exact (layer {layer}, head {head})", fontsize=8)
+    nq = q.shape[2]
+    for ax, name in zip(axes[1:], names):
+        m = model_layers_by_method[name]
+        mask = m.estimate(q, k, causal=True)
+        if isinstance(mask, BlockMask):
+            img = mask.blocks[0, head].astype(float)
+            d = float(mask.density(causal=True)[0, head])
+        else:
+            dense = mask.to_dense(q_len=nq, causal=True)[0, head]
+            nb = (nq + block - 1) // block
+            pad = np.zeros((nb * block, nb * block), bool)
+            pad[:dense.shape[0], :dense.shape[1]] = dense
+            img = pad.reshape(nb, block, nb, block).mean(axis=(1, 3))
+            d = float(mask.density(q_len=nq, causal=True)[0, head])
+        axes_img = ax.imshow(img, cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+        del axes_img
+        ax.set_title(f"{name} (density {d:.2f})", fontsize=8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"SmolLM2-135M, n={nq}: exact attention (log10 block mass) and each method's mask", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+__all__ = ["evaluate_model", "ModelRecord", "format_table", "plot_perplexity_density", "plot_masks",
+           "passkey_prompt", "DEPTHS"]
