@@ -65,6 +65,12 @@ class ModelRecord:
     def passkey_accuracy(self) -> Optional[float]:
         return self.passkey_hits / self.passkey_trials if self.passkey_trials else None
 
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "ModelRecord":
+        """The record of :meth:`as_dict` (derived keys ignored)."""
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
     def as_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["passkey_accuracy"] = self.passkey_accuracy

@@ -88,13 +88,25 @@ def load(name: str = "smollm2", *, dtype=None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:  # transformers' GGUF reader draws a bar per load with plain tqdm: silence it for this call only
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - module layout of another transformers version
+        gguf_utils = None
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+    if gguf_tqdm is not None:
+        gguf_utils.tqdm = lambda iterable, *a, **kw: iterable
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     finally:
         hf_logging.set_verbosity(verbosity)
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
+        if bars:
+            hf_logging.enable_progress_bar()
     if dtype is not None:
         model = model.to(dtype)
     model.config._spattn_model_name = name

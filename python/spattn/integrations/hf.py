@@ -173,7 +173,7 @@ def _mask_function(batch_size: int, q_length: int, kv_length: int, q_offset: int
     key_valid = None
     if attention_mask is not None:
         pad = mu.prepare_padding_mask(attention_mask, kv_length, kv_offset)
-        key_valid = pad[:, kv_offset:kv_offset + visible].to(dtype=attention_mask.dtype).bool()
+        key_valid = pad[:, kv_offset:kv_offset + visible].bool()
         if bool(key_valid.all()):
             key_valid = None
     if causal and key_valid is None and visible == kv_length:
@@ -432,11 +432,14 @@ def _run(state: LayerState, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal:
         state.count("short")
         return _dense_attention(q, k, v, causal=causal, scale=scale)
     m = state.method
-    if not m.capabilities.supports(causal=causal, q_len=Nq, kv_len=Nk):
-        reason = (f"{m.name} needs {m.capabilities.lengths_text()}" if m.capabilities.causal == causal or causal
-                  else f"{m.name} is causal-only")
-        if (Nq != Nk) and not m.capabilities.chunked:
+    caps = m.capabilities
+    if not caps.supports(causal=causal, q_len=Nq, kv_len=Nk):
+        if not (caps.causal if causal else caps.noncausal):
+            reason = f"{m.name} is defined for {'non-causal' if causal else 'causal'} attention only"
+        elif Nq != Nk and not caps.chunked:
             reason = f"{m.name} does not estimate chunked prefill (Nq != Nk)"
+        else:
+            reason = f"{m.name} needs {caps.lengths_text()}"
         key = f"fallback: {reason}"
         state.count(key)
         if key not in state._warned:
@@ -494,10 +497,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
     if attention_mask is None:
         km = KeyMask(causal=causal, kv_length=Nk)
-    elif isinstance(attention_mask, KeyMask):
+    elif isinstance(attention_mask, KeyMask):  # from the mask function: it knows the pattern
         km = attention_mask
-        if km.causal != causal and not causal:
-            km = KeyMask(causal=False, kv_length=km.kv_length, key_valid=km.key_valid)
     elif isinstance(attention_mask, torch.Tensor):
         km = _interpret_dense_mask(attention_mask, B, Nq, Nk, causal, torch)
     else:
