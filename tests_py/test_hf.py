@@ -207,6 +207,16 @@ def test_bf16_model(model):
     assert (out.float() - ref.float()).abs().max() < 0.05
 
 
+def test_bf16_decode_reads_the_cache_as_stored(model, monkeypatch):
+    mb = copy.deepcopy(model).to(torch.bfloat16)
+    hf.use(mb, method="dense")
+    calls = []
+    real = spattn._core.dense_attention_half
+    monkeypatch.setattr(spattn._core, "dense_attention_half", lambda *a: calls.append(a[3]) or real(*a))
+    mb.generate(ids_of(1, 20), max_new_tokens=3, do_sample=False)
+    assert calls and all(calls)  # bf16 bits, every layer and step
+
+
 def test_q_is_copied_once_and_kv_not_at_all(model, monkeypatch):
     copies = []
     real = torch.empty

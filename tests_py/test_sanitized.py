@@ -35,7 +35,8 @@ def test_kernel_tests_pass_under_asan_and_ubsan(tmp_path):
     # libstdc++ preloaded too: ASan intercepts __cxa_throw and must find it at start-up.
     env = dict(os.environ, PYTHONPATH=str(tmp_path), LD_PRELOAD=f"{asan} {stdcxx}",
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1")
-    tests = ["test_kernels.py", "test_plan.py", "test_reliability.py", "test_pinned.py", "test_simd_levels.py"]
+    tests = ["test_kernels.py", "test_plan.py", "test_reliability.py", "test_pinned.py", "test_simd_levels.py",
+             "test_half_kv.py"]
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                          cwd=HERE, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]

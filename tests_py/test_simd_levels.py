@@ -48,6 +48,7 @@ def test_override_takes_effect_or_falls_back(level):
 def test_kernel_tests_pass_at_every_level(level):
     env = dict(os.environ, SPATTN_SIMD=level)
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          str(HERE / "test_kernels.py"), str(HERE / "test_plan.py"), str(HERE / "test_pinned.py")],
+                          str(HERE / "test_kernels.py"), str(HERE / "test_plan.py"), str(HERE / "test_pinned.py"),
+                          str(HERE / "test_half_kv.py")],
                          env=env, capture_output=True, text=True, cwd=HERE)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]

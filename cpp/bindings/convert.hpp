@@ -24,6 +24,7 @@ namespace py = pybind11;
 using FArr = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using IArr = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 using BArr = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using HArr = py::array_t<uint16_t, py::array::c_style>;  // half-precision bits (no cast: dtype checked in Python)
 
 inline std::string shape_str(const py::array& a) {
   std::string s = "(";

@@ -89,6 +89,31 @@ void bind_kernels(py::module_& m) {
     return run_attention(q, k, v, causal, scale, [](const AttnArgs& a) { dense_attention(a); });
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("scale"));
 
+  m.def("dense_attention_half", [](const FArr& q, const HArr& k, const HArr& v, bool bf16, bool causal,
+                                   const OptScale& scale) {
+    AttnArgs a;
+    a.shape = qkv_shape(q, k, &v);
+    a.q = q.data();
+    a.kv = bf16 ? KVStorage::BF16 : KVStorage::F16;
+    a.k_half = k.data();
+    a.v_half = v.data();
+    a.causal = causal;
+    a.scale = check_scale(scale);
+    const AttnShape& s = a.shape;
+    FArr out({s.B, s.Hq, s.Nq, s.Dv});
+    FArr lse({s.B, s.Hq, s.Nq});
+    a.out = out.mutable_data();
+    a.lse = lse.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      dense_attention(a);
+    }
+    return py::make_tuple(out, lse);
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bf16"), py::arg("causal"), py::arg("scale"),
+     "Dense attention with K and V stored in half precision: k, v hold the uint16 bits of IEEE fp16 "
+     "(bf16=False) or bfloat16 (bf16=True) values; accumulation in float32. Few-row calls (decode) widen "
+     "each tile as they read it (half the bytes); others widen K and V once.");
+
   py::class_<BlockPlan>(m, "BlockPlan",
                         "A BlockMask compiled for the block-sparse kernel: per (b, h, q-block) the ascending "
                         "kv-block list, full blocks (no element mask) told apart from partial ones. Build it "

@@ -56,6 +56,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     e.add_argument("--plots", metavar="DIR", help="write perplexity_density.png and masks.png here")
     e.add_argument("--mask-layer", type=int, default=None, help="layer of the mask picture (default: middle)")
     e.add_argument("--mask-head", type=int, default=0)
+    e.add_argument("--skip", nargs="*", default=[], choices=["passkey", "recall"],
+                   help="leave parts out (both: a timing-only run)")
     e.add_argument("--json")
     e.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -111,12 +113,13 @@ def _eval(args, params) -> int:
     records = model_eval.evaluate_model(
         model, tok, names, args.n, params=params, depths=args.depths, decode_method=args.decode_method,
         min_prefill_tokens=args.min_prefill_tokens, fit_steps=args.fit_steps, progress=not args.no_progress,
+        skip=args.skip,
         keep_captured=captured if args.plots else None, keep_methods=kept if args.plots else None)
     print(model_eval.format_table(records))
     for r in records:
         for line in r.passkey_outputs:
             print(f"  {r.method} n={r.n} {line}")
-    if args.plots:
+    if args.plots and "recall" not in args.skip:
         os.makedirs(args.plots, exist_ok=True)
         model_eval.plot_perplexity_density(records, os.path.join(args.plots, "perplexity_density.png"))
         n = min(captured)

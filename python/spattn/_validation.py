@@ -33,6 +33,23 @@ def as_float_array(x, name: str) -> np.ndarray:
     return np.asarray(x, dtype=np.float32, order="C")  # keeps 0-d arrays 0-d (ascontiguousarray would not)
 
 
+def half_bits(x):
+    """(uint16 C-contiguous bits, is_bf16) when `x` is a float16 numpy array or a float16 / bfloat16
+    torch CPU tensor (at most one copy, for a non-contiguous input); None otherwise."""
+    if isinstance(x, np.ndarray):
+        if x.dtype == np.float16:
+            return np.ascontiguousarray(x).view(np.uint16), False
+        return None
+    if hasattr(x, "detach") and hasattr(x, "numpy") and str(getattr(x, "device", "cpu")) == "cpu":
+        dt = str(getattr(x, "dtype", ""))
+        if dt in ("torch.float16", "torch.bfloat16"):
+            import torch
+
+            bits = x.detach().contiguous().view(torch.int16).numpy().view(np.uint16)
+            return bits, dt == "torch.bfloat16"
+    return None
+
+
 def as_causal(causal) -> bool:
     """`causal` as a bool; anything but a bool (or numpy bool) raises TypeError, since the string
     "False" or an array would otherwise be silently truthy."""

@@ -260,10 +260,25 @@ def run(args) -> int:
             if torch is not None:
                 tt = _best(torch_sdpa_call(torch, q, k, v, False), 5)
                 row.update(torch_s=tt, torch_over_spattn=tt / t)
+            # half-precision K/V (fp16): read as stored vs converted to float32 up front per call
+            k16, v16 = k.astype(np.float16), v.astype(np.float16)
+            th = _best(lambda: spattn.attention(q, k16, v16, causal=True), 5)
+            tc = _best(lambda: spattn.attention(q, k16.astype(np.float32), v16.astype(np.float32), causal=True), 5)
+            row.update(fp16_s=th, fp16_convert_s=tc, fp16_kv_GBps=(k16.nbytes + v16.nbytes) / th / 1e9)
+            if torch is not None:
+                kb, vb = torch.from_numpy(k).bfloat16(), torch.from_numpy(v).bfloat16()
+                tb = _best(lambda: spattn.attention(q, kb, vb, causal=True), 5)
+                qb = torch.from_numpy(q).bfloat16()
+                ttb = _best(lambda: torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, enable_gqa=True), 5)
+                row.update(bf16_s=tb, torch_bf16_s=ttb)
             results["decode"].append(row)
             share = f" ({gbs / env['copy_GBps']:.0%} of the copy roof)" if "copy_GBps" in env else ""
             print(f"Nk={Nk:>7}: {t * 1e3:.2f} ms, {gbs:.1f} GB/s of K/V{share}"
                   + (f", torch {row['torch_s'] * 1e3:.2f} ms" if torch else ""))
+            print(f"{'':>10}fp16 K/V read as stored {th * 1e3:.2f} ms ({row['fp16_kv_GBps']:.1f} GB/s), "
+                  f"converted to float32 first {tc * 1e3:.2f} ms"
+                  + (f"; bf16 K/V {row['bf16_s'] * 1e3:.2f} ms, torch bf16 {row['torch_bf16_s'] * 1e3:.2f} ms"
+                     if torch is not None else ""))
     if args.memory:
         print("\n== peak memory above inputs (B=1, Hq=8, Hkv=2, D=128, causal), fresh process per size")
         for N in args.memory:

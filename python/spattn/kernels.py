@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._validation import as_causal, as_float_array, as_scale, check_qkv
+from ._validation import as_causal, as_float_array, as_scale, check_qkv, half_bits
 from .masks import BlockMask, TokenIndices
 
 Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
@@ -38,7 +38,17 @@ def attention(q, k, v, *, causal: bool = False, scale: Optional[float] = None,
         Logit scale, default 1/sqrt(D).
     return_lse : bool
         Also return the row log-sum-exp (B, Hq, Nq).
+
+    Half-precision K/V: when k and v are both float16 (numpy or torch) or both bfloat16 (torch),
+    they are read as stored, accumulating in float32: calls of few query rows (decode) widen each
+    key tile as they read it, reading half the bytes; other calls widen K and V once in C++. The
+    result equals attention on the float32 conversion of k and v (the conversion is exact).
     """
+    hk, hv = half_bits(k), half_bits(v)
+    if hk is not None and hv is not None and hk[1] == hv[1]:
+        q = as_float_array(q, "q")
+        out, lse = _core.dense_attention_half(q, hk[0], hv[0], hk[1], as_causal(causal), as_scale(scale))
+        return _finish(out, lse, return_lse)
     q, k, v = check_qkv(q, k, v)
     out, lse = _core.dense_attention(q, k, v, as_causal(causal), as_scale(scale))
     return _finish(out, lse, return_lse)

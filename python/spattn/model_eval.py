@@ -145,6 +145,7 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                    params: Optional[Dict[str, Dict[str, Any]]] = None, depths: Sequence[float] = DEPTHS,
                    decode_method: Optional[str] = None, min_prefill_tokens: int = 1024, fit_tokens: int = 2048,
                    fit_steps: int = 100, seed: int = 0, progress: bool = True,
+                   skip: Sequence[str] = (),
                    keep_captured: Optional[Dict[int, Any]] = None,
                    keep_methods: Optional[Dict[str, Any]] = None) -> List[ModelRecord]:
     """Evaluate `method_names` on `model` at each of `lengths` (see the module docstring).
@@ -160,6 +161,8 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
     decode_method : run on decode steps of the passkey generation (default exact).
     min_prefill_tokens : passed to :func:`spattn.integrations.hf.use`.
     fit_tokens, fit_steps : held-out tokens and steps for methods that need fitting.
+    skip : parts left out: "passkey", "recall" (e.g. both for a timing-only run; perplexity and
+        prefill time come from the same forward and always run).
     keep_captured : if a dict, receives {n: {layer: (q, k)}} of the dense runs (for plots).
     keep_methods : if a dict, receives {method: [its Method instance per layer]} (fitted ones included).
 
@@ -172,6 +175,9 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
     from .integrations import hf
 
     params = params or {}
+    bad = set(skip) - {"passkey", "recall"}
+    if bad:
+        raise ValueError(f"skip: unknown part(s) {sorted(bad)}; known: passkey, recall")
     names = list(dict.fromkeys(["dense", *method_names]))
     for n in names:
         _methods.lookup(n)  # unknown names fail before any model work
@@ -218,7 +224,7 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                     hf.fit(model, fit_ids, steps=fit_steps)
                     fitted[name] = [st.method for st in states]
                     rec.params = states[0].method.describe_params()
-                if name == "dense":
+                if name == "dense" and "recall" not in skip:
                     with hf.capture(model) as store:
                         ppl, t = _perplexity_and_time(model, ids, torch)
                     captured = dict(store)
@@ -237,11 +243,13 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                     for key, c in s["calls"].items():
                         calls[key] = calls.get(key, 0) + c
                 rec.calls = calls
-                rec.recall_per_layer, rec.density_per_layer = _real_recall(states, captured)
-                rec.recall = float(np.mean(rec.recall_per_layer))
-                rec.density = float(np.mean(rec.density_per_layer))
-                rec.passkey_hits, rec.passkey_outputs = _passkey(model, tokenizer, text, n, depths, seed, torch)
-                rec.passkey_trials = len(depths)
+                if "recall" not in skip:
+                    rec.recall_per_layer, rec.density_per_layer = _real_recall(states, captured)
+                    rec.recall = float(np.mean(rec.recall_per_layer))
+                    rec.density = float(np.mean(rec.density_per_layer))
+                if "passkey" not in skip:
+                    rec.passkey_hits, rec.passkey_outputs = _passkey(model, tokenizer, text, n, depths, seed, torch)
+                    rec.passkey_trials = len(depths)
                 hf.stats(model, reset=True)
                 if name == "dense":
                     dense_rec = rec
@@ -269,11 +277,13 @@ def format_table(records: Sequence[ModelRecord]) -> str:
         if r.skipped:
             lines.append(f"| {r.method} | {r.n} | skipped: {r.skipped} |" + " |" * 7)
             continue
+        def f(x, spec=".3f"):
+            return "—" if x is None else format(x, spec)
+        pk = f"{r.passkey_hits}/{r.passkey_trials}" if r.passkey_trials else "—"
         lines.append(
-            f"| {r.method} | {r.n} | {r.perplexity:.3f} ({r.perplexity_dense:.3f}) | "
-            f"{r.passkey_hits}/{r.passkey_trials} | {r.recall:.3f} | {r.density:.3f} | {r.prefill_s:.2f} | "
-            f"{r.prefill_dense_s / r.prefill_s:.2f}x | {r.prefill_sdpa_s / r.prefill_s:.2f}x | "
-            f"{r.attention_s:.2f} ({r.attention_dense_s:.2f}) |")
+            f"| {r.method} | {r.n} | {f(r.perplexity)} ({f(r.perplexity_dense)}) | {pk} | {f(r.recall)} | "
+            f"{f(r.density)} | {f(r.prefill_s, '.2f')} | {f(r.prefill_dense_s / r.prefill_s, '.2f')}x | "
+            f"{f(r.prefill_sdpa_s / r.prefill_s, '.2f')}x | {f(r.attention_s, '.2f')} ({f(r.attention_dense_s, '.2f')}) |")
     return "\n".join(lines)
 
 

@@ -46,10 +46,17 @@ struct AttnShape {
 
 // Inputs and outputs of one attention call. `v` may be null when Dv == 0 (statistics-only
 // passes); `lse` may be null when the caller does not want it.
+// How K and V are stored: float32 (k, v), or half precision (k_half, v_half hold IEEE fp16 or
+// bfloat16 bits; dense attention only, which widens each tile as it reads it).
+enum class KVStorage : int { F32 = 0, F16 = 1, BF16 = 2 };
+
 struct AttnArgs {
   const float* q = nullptr;
   const float* k = nullptr;
   const float* v = nullptr;
+  KVStorage kv = KVStorage::F32;
+  const uint16_t* k_half = nullptr;
+  const uint16_t* v_half = nullptr;
   AttnShape shape;
   float scale = 0.f;  // <= 0 means 1/sqrt(D)
   bool causal = false;

@@ -18,18 +18,28 @@ namespace {
 // Query rows per head in one work item: the stacked tile (group * rows) stays near 128-256 rows.
 int query_tile_rows(int group) { return std::max(16, detail::kRowsTarget / std::max(1, group)); }
 
+// Keys [j0, j1) of the item through the online softmax: float K/V read in place (K transposed
+// or row-major), half-precision K/V widened tile by tile.
+void item_keys(const AttnArgs& a, const detail::TransposedK& kt, detail::TileScratch& t, const detail::WorkItem& w,
+               int j0, int j1, detail::HalfTile& half) {
+  if (a.kv != KVStorage::F32)
+    detail::run_key_span_half(t, w.rows(), a, w.b, w.hk, j0, j1, a.causal, w.i0 + a.shape.causal_offset(), half);
+  else
+    detail::run_key_span(t, w.rows(), kt, w.b, w.hk, detail::value_head(a, w), a.shape.Dv, j0, j1, a.causal,
+                         w.i0 + a.shape.causal_offset());
+}
+
 struct DenseVariant {
   const AttnArgs& a;
   const detail::TransposedK& kt;
   int bq, nqt;
-  struct Local {};
+  using Local = detail::HalfTile;
 
   long long items() const { return (long long)a.shape.B * a.shape.Hkv * nqt; }
   detail::WorkItem item(long long it) const { return detail::grouped_item(a.shape, it, bq, nqt); }
   Local local() const { return {}; }
-  void keys(detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
-    detail::run_key_span(t, w.rows(), kt, w.b, w.hk, detail::value_head(a, w), a.shape.Dv, 0, detail::key_end(a, w),
-                         a.causal, w.i0 + a.shape.causal_offset());
+  void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& half) const {
+    item_keys(a, kt, t, w, 0, detail::key_end(a, w), half);
   }
   void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const { detail::store_item(t, a, w); }
 };
@@ -41,7 +51,7 @@ struct SplitDenseVariant {
   const detail::TransposedK& kt;
   int bq, nqt, splits, chunk;
   float *acc, *m, *l;  // (splits, B*Hq*Nq[, Dv])
-  struct Local {};
+  using Local = detail::HalfTile;
 
   long long items() const { return (long long)a.shape.B * a.shape.Hkv * nqt * splits; }
   detail::WorkItem item(long long it) const {
@@ -50,11 +60,10 @@ struct SplitDenseVariant {
     return w;
   }
   Local local() const { return {}; }
-  void keys(detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
+  void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& half) const {
     const int kend = detail::key_end(a, w);
     const int j0 = std::min(kend, w.part * chunk), j1 = std::min(kend, j0 + chunk);
-    detail::run_key_span(t, w.rows(), kt, w.b, w.hk, detail::value_head(a, w), a.shape.Dv, j0, j1, a.causal,
-                         w.i0 + a.shape.causal_offset());
+    item_keys(a, kt, t, w, j0, j1, half);
   }
   void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
     const AttnShape& s = a.shape;
@@ -114,6 +123,31 @@ int kv_splits(long long items, int nk) {
 
 }  // namespace
 
+// Half-precision K/V for a call whose tiles read K transposed (many query rows: prefill): widen
+// K and V once (exact), then the float path; the transposition copies K anyway.
+static void dense_attention_widened(const AttnArgs& a) {
+  const AttnShape& s = a.shape;
+  const bool bf16 = a.kv == KVStorage::BF16;
+  const size_t nk = size_t(s.B) * s.Hkv * s.Nk;
+  std::vector<float> k(nk * s.D), v(nk * s.Dv);
+  const auto& kern = simd::kernels();
+  const long long chunks = ceil_div(std::max<long long>(1, (long long)nk), 256);
+#pragma omp parallel for schedule(static)
+  for (long long c = 0; c < chunks; ++c) {
+    const size_t r0 = size_t(c) * 256, r1 = std::min(nk, r0 + 256);
+    if (r1 <= r0) continue;
+    kern.half_to_float(a.k_half + r0 * s.D, long(r1 - r0) * s.D, k.data() + r0 * s.D, bf16);
+    if (s.Dv > 0 && a.v_half != nullptr)
+      kern.half_to_float(a.v_half + r0 * s.Dv, long(r1 - r0) * s.Dv, v.data() + r0 * s.Dv, bf16);
+  }
+  AttnArgs f = a;
+  f.kv = KVStorage::F32;
+  f.k = k.data();
+  f.v = s.Dv > 0 ? v.data() : nullptr;
+  f.k_half = f.v_half = nullptr;
+  dense_attention(f);
+}
+
 void dense_attention(const AttnArgs& a) {
   const AttnShape& s = a.shape;
   s.validate();
@@ -121,7 +155,8 @@ void dense_attention(const AttnArgs& a) {
   const int G = s.group();
   const int bq = query_tile_rows(G);
   const int nqt = ceil_div(s.Nq, bq);
-  const detail::TransposedK kt(a, detail::use_transposed_k(G * std::min(bq, s.Nq)));
+  if (a.kv != KVStorage::F32 && detail::use_transposed_k(G * std::min(bq, s.Nq))) return dense_attention_widened(a);
+  const detail::TransposedK kt(a, a.kv == KVStorage::F32 && detail::use_transposed_k(G * std::min(bq, s.Nq)));
   const long long items = (long long)s.B * s.Hkv * nqt;
   // Split only work items of a few rows (decode): prefill tiles already fill the threads.
   const int splits = detail::use_transposed_k(G * std::min(bq, s.Nq)) ? 1 : kv_splits(items, s.Nk);

@@ -269,6 +269,35 @@ inline void run_key_span(TileScratch& t, int rows, const TransposedK& kt, int b,
   }
 }
 
+// Per-thread buffers for key tiles stored in half precision.
+struct HalfTile {
+  AlignedFloats k, v;
+};
+
+// Keys [j0, j1) of kv head (b, hk) of half-precision K/V (a.kv != F32): each tile's K and V rows
+// are widened to float into the thread's buffers (exact), then run through `step` as a row-major
+// segment. Reads 2 bytes per element from memory instead of 4; used by work items of few rows
+// (decode), whose products read K row-major.
+template <class Step = OnlineSoftmax>
+inline void run_key_span_half(TileScratch& t, int rows, const AttnArgs& a, int b, int hk, int j0, int j1, bool causal,
+                              int min_lim, HalfTile& buf, const Step& step = Step{}) {
+  const AttnShape& s = a.shape;
+  const bool bf16 = a.kv == KVStorage::BF16;
+  const auto& kern = simd::kernels();
+  if (buf.k.size() < size_t(t.bk) * s.D) buf.k.assign(size_t(t.bk) * s.D, 0.f);
+  if (s.Dv > 0 && buf.v.size() < size_t(t.bk) * s.Dv) buf.v.assign(size_t(t.bk) * s.Dv, 0.f);
+  const uint16_t* kh = a.k_half + s.k_index(b, hk, 0);
+  const uint16_t* vh = s.Dv > 0 && a.v_half != nullptr ? a.v_half + s.v_index(b, hk, 0) : nullptr;
+  for (int j = j0; j < j1;) {
+    const int cols = std::min({TransposedK::T - j % TransposedK::T, j1 - j, t.bk});  // run_key_span's tiles
+    kern.half_to_float(kh + size_t(j) * s.D, long(cols) * s.D, buf.k.data(), bf16);
+    if (vh != nullptr) kern.half_to_float(vh + size_t(j) * s.Dv, long(cols) * s.Dv, buf.v.data(), bf16);
+    const KeySegment seg{nullptr, s.D, buf.k.data(), vh != nullptr ? buf.v.data() : nullptr, s.Dv, cols, j, nullptr};
+    step(t, rows, &seg, 1, causal && (j + cols - 1 > min_lim));
+    j += cols;
+  }
+}
+
 // Write stacked row r as output row (b, h, i): out = acc / l, lse = m + log l; empty rows
 // give out = 0 and lse = -inf.
 inline void store_row(const TileScratch& t, int r, const AttnArgs& a, int b, int h, int i) {

@@ -4,8 +4,10 @@
 // a block masked, V consumed in L1-sized chunks; plus a vectorised exp (Cephes polynomial) and max.
 #include "simd.hpp"
 
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
+
+#include <cstring>
 
 namespace spattn::simd {
 
@@ -331,8 +333,24 @@ void scale_row(float* x, int n, float alpha) {
 }
 
 #include "online_softmax.inl"
+#include "half.inl"
 
-const Kernels kTable{Level::AVX2, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax};
+void half_to_float(const uint16_t* src, long n, float* dst, bool bf16) {
+  long i = 0;
+  if (bf16) {
+    for (; i + 8 <= n; i += 8) {
+      const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+      _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+  } else {
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
+  half_to_float_scalar(src + i, n - i, dst + i, bf16);
+}
+
+const Kernels kTable{Level::AVX2, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax,
+                     &half_to_float};
 
 }  // namespace
 

@@ -10,6 +10,8 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__) && defined(__FMA__)
 #include <immintrin.h>
 
+#include <cstring>
+
 namespace spattn::simd {
 
 namespace {
@@ -239,8 +241,24 @@ void scale_row(float* x, int n, float alpha) {
 }
 
 #include "online_softmax.inl"
+#include "half.inl"
 
-const Kernels kTable{Level::AVX512, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax};
+void half_to_float(const uint16_t* src, long n, float* dst, bool bf16) {
+  long i = 0;
+  if (bf16) {
+    for (; i + 16 <= n; i += 16) {
+      const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)));
+      _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+    }
+  } else {
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  }
+  half_to_float_scalar(src + i, n - i, dst + i, bf16);
+}
+
+const Kernels kTable{Level::AVX512, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax,
+                     &half_to_float};
 
 }  // namespace
 

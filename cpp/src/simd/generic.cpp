@@ -2,6 +2,8 @@
 // vectorised exp at whatever the build targets (SSE2 on a default x86-64 build, NEON on ARM).
 #include <Eigen/Core>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "simd.hpp"
@@ -48,8 +50,10 @@ float max_of(const float* x, int n) {
 void scale_row(float* x, int n, float alpha) { Eigen::Map<Eigen::ArrayXf>(x, n) *= alpha; }
 
 #include "online_softmax.inl"
+#include "half.inl"
 
-const Kernels kTable{Level::Generic, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax};
+const Kernels kTable{Level::Generic, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax,
+                     &half_to_float_scalar};
 
 }  // namespace
 

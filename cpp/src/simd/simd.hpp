@@ -9,6 +9,7 @@
 // so no inline function compiled with AVX-512 flags can be picked by the linker for baseline code.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,9 @@ struct Kernels {
   // The online-softmax update of a tile's rows (simd/online_softmax.inl): visible prefix ncols[r]
   // of each row of S (row stride cols), running max m and sum l, accumulator rows (stride dv).
   void (*online_softmax)(float* S, int rows, int cols, const int* ncols, float* m, float* l, float* acc, int dv);
+  // dst[i] = float(src[i]) for i < n, src holding IEEE fp16 (bf16 = false) or bfloat16 bits
+  // (exact): half-precision K/V tiles are widened as they are read.
+  void (*half_to_float)(const uint16_t* src, long n, float* dst, bool bf16);
 };
 
 // The kernels chosen at load (CPU detection, SPATTN_SIMD override).

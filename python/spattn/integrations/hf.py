@@ -24,8 +24,10 @@ What runs where, per call of a layer:
 Tensors: q arrives from transformers as a transposed view (B, H, Nq, D) of (B, Nq, H, D); it is
 copied once to contiguous float32. k and v (the cache) are used without a copy when float32 and
 contiguous. GQA is not expanded: spattn's query head h reads kv head h // (Hq / Hkv), which is
-transformers' ``repeat_kv`` layout. bf16 / fp16 models work: q, k, v are converted to float32
-once per call and the output back to the model's dtype.
+transformers' ``repeat_kv`` layout. bf16 / fp16 models work: exact attention (decode steps, short
+prompts, dense layers) reads the half-precision cache as stored (float32 accumulation; no
+conversion); estimators and sparse kernels get k and v converted to float32 once per call; the
+output goes back to the model's dtype.
 
 Masks: the registered mask function never builds an Nq x Nk mask. It hands the attention
 function the causal flag and the 2-D key padding mask; a padded batch row runs on its valid keys
@@ -416,21 +418,41 @@ def _interpret_dense_mask(mask, B: int, Nq: int, Nk: int, causal: bool, torch) -
     return KeyMask(causal=causal, kv_length=Nk, key_valid=None if bool(key_valid.all()) else key_valid)
 
 
-def _run(state: LayerState, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool,
-         scale: Optional[float]) -> np.ndarray:
+class _KV:
+    """The keys and values of one call: float32 numpy for the estimators and sparse kernels
+    (converted once, on first use), or the cache's own half-precision tensors for exact attention,
+    which reads fp16 / bf16 K/V as stored (decode steps of bf16 / fp16 models: half the bytes)."""
+
+    def __init__(self, key, value, torch=None):
+        self.key, self.value, self.torch = key, value, torch
+        self._f32 = None if torch is not None else (key, value)
+
+    def f32(self):
+        if self._f32 is None:
+            self._f32 = (_to_f32(self.key, self.torch), _to_f32(self.value, self.torch))
+        return self._f32
+
+    def dense_operands(self):
+        t = self.torch
+        if t is not None and self.key.dtype in (t.float16, t.bfloat16) and self.value.dtype == self.key.dtype:
+            return self.key, self.value
+        return self.f32()
+
+
+def _run(state: LayerState, q: np.ndarray, kv: _KV, causal: bool, scale: Optional[float]) -> np.ndarray:
     """One batch of unpadded rows: choose the path, run it, count it."""
-    Nq, Nk = q.shape[2], k.shape[2]
+    Nq, Nk = q.shape[2], kv.key.shape[2]
     if Nq == 1 and state.decode_method is not None and not state.dense:
         dm = state.decode_method
         if dm.capabilities.supports(causal=causal, q_len=Nq, kv_len=Nk):
             state.count("decode_method")
-            return _run_method(state, dm, q, k, v, causal, scale)
+            return _run_method(state, dm, q, *kv.f32(), causal, scale)
     if state.dense or state.method.capabilities.exact or Nq == 1:
         state.count("dense")
-        return _dense_attention(q, k, v, causal=causal, scale=scale)
+        return _dense_attention(q, *kv.dense_operands(), causal=causal, scale=scale)
     if Nk < state.min_prefill_tokens:
         state.count("short")
-        return _dense_attention(q, k, v, causal=causal, scale=scale)
+        return _dense_attention(q, *kv.dense_operands(), causal=causal, scale=scale)
     m = state.method
     caps = m.capabilities
     if not caps.supports(causal=causal, q_len=Nq, kv_len=Nk):
@@ -446,9 +468,9 @@ def _run(state: LayerState, q: np.ndarray, k: np.ndarray, v: np.ndarray, causal:
             state._warned.add(key)
             warnings.warn(f"spattn layer {state.layer_idx}: {reason}; Nq={Nq}, Nk={Nk} runs exact attention",
                           RuntimeWarning, stacklevel=3)
-        return _dense_attention(q, k, v, causal=causal, scale=scale)
+        return _dense_attention(q, *kv.dense_operands(), causal=causal, scale=scale)
     state.count("sparse")
-    return _run_method(state, m, q, k, v, causal, scale)
+    return _run_method(state, m, q, *kv.f32(), causal, scale)
 
 
 def _run_method(state: LayerState, m: Method, q, k, v, causal: bool, scale) -> np.ndarray:
@@ -509,33 +531,33 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
         Nk = km.kv_length
     out_dtype = query.dtype
     q = _to_f32(query, torch)
-    k = _to_f32(key, torch)
-    v = _to_f32(value, torch)
+    kv = _KV(key, value, torch)
     scale = None if scaling is None else float(scaling)
     if km.key_valid is None:
-        out = _run(state, q, k, v, km.causal, scale)
+        out = _run(state, q, kv, km.causal, scale)
     else:
+        k, v = kv.f32()
         valid = km.key_valid.detach().cpu().numpy().astype(bool)
         if valid.shape[0] == 1 and B > 1:
             valid = np.broadcast_to(valid, (B, valid.shape[1]))
-        out = np.zeros((B, Hq, Nq, v.shape[3]), dtype=np.float32)
+        out = np.zeros((B, Hq, Nq, value.shape[3]), dtype=np.float32)
         for b in range(B):
             if km.causal:
                 s, e = _contiguous_run(valid[b], "attention_mask")
                 shift = Nk - Nq
                 qs, qe = max(0, s - shift), min(Nq, e - shift)
                 if e > s and qe > qs:
-                    out[b:b + 1, :, qs:qe] = _run(state, q[b:b + 1, :, qs:qe], k[b:b + 1, :, s:e],
-                                                  v[b:b + 1, :, s:e], True, scale)
+                    out[b:b + 1, :, qs:qe] = _run(state, q[b:b + 1, :, qs:qe],
+                                                  _KV(k[b:b + 1, :, s:e], v[b:b + 1, :, s:e]), True, scale)
             else:
                 idx = np.flatnonzero(valid[b])
                 if idx.size:
                     kb = k[b:b + 1, :, idx] if idx.size != Nk else k[b:b + 1]
                     vb = v[b:b + 1, :, idx] if idx.size != Nk else v[b:b + 1]
-                    out[b:b + 1] = _run(state, q[b:b + 1], kb, vb, False, scale)
+                    out[b:b + 1] = _run(state, q[b:b + 1], _KV(kb, vb), False, scale)
     model_state = _model_state_of(module)
     if model_state is not None and model_state.capture is not None:
-        model_state.capture[state.layer_idx] = (np.array(q), np.array(k))
+        model_state.capture[state.layer_idx] = (np.array(q), np.array(kv.f32()[0]))
     res = torch.from_numpy(out).transpose(1, 2)
     res = res.to(out_dtype).contiguous() if out_dtype != torch.float32 else res.contiguous()
     state.seconds += time.perf_counter() - t0
