@@ -33,7 +33,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, BlockSparseTest, ::testing::Values(
     SparseCase{2, 4, 2, 100, 333, 80, 32, 64, true, true},     // Nq < Nk causal, GQA, shared
     SparseCase{1, 4, 1, 1, 700, 128, 64, 128, true, false},    // decode
     SparseCase{1, 2, 2, 257, 257, 128, 128, 16, false, false},
-    SparseCase{1, 8, 2, 300, 300, 64, 64, 64, true, true}),
+    SparseCase{1, 8, 2, 300, 300, 64, 64, 64, true, true},
+    // split-KV: few rows, long kv-block lists (parts merged exactly)
+    SparseCase{1, 2, 1, 1, 20000, 64, 64, 64, true, false},
+    SparseCase{1, 4, 2, 3, 9000, 128, 16, 32, true, true},
+    SparseCase{1, 1, 1, 2, 12345, 80, 64, 16, false, false}),
     [](const ::testing::TestParamInfo<SparseCase>& i) {
       const SparseCase& c = i.param;
       return "Hq" + std::to_string(c.Hq) + "Hkv" + std::to_string(c.Hkv) + "Nq" + std::to_string(c.Nq) + "Nk" +
@@ -82,7 +86,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, TokenSparseTest, ::testing::Values(
     TokenCase{1, 2, 1, 1, 1000, 128, 1, 300, true},     // decode
     TokenCase{2, 4, 2, 37, 100, 64, 1, 17, true},
     TokenCase{1, 4, 4, 130, 130, 80, 64, 40, true},     // per q-block groups
-    TokenCase{1, 2, 1, 50, 600, 64, 7, 600, false}),    // more than one key tile
+    TokenCase{1, 2, 1, 50, 600, 64, 7, 600, false},     // more than one key tile
+    // split-KV: decode over long index rows
+    TokenCase{1, 1, 1, 1, 30000, 64, 1, 6000, true},
+    TokenCase{1, 2, 1, 2, 8000, 80, 2, 4000, true},
+    TokenCase{2, 1, 1, 1, 5000, 128, 1, 5000, false}),
     [](const ::testing::TestParamInfo<TokenCase>& i) {
       const TokenCase& c = i.param;
       return "Hq" + std::to_string(c.Hq) + "Hkv" + std::to_string(c.Hkv) + "Nq" + std::to_string(c.Nq) + "Nk" +

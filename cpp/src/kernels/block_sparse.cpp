@@ -4,7 +4,9 @@
 // keys (segments read in place from the once-transposed K and from V), so the softmax and the
 // online-softmax rescaling run on full tiles even when the selected blocks are small and
 // scattered. Tiles made only of *full* blocks skip the causal element mask. A plan shared by
-// all heads (H = 1) stacks the query heads of a GQA group like the dense kernel.
+// all heads (H = 1) stacks the query heads of a GQA group like the dense kernel. Few-row calls
+// (decode) whose items cannot occupy the threads split each item's kv-block list into parts whose
+// states are merged exactly (split-KV, engine.hpp).
 #include "engine.hpp"
 #include "spattn/kernels.hpp"
 #include "spattn/plan.hpp"
@@ -19,14 +21,18 @@ struct PlanVariant {
   const detail::TransposedK& kt;
   bool shared;
   int stack, nunits;
+  int splits = 1;
+  detail::SplitStates* st = nullptr;
   struct Local {
     detail::SpanTiler<detail::OnlineSoftmax> tiler;
   };
   static inline const detail::OnlineSoftmax step{};
 
-  long long items() const { return (long long)a.shape.B * nunits * p.nqb; }
-  detail::WorkItem item(long long it) const {
+  long long items() const { return (long long)a.shape.B * nunits * p.nqb * splits; }
+  detail::WorkItem item(long long it_split) const {
     detail::WorkItem w;
+    w.part = int(it_split % splits);
+    const long long it = it_split / splits;
     const int qb = p.nqb - 1 - int(it % p.nqb);
     const int u = int((it / p.nqb) % nunits);
     w.b = int(it / ((long long)p.nqb * nunits));
@@ -43,7 +49,8 @@ struct PlanVariant {
     const size_t id = p.row_id(w.b, shared ? 0 : w.h0, qb);
     const int kend = detail::key_end(a, w), rows = w.rows();
     const float* vh = detail::value_head(a, w);
-    for (int64_t e = p.row_ptr[id], end = p.row_ptr[id + 1]; e < end;) {
+    const auto [first, end] = detail::split_range(p.row_ptr[id], p.row_ptr[id + 1], w.part, splits);
+    for (int64_t e = first; e < end;) {
       // Run of adjacent kv blocks; partial when any block of it is partial.
       int64_t e1 = e + 1;
       bool partial = !p.full[size_t(e)];
@@ -54,7 +61,10 @@ struct PlanVariant {
     }
     l.tiler.flush(t, rows);
   }
-  void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const { detail::store_item(t, a, w); }
+  void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
+    if (st != nullptr) st->store(t, a.shape, w);
+    else detail::store_item(t, a, w);
+  }
 };
 
 }  // namespace
@@ -66,9 +76,22 @@ void block_sparse_attention(const AttnArgs& a, const BlockPlan& plan) {
   if (s.Nq == 0) return;
   const bool shared = plan.H == 1;
   const int stack = shared ? s.group() : 1;
-  const detail::TransposedK kt(a, detail::use_transposed_k(stack * std::min(plan.block_q, s.Nq)));
-  const PlanVariant var{a, plan, kt, shared, stack, shared ? s.Hkv : s.Hq};
+  const bool few_rows = !detail::use_transposed_k(stack * std::min(plan.block_q, s.Nq));
+  const detail::TransposedK kt(a, !few_rows);
+  PlanVariant var{a, plan, kt, shared, stack, shared ? s.Hkv : s.Hq};
+  const long long items = var.items();
+  const long long rows = (long long)plan.B * plan.H * plan.nqb;
+  const long long keys_per_item = rows > 0 ? (long long)plan.nnz() * plan.block_k / rows : 0;
+  const int splits = few_rows ? detail::kv_splits(items, keys_per_item) : 1;
+  if (splits == 1) {
+    detail::run_tiles(a, var, stack * std::min(plan.block_q, s.Nq), s.Dv);
+    return;
+  }
+  detail::SplitStates st(s, splits);
+  var.splits = splits;
+  var.st = &st;
   detail::run_tiles(a, var, stack * std::min(plan.block_q, s.Nq), s.Dv);
+  detail::merge_split_states(a, st);
 }
 
 void block_sparse_attention(const AttnArgs& a, const BlockMaskView& mask) {

@@ -45,12 +45,12 @@ struct DenseVariant {
 };
 
 // Split-KV: work item `it` is (base item, chunk `part`). Chunk c covers keys [c * chunk,
-// (c + 1) * chunk) of the item's visible range; its unnormalised state goes to the split buffers.
+// (c + 1) * chunk) of the item's visible range; its unnormalised state goes to `st`.
 struct SplitDenseVariant {
   const AttnArgs& a;
   const detail::TransposedK& kt;
   int bq, nqt, splits, chunk;
-  float *acc, *m, *l;  // (splits, B*Hq*Nq[, Dv])
+  detail::SplitStates* st;
   using Local = detail::HalfTile;
 
   long long items() const { return (long long)a.shape.B * a.shape.Hkv * nqt * splits; }
@@ -65,61 +65,8 @@ struct SplitDenseVariant {
     const int j0 = std::min(kend, w.part * chunk), j1 = std::min(kend, j0 + chunk);
     item_keys(a, kt, t, w, j0, j1, half);
   }
-  void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
-    const AttnShape& s = a.shape;
-    const size_t rows_total = size_t(s.B) * s.Hq * s.Nq;
-    for (int g = 0; g < w.stack; ++g)
-      for (int r = 0; r < w.n(); ++r) {
-        const int sr = g * w.n() + r;
-        const size_t o = size_t(w.part) * rows_total + s.row_index(w.b, w.h0 + g, w.i0 + r);
-        m[o] = t.m[sr];
-        l[o] = t.l[sr];
-        if (s.Dv > 0) std::copy_n(t.acc.data() + size_t(sr) * t.dv, s.Dv, acc + o * s.Dv);
-      }
-  }
+  void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const { st->store(t, a.shape, w); }
 };
-
-// Exact merge of the split states of every row: M = max m_c, L = sum l_c e^(m_c - M),
-// out = sum acc_c e^(m_c - M) / L, lse = M + log L; rows empty in every split give out = 0, lse = -inf.
-void merge_splits(const AttnArgs& a, int splits, const float* acc, const float* m, const float* l) {
-  const AttnShape& s = a.shape;
-  const long long rows = (long long)s.B * s.Hq * s.Nq;
-  const float ninf = -std::numeric_limits<float>::infinity();
-#pragma omp parallel for schedule(static)
-  for (long long row = 0; row < rows; ++row) {
-    float M = ninf;
-    for (int c = 0; c < splits; ++c) M = std::max(M, m[size_t(c) * rows + row]);
-    float L = 0.f;
-    float* out = a.out != nullptr && s.Dv > 0 ? a.out + size_t(row) * s.Dv : nullptr;
-    if (out) std::fill(out, out + s.Dv, 0.f);
-    if (M != ninf) {
-      for (int c = 0; c < splits; ++c) {
-        const size_t o = size_t(c) * rows + row;
-        if (l[o] == 0.f) continue;  // empty chunk (m = -inf)
-        const float w = std::exp(m[o] - M);
-        L += l[o] * w;
-        if (out)
-          for (int d = 0; d < s.Dv; ++d) out[d] += w * acc[o * s.Dv + d];
-      }
-    }
-    const bool empty = L == 0.f;
-    if (out && !empty)
-      for (int d = 0; d < s.Dv; ++d) out[d] /= L;
-    if (a.lse != nullptr) a.lse[row] = empty ? ninf : M + std::log(L);
-  }
-}
-
-// Chunks per item so that about 4 work items per thread exist; each chunk at least kMinChunk keys.
-constexpr int kMinChunk = 1024;
-int kv_splits(long long items, int nk) {
-#ifdef SPATTN_NO_SPLIT_KV  // benchmarks only (cpp/bench/dense_threads.cpp): time decode without splitting
-  return 1;
-#endif
-  const long long want = 4LL * omp_get_max_threads();
-  if (items >= want || nk < 2 * kMinChunk) return 1;
-  const long long by_threads = (want + items - 1) / items;
-  return int(std::max<long long>(1, std::min<long long>(by_threads, nk / kMinChunk)));
-}
 
 }  // namespace
 
@@ -159,18 +106,17 @@ void dense_attention(const AttnArgs& a) {
   const detail::TransposedK kt(a, a.kv == KVStorage::F32 && detail::use_transposed_k(G * std::min(bq, s.Nq)));
   const long long items = (long long)s.B * s.Hkv * nqt;
   // Split only work items of a few rows (decode): prefill tiles already fill the threads.
-  const int splits = detail::use_transposed_k(G * std::min(bq, s.Nq)) ? 1 : kv_splits(items, s.Nk);
+  const int splits = detail::use_transposed_k(G * std::min(bq, s.Nq)) ? 1 : detail::kv_splits(items, s.Nk);
   if (splits == 1) {
     const DenseVariant var{a, kt, bq, nqt};
     detail::run_tiles(a, var, G * std::min(bq, s.Nq), s.Dv);
     return;
   }
   const int chunk = (ceil_div(s.Nk, splits) + 15) / 16 * 16;
-  const size_t rows_total = size_t(s.B) * s.Hq * s.Nq;
-  std::vector<float> acc(size_t(splits) * rows_total * s.Dv), m(size_t(splits) * rows_total), l(m.size());
-  const SplitDenseVariant var{a, kt, bq, nqt, splits, chunk, acc.data(), m.data(), l.data()};
+  detail::SplitStates st(s, splits);
+  const SplitDenseVariant var{a, kt, bq, nqt, splits, chunk, &st};
   detail::run_tiles(a, var, G * std::min(bq, s.Nq), s.Dv);
-  merge_splits(a, splits, acc.data(), m.data(), l.data());
+  detail::merge_split_states(a, st);
 }
 
 void row_logsumexp(const AttnArgs& a, float* lse) {

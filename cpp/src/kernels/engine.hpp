@@ -18,6 +18,8 @@
 
 #include <omp.h>
 
+#include <utility>
+
 #include "tile.hpp"
 
 namespace spattn::detail {
@@ -182,6 +184,80 @@ struct GatheredKeys {
   }
 };
 
+// Split-KV (flash-decoding style): when the work items are too few to occupy every thread (decode
+// and other few-row calls), each item's keys are cut into `splits` parts run as separate items
+// (WorkItem::part); each part leaves its unnormalised state (acc, running max m, sum l) here, and
+// merge_split_states combines them exactly. Shared by the dense, block-sparse and token-sparse kernels.
+struct SplitStates {
+  int splits;
+  size_t rows;  // B * Hq * Nq
+  int dv;
+  std::vector<float> acc, m, l;  // (splits, rows[, dv])
+  SplitStates(const AttnShape& s, int splits_)
+      : splits(splits_), rows(size_t(s.B) * s.Hq * s.Nq), dv(s.Dv), acc(size_t(splits_) * rows * s.Dv),
+        m(size_t(splits_) * rows), l(m.size()) {}
+
+  // The state of every stacked row of item `w` (part w.part).
+  void store(const TileScratch& t, const AttnShape& s, const WorkItem& w) {
+    for (int g = 0; g < w.stack; ++g)
+      for (int r = 0; r < w.n(); ++r) {
+        const int sr = g * w.n() + r;
+        const size_t o = size_t(w.part) * rows + s.row_index(w.b, w.h0 + g, w.i0 + r);
+        m[o] = t.m[sr];
+        l[o] = t.l[sr];
+        if (dv > 0) std::copy_n(t.acc.data() + size_t(sr) * t.dv, dv, acc.data() + o * dv);
+      }
+  }
+};
+
+// Exact merge of the split states of every row: M = max m_c, L = sum l_c e^(m_c - M),
+// out = sum acc_c e^(m_c - M) / L, lse = M + log L; rows empty in every part give out = 0, lse = -inf.
+inline void merge_split_states(const AttnArgs& a, const SplitStates& st) {
+  const AttnShape& s = a.shape;
+  const long long rows = (long long)st.rows;
+#pragma omp parallel for schedule(static)
+  for (long long row = 0; row < rows; ++row) {
+    float M = kNegInf;
+    for (int c = 0; c < st.splits; ++c) M = std::max(M, st.m[size_t(c) * rows + row]);
+    float L = 0.f;
+    float* out = a.out != nullptr && s.Dv > 0 ? a.out + size_t(row) * s.Dv : nullptr;
+    if (out) std::fill(out, out + s.Dv, 0.f);
+    if (M != kNegInf) {
+      for (int c = 0; c < st.splits; ++c) {
+        const size_t o = size_t(c) * rows + row;
+        if (st.l[o] == 0.f) continue;  // empty part (m = -inf)
+        const float w = std::exp(st.m[o] - M);
+        L += st.l[o] * w;
+        if (out)
+          for (int d = 0; d < s.Dv; ++d) out[d] += w * st.acc[o * s.Dv + d];
+      }
+    }
+    const bool empty = L == 0.f;
+    if (out && !empty)
+      for (int d = 0; d < s.Dv; ++d) out[d] /= L;
+    if (a.lse != nullptr) a.lse[row] = empty ? kNegInf : M + std::log(L);
+  }
+}
+
+// Parts per item so that about 4 work items per thread exist, each part at least kMinSplitKeys keys
+// (`keys` = keys per item); 1 when the items already fill the threads.
+constexpr int kMinSplitKeys = 1024;
+inline int kv_splits(long long items, long long keys) {
+#ifdef SPATTN_NO_SPLIT_KV  // benchmarks only (cpp/bench/dense_threads.cpp): time decode without splitting
+  return 1;
+#endif
+  const long long want = 4LL * omp_get_max_threads();
+  if (items >= want || keys < 2 * kMinSplitKeys) return 1;
+  const long long by_threads = (want + items - 1) / items;
+  return int(std::max<long long>(1, std::min<long long>(by_threads, keys / kMinSplitKeys)));
+}
+
+// Entries [lo, hi) of part `part` of `splits` equal parts of [begin, end).
+inline std::pair<int64_t, int64_t> split_range(int64_t begin, int64_t end, int part, int splits) {
+  const int64_t n = end - begin;
+  return {begin + n * part / splits, begin + n * (part + 1) / splits};
+}
+
 // Work items of TokenIndices: one (batch, query head, query group) each; shared by the kernel
 // and the token-mass statistic.
 struct TokenItems {
@@ -198,8 +274,9 @@ struct TokenItems {
     w.i1 = std::min(s.Nq, w.i0 + ix.group_size);
     return w;
   }
-  int gather(GatheredKeys& gk, const AttnArgs& a, const WorkItem& w) const {
-    return gk.gather(ix.row(w.b, w.h0, w.i0 / ix.group_size), ix.K, a.k + s.k_index(w.b, w.hk, 0),
+  int gather(GatheredKeys& gk, const AttnArgs& a, const WorkItem& w, int lo = 0, int hi = -1) const {
+    if (hi < 0) hi = ix.K;
+    return gk.gather(ix.row(w.b, w.h0, w.i0 / ix.group_size) + lo, hi - lo, a.k + s.k_index(w.b, w.hk, 0),
                      value_head(a, w), s.D, s.Dv);
   }
 };
