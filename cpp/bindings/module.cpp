@@ -418,6 +418,8 @@ PYBIND11_MODULE(_core, m) {
   bind_block_estimator<MInferenceBlockSparseParams>(m, "minference_block_sparse", "MInferenceBlockSparseParams",
                                                     &estimate_minference_block_sparse,
                                                     "MInference block-sparse parameters (official defaults).");
+  bind_block_estimator<XAttentionParams>(m, "xattention", "XAttentionParams", &estimate_xattention,
+                                         "XAttention parameters (official defaults; stride has none there).");
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);

@@ -31,6 +31,13 @@ inline py::object py_value(float x) {
   return py::float_(std::stod(std::string(buf, r.ptr)));
 }
 inline py::object py_value(const std::optional<float>& x) { return x ? py_value(*x) : py::none(); }
+// A "float or one per head" field: one value shows as a float, several as a list.
+inline py::object py_value(const std::vector<float>& x) {
+  if (x.size() == 1) return py_value(x[0]);
+  py::list out;
+  for (float v : x) out.append(py_value(v));
+  return out;
+}
 template <class T>
 py::object py_value(const T& x) { return py::cast(x); }
 
@@ -47,6 +54,9 @@ template <> struct type_label<float> { static constexpr const char* text = "a fl
 template <> struct type_label<bool> { static constexpr const char* text = "a bool"; };
 template <> struct type_label<std::optional<int>> { static constexpr const char* text = "an int in [-2**31, 2**31) or None"; };
 template <> struct type_label<std::optional<float>> { static constexpr const char* text = "a float or None"; };
+template <> struct type_label<std::vector<float>> {
+  static constexpr const char* text = "a float or a sequence of floats";
+};
 
 // Set field `key` from a Python value; a wrong type raises TypeError naming the field.
 template <class P>
@@ -61,10 +71,22 @@ void set_field(P& p, const std::string& method, const std::string& key, const py
                            std::string(py::repr(value)));
     };
     if constexpr (std::is_same_v<T, bool>) {  // no truthiness: 1 or "yes" are not bools
-      if (!py::isinstance<py::bool_>(value) && std::string(py::str(value.get_type().attr("__name__"))) != "bool_") fail();
+      if (!py::isinstance<py::bool_>(value) && std::string(py::str(py::type::handle_of(value).attr("__name__"))) != "bool_") fail();
     }
     try {
-      p.*member = value.cast<T>();
+      if constexpr (std::is_same_v<T, std::vector<float>>) {  // a float, or a sequence of floats
+        const std::string tname = py::str(py::type::handle_of(value).attr("__name__"));
+        if (py::isinstance<py::bool_>(value) || tname == "bool_" || py::isinstance<py::str>(value) || value.is_none())
+          fail();
+        const bool scalar_array = py::hasattr(value, "ndim") && value.attr("ndim").cast<int>() == 0;
+        if (PySequence_Check(value.ptr()) && !scalar_array) {
+          p.*member = value.cast<T>();
+        } else {
+          p.*member = T{value.cast<float>()};
+        }
+      } else {
+        p.*member = value.cast<T>();
+      }
     } catch (const py::cast_error&) {
       fail();
     }

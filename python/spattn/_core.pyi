@@ -5,7 +5,7 @@ Arrays are numpy; float arguments are converted to C-contiguous float32 by the p
 argument). tests_py/test_core_stubs.py keeps this file equal to ``dir(_core)``.
 """
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -53,6 +53,13 @@ class SeaParams(_Params):
 class MInferenceBlockSparseParams(_Params):
     top_k: int
     block_size: int
+
+class XAttentionParams(_Params):
+    stride: int
+    threshold: Union[float, List[float]]
+    block_size: int
+    keep_sink: bool
+    keep_recent: bool
 
 # ---------------------------------------------------------------------------- plans
 class BlockPlan:
@@ -104,6 +111,8 @@ def estimate_oracle_topk(q: np.ndarray, k: np.ndarray, causal: bool, scale: Opti
                          params: OracleParams) -> np.ndarray: ...
 def estimate_minference_block_sparse(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                                      params: MInferenceBlockSparseParams) -> np.ndarray: ...
+def estimate_xattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                        params: XAttentionParams) -> np.ndarray: ...
 def estimate_flexprefill(q: np.ndarray, k: np.ndarray, causal: bool,
                          params: FlexPrefillParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def seer_gate_scores(q: np.ndarray, k: np.ndarray, wq: Optional[np.ndarray], wk: np.ndarray, q_pool: List[str],
