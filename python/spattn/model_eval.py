@@ -287,6 +287,31 @@ def format_table(records: Sequence[ModelRecord]) -> str:
     return "\n".join(lines)
 
 
+def method_columns(records: Sequence[ModelRecord], timing: Optional[Sequence[ModelRecord]] = None) -> str:
+    """A markdown table with one row per method and, per length, "perplexity / passkey / real
+    recall / density / prefill speedup vs dense" (the README's real-model columns). `timing`
+    (records of a quiet timing-only run) supplies the speedups when given."""
+    lengths = sorted({r.n for r in records})
+    times = {(r.method, r.n): r for r in (timing if timing is not None else records)}
+    names = list(dict.fromkeys(r.method for r in records))
+    head = "| method | " + " | ".join(f"n={n}: ppl / passkey / recall / density / speedup" for n in lengths) + " |"
+    lines = [head, "|" + " --- |" * (1 + len(lengths))]
+    for name in names:
+        cells = []
+        for n in lengths:
+            r = next((x for x in records if x.method == name and x.n == n), None)
+            if r is None or r.skipped:
+                cells.append("skipped" if r is None else f"skipped: {r.skipped}")
+                continue
+            t = times.get((name, n))
+            sp = (f"{t.prefill_dense_s / t.prefill_s:.2f}x" if t is not None and t.prefill_s and t.prefill_dense_s
+                  else "—")
+            cells.append(f"{r.perplexity:.2f} / {r.passkey_hits}/{r.passkey_trials} / {r.recall:.3f} / "
+                         f"{r.density:.3f} / {sp}")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_perplexity_density(records: Sequence[ModelRecord], path: str) -> None:
     """PNG: perplexity against real density, one marker per method and length."""
     import matplotlib
@@ -368,5 +393,5 @@ def plot_masks(model_layers_by_method: Dict[str, Any], q, k, path: str, *, layer
     plt.close(fig)
 
 
-__all__ = ["evaluate_model", "ModelRecord", "format_table", "plot_perplexity_density", "plot_masks",
+__all__ = ["evaluate_model", "ModelRecord", "format_table", "method_columns", "plot_perplexity_density", "plot_masks",
            "passkey_prompt", "DEPTHS"]
