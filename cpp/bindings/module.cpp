@@ -42,6 +42,7 @@ py::tuple run_attention(const FArr& q, const FArr& k, const FArr& v, bool causal
     py::gil_scoped_release nogil;
     kernel(a);
   }
+  check_logits_in_range(a, a.lse);
   return py::make_tuple(out, lse);
 }
 

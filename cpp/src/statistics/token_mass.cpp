@@ -1,5 +1,7 @@
-// Token attention mass (the recall of TokenIndices), on the tile engine: pass 1 the exact row
-// log-sum-exp, pass 2 the exact probabilities of each group's gathered keys, summed per query.
+// Token attention mass (the recall of TokenIndices), on the tile engine, per query group: pass 1
+// the exact row log-sum-exp over every visible key, pass 2 the exact probabilities of the group's
+// gathered keys, summed per query. Both passes form the logits with the same product (K transposed
+// or row-major, as the gathered keys are) so that they agree to the bit; see item_logsumexp.
 #include <limits>
 
 #include "../kernels/engine.hpp"
@@ -12,10 +14,12 @@ namespace {
 
 struct TokenMassVariant : detail::TokenItems {
   const AttnArgs& a;
-  const float* lse;
+  const detail::TransposedK& kt;  // transposed exactly when the gathered keys are
+  float* lse;
   float* mass;
-  TokenMassVariant(const AttnArgs& a_, const TokenIndicesView& ix_, const float* lse_, float* mass_)
-      : TokenItems{a_.shape, ix_}, a(a_), lse(lse_), mass(mass_) {}
+  TokenMassVariant(const AttnArgs& a_, const TokenIndicesView& ix_, const detail::TransposedK& kt_, float* lse_,
+                   float* mass_)
+      : TokenItems{a_.shape, ix_}, a(a_), kt(kt_), lse(lse_), mass(mass_) {}
 
   struct Reducer {
     std::vector<double> sum;
@@ -36,7 +40,7 @@ struct TokenMassVariant : detail::TokenItems {
   }
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& l) const {
     std::fill(l.red.sum.begin(), l.red.sum.end(), 0.0);
-    detail::load_item_lse(a, w, lse, l.row_lse.data());
+    detail::item_logsumexp(t, a, kt, w, lse, l.row_lse.data());
     const detail::ProbabilitySweep<Reducer> step{l.row_lse.data(), l.red};
     l.gk.run(t, w.rows(), gather(l.gk, a, w), 0, a.causal, step);
   }
@@ -55,11 +59,17 @@ void token_attention_mass(const AttnArgs& a, const TokenIndicesView& ix, float* 
   s.validate();
   ix.check_against(s);
   if (s.Nq == 0) return;
-  std::vector<float> lse(size_t(s.B) * s.Hq * s.Nq);
-  row_logsumexp(a, lse.data());
-  if (a.lse != nullptr) std::copy(lse.begin(), lse.end(), a.lse);
+  std::vector<float> lse_own;
+  float* lse = a.lse;
+  if (lse == nullptr) {
+    lse_own.resize(size_t(s.B) * s.Hq * s.Nq);
+    lse = lse_own.data();
+  }
   const AttnArgs qk = detail::statistics_args(a);
-  detail::run_tiles(qk, TokenMassVariant(qk, ix, lse.data(), mass), std::min(ix.group_size, s.Nq), 0);
+  const int rows = std::min(ix.group_size, s.Nq);
+  const detail::TransposedK kt(qk, detail::GatheredKeys::transposed_for(rows));
+  detail::run_tiles(qk, TokenMassVariant(qk, ix, kt, lse, mass), rows, 0);
+  check_logits_in_range(a, lse);
 }
 
 }  // namespace spattn
