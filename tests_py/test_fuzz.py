@@ -4,6 +4,12 @@ the test run. Valid kernel calls are checked against float64 attention; invalid 
 ValueError or TypeError (MemoryError allowed); nothing else may happen. Methods are taken from the
 registry, so a new method is fuzzed the day it lands.
 
+Groups: kernels, bad_arguments, methods; merge_states, metrics (recall, density, relative_error),
+masks (BlockMask / TokenIndices constructors, to_dense, density, |, &, from_kv_blocks), plan
+(spattn.plan, BlockPlan.kv_blocks), int_args (every integer argument given values beyond int32 /
+int64, which must be rejected naming the argument) and scales (scales up to float32's maximum:
+exact while the logits fit float32, a ValueError naming scale when a visible one does not).
+
 Size: SPATTN_FUZZ_EXAMPLES examples per group (default 40 in CI; e.g. 2000 for a long run).
 """
 
