@@ -193,7 +193,8 @@ for k in (np.ones((1, 1, 5, 8), np.float32), -np.ones((1, 1, 5, 8), np.float32))
              lambda: spattn.block_sparse_attention(q, k, v, spattn.BlockMask.full(1, 1, 3, 5, 2, 2), scale=1e38),
              lambda: spattn.token_sparse_attention(q, k, v, spattn.TokenIndices(np.zeros((1, 1, 3, 1), int), 1, 5),
                                                    scale=1e38),
-             lambda: spattn.metrics.recall(q, k, spattn.BlockMask.full(1, 1, 3, 5, 2, 2), scale=1e38)]
+             lambda: spattn.metrics.recall(q, k, spattn.BlockMask.full(1, 1, 3, 5, 2, 2), scale=1e38),
+             lambda: spattn.attention(q, k.astype(np.float16), v.astype(np.float16), scale=1e38)]  # K/V as stored
     for call in calls:
         try:
             call()

@@ -5,6 +5,7 @@
 // represented: the row's sum becomes NaN. Rather than return NaN, or a mask built from NaN, the
 // pass raises std::invalid_argument (ValueError in Python) naming scale.
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <sstream>
 #include <stdexcept>
@@ -24,6 +25,19 @@ bool all_finite(const float* x, size_t n) {
 
 bool not_a_sum(float x) { return std::isnan(x) || x == std::numeric_limits<float>::infinity(); }
 
+// K of kv head (b, hk) holds no NaN or inf, whether stored as float32 or as fp16 / bf16 bits
+// (all-ones exponent).
+bool k_head_finite(const AttnArgs& a, int b, int hk) {
+  const AttnShape& s = a.shape;
+  const size_t n = size_t(s.Nk) * s.D;
+  if (a.kv == KVStorage::F32) return all_finite(a.k + s.k_index(b, hk, 0), n);
+  const uint16_t exponent = a.kv == KVStorage::F16 ? 0x7C00 : 0x7F80;
+  const uint16_t* kh = a.k_half + s.k_index(b, hk, 0);
+  for (size_t t = 0; t < n; ++t)
+    if ((kh[t] & exponent) == exponent) return false;
+  return true;
+}
+
 }  // namespace
 
 void check_logits_in_range(const AttnArgs& a, const float* lse) {
@@ -41,7 +55,7 @@ void check_logits_in_range(const AttnArgs& a, const float* lse) {
     const int b = int(r / (size_t(s.Nq) * s.Hq));
     if (!all_finite(a.q + s.q_index(b, h, i), size_t(s.D))) continue;  // NaN/inf inputs: the NaN contract
     signed char& kf = k_finite[size_t(b) * s.Hkv + h / group];
-    if (kf < 0) kf = all_finite(a.k + s.k_index(b, h / group, 0), size_t(s.Nk) * s.D) ? 1 : 0;
+    if (kf < 0) kf = k_head_finite(a, b, h / group) ? 1 : 0;
     if (kf == 0) continue;
     std::ostringstream os;
     os.precision(9);
