@@ -42,6 +42,7 @@ py::tuple run_attention(const FArr& q, const FArr& k, const FArr& v, bool causal
     py::gil_scoped_release nogil;
     kernel(a);
   }
+  check_logits_in_range(a, a.lse);
   return py::make_tuple(out, lse);
 }
 
@@ -108,6 +109,7 @@ void bind_kernels(py::module_& m) {
       py::gil_scoped_release nogil;
       dense_attention(a);
     }
+    check_logits_in_range(a, a.lse);
     return py::make_tuple(out, lse);
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bf16"), py::arg("causal"), py::arg("scale"),
      "Dense attention with K and V stored in half precision: k, v hold the uint16 bits of IEEE fp16 "

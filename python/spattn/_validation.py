@@ -64,7 +64,10 @@ def as_scale(scale):
         return None
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.integer, np.floating)):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__} {scale!r}"[:200])
-    return float(scale)
+    try:
+        return float(scale)
+    except OverflowError:  # an int beyond float64 (2**1100): far outside float32 too
+        raise ValueError(f"scale must lie in the float32 range [1.2e-38, 3.4e38], got {scale!r}"[:200]) from None
 
 
 def check_qkv(q, k, v=None):
@@ -74,12 +77,24 @@ def check_qkv(q, k, v=None):
     return q, k, (None if v is None else as_float_array(v, "v"))
 
 
+INT32_MAX = 2**31 - 1  # sizes, lengths and block sizes are 32-bit in the core
+
+
+def check_int(value, name: str, lo: int = 0, hi: int = INT32_MAX) -> int:
+    """`value` as a Python int in [lo, hi]: a Python or numpy integer (not a bool), else TypeError;
+    out of range (2**40, 2**70, ...) a ValueError naming `name`, before anything reaches the
+    core, whose 32-bit arguments would otherwise fail with pybind's generic message."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}"[:200])
+    value = int(value)
+    if value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    if value > hi:
+        bound = "2**31 - 1 (sizes are 32-bit in the core)" if hi == INT32_MAX else str(hi)
+        raise ValueError(f"{name} must be <= {bound}, got {value}")
+    return value
+
+
 def check_positive_int(value, name: str) -> int:
-    """For the Python value types (BlockMask, TokenIndices): an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
-
-
+    """For the Python value types (BlockMask, TokenIndices): an int in [1, 2**31 - 1]."""
+    return check_int(value, name, lo=1)

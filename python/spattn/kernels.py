@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._validation import as_causal, as_float_array, as_scale, check_qkv, half_bits
+from ._validation import as_causal, as_float_array, as_scale, check_int, check_qkv, half_bits
 from .masks import BlockMask, TokenIndices
 
 Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
@@ -74,9 +74,16 @@ def plan(mask: BlockMask, q_shape: Sequence[int], k_shape: Sequence[int], *, cau
     """
     if not isinstance(mask, BlockMask):
         raise TypeError(f"mask must be a spattn.BlockMask, got {type(mask).__name__}")
-    q_shape, k_shape = tuple(int(x) for x in q_shape), tuple(int(x) for x in k_shape)
-    if len(q_shape) != 4 or len(k_shape) != 4:
-        raise ValueError(f"q_shape and k_shape must have 4 entries (B, H, N, D), got {q_shape} and {k_shape}")
+    shapes = []
+    for name, shape in (("q_shape", q_shape), ("k_shape", k_shape)):
+        try:
+            shape = tuple(shape)
+        except TypeError:
+            raise TypeError(f"{name} must be a sequence of 4 ints (B, H, N, D), got {type(shape).__name__}") from None
+        if len(shape) != 4:
+            raise ValueError(f"{name} must have 4 entries (B, H, N, D), got {shape}"[:200])
+        shapes.append(tuple(check_int(x, f"{name}[{i}]") for i, x in enumerate(shape)))
+    q_shape, k_shape = shapes
     if (q_shape[2], k_shape[2]) != (mask.q_len, mask.kv_len):
         raise ValueError(f"mask was made for q_len={mask.q_len}, kv_len={mask.kv_len}, but q/k have "
                          f"Nq={q_shape[2]}, Nk={k_shape[2]}")

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._validation import check_positive_int
+from ._validation import as_causal, check_int, check_positive_int
 
 _DENSE_LIMIT = 1 << 28  # elements; to_dense refuses larger element masks
 
@@ -31,15 +31,18 @@ def _visible_pairs(q_len: int, kv_len: int, block_q: int, block_k: int, causal: 
     if not causal:
         return (n * w).astype(np.int64)
     off = kv_len - q_len
-
-    def F(t):  # sum over integers x < t of clip(x, 0, w)
-        t = np.asarray(t, dtype=np.int64)
-        tri = t * (t - 1) // 2
-        full = w * (w + 1) // 2 + (t - 1 - w) * w
-        return np.where(t <= 1, 0, np.where(t <= w + 1, tri, full))
-
     a = i0 + off + 1 - j0
-    return (F(a + n) - F(a)).astype(np.int64)
+    return (_clip_sum_below(a + n, w) - _clip_sum_below(a, w)).astype(np.int64)
+
+
+def _clip_sum_below(t, w):
+    """Sum over the integers x < t of clip(x, 0, w), elementwise, in int64 (|t|, w <= ~2**31, so
+    the products stay below 2**63)."""
+    t = np.asarray(t, dtype=np.int64)
+    w = np.asarray(w, dtype=np.int64)
+    tri = t * (t - 1) // 2
+    full = w * (w + 1) // 2 + (t - 1 - w) * w
+    return np.where(t <= 1, 0, np.where(t <= w + 1, tri, full))
 
 
 class BlockMask:
@@ -60,11 +63,7 @@ class BlockMask:
     def __init__(self, blocks, block_q: int, block_k: int, q_len: int, kv_len: int):
         self.block_q = check_positive_int(block_q, "block_q")
         self.block_k = check_positive_int(block_k, "block_k")
-        if isinstance(q_len, bool) or not isinstance(q_len, (int, np.integer)) or q_len < 0:
-            raise ValueError(f"q_len must be an int >= 0, got {q_len!r}")
-        if isinstance(kv_len, bool) or not isinstance(kv_len, (int, np.integer)) or kv_len < 0:
-            raise ValueError(f"kv_len must be an int >= 0, got {kv_len!r}")
-        self.q_len, self.kv_len = int(q_len), int(kv_len)
+        self.q_len, self.kv_len = check_int(q_len, "q_len"), check_int(kv_len, "kv_len")
         arr = np.asarray(blocks)
         if arr.dtype != np.bool_:
             if not np.issubdtype(arr.dtype, np.integer):
@@ -83,6 +82,9 @@ class BlockMask:
     @classmethod
     def full(cls, B: int, H: int, q_len: int, kv_len: int, block_q: int = 64, block_k: int = 64) -> "BlockMask":
         """A mask selecting every block."""
+        B, H = check_int(B, "B"), check_int(H, "H")
+        q_len, kv_len = check_int(q_len, "q_len"), check_int(kv_len, "kv_len")
+        block_q, block_k = check_positive_int(block_q, "block_q"), check_positive_int(block_k, "block_k")
         nqb, nkb = math.ceil(q_len / block_q), math.ceil(kv_len / block_k)
         return cls(np.ones((B, H, nqb, nkb), dtype=bool), block_q, block_k, q_len, kv_len)
 
@@ -104,6 +106,8 @@ class BlockMask:
             FlexAttention's full blocks (no element mask); they are selected too. spattn tells
             full from partial blocks itself when it compiles a plan.
         """
+        q_len, kv_len = check_int(q_len, "q_len"), check_int(kv_len, "kv_len")
+        block_q, block_k = check_positive_int(block_q, "block_q"), check_positive_int(block_k, "block_k")
         nqb, nkb = math.ceil(q_len / block_q), math.ceil(kv_len / block_k)
         pairs = [(kv_num_blocks, kv_indices, "kv")]
         if (full_kv_num_blocks is None) != (full_kv_indices is None):
@@ -152,6 +156,7 @@ class BlockMask:
         Counted exactly at element level (causal rule inside diagonal blocks included), without
         building the element mask. Rows of a causal call that see no key count as nothing.
         """
+        causal = as_causal(causal)
         B, H, nqb, nkb = self.blocks.shape
         kept = np.zeros((B, H), dtype=np.int64)
         total = 0
@@ -164,12 +169,16 @@ class BlockMask:
 
     def to_dense(self, causal: bool = False) -> np.ndarray:
         """Element mask (B, H, q_len, kv_len) bool, for small sizes (plots, tests)."""
+        causal = as_causal(causal)
         B, H = self.blocks.shape[:2]
         if B * H * self.q_len * self.kv_len > _DENSE_LIMIT:
             raise ValueError(f"to_dense would build {B * H * self.q_len * self.kv_len} elements; "
                              f"it is meant for small masks (<= {_DENSE_LIMIT})")
-        m = np.repeat(np.repeat(self.blocks, self.block_q, axis=2), self.block_k, axis=3)
-        m = m[:, :, : self.q_len, : self.kv_len]
+        # gathered by block index: memory of the result only (repeating each block block_q times
+        # first built nqb * block_q rows, 2**31 per block for a block size far beyond the sequence)
+        rows = np.arange(self.q_len) // self.block_q
+        cols = np.arange(self.kv_len) // self.block_k
+        m = self.blocks[:, :, rows][:, :, :, cols]
         if causal:
             off = self.kv_len - self.q_len
             m = m & (np.arange(self.kv_len)[None, :] <= np.arange(self.q_len)[:, None] + off)
@@ -256,9 +265,9 @@ class TokenIndices:
 
     def __init__(self, indices, group_size: int, kv_len: int, assume_sorted: bool = False):
         self.group_size = check_positive_int(group_size, "group_size")
-        if isinstance(kv_len, bool) or not isinstance(kv_len, (int, np.integer)) or kv_len < 0:
-            raise ValueError(f"kv_len must be an int >= 0, got {kv_len!r}")
-        self.kv_len = int(kv_len)
+        self.kv_len = check_int(kv_len, "kv_len")
+        if not isinstance(assume_sorted, (bool, np.bool_)):
+            raise TypeError(f"assume_sorted must be a bool, got {type(assume_sorted).__name__}")
         arr = np.asarray(indices)
         if not np.issubdtype(arr.dtype, np.integer):
             raise TypeError(f"indices must be an integer array, got dtype {arr.dtype}")
@@ -298,13 +307,19 @@ class TokenIndices:
 
     def to_dense(self, q_len: int, causal: bool = False) -> np.ndarray:
         """Element mask (B, Hq, q_len, kv_len) bool, for small sizes."""
+        q_len, causal = check_int(q_len, "q_len"), as_causal(causal)
         B, H, G, K = self.indices.shape
         if B * H * q_len * self.kv_len > _DENSE_LIMIT:
             raise ValueError("to_dense is meant for small masks")
         m = np.zeros((B, H, G, self.kv_len + 1), dtype=bool)
         idx = np.where(self.indices < 0, self.kv_len, self.indices)
         np.put_along_axis(m, idx.astype(np.int64), True, axis=-1)
-        m = np.repeat(m[..., : self.kv_len], self.group_size, axis=2)[:, :, :q_len]
+        # gathered by group index, as BlockMask.to_dense; rows past the G groups select nothing
+        g = np.arange(q_len) // self.group_size
+        if G == 0:
+            m = np.zeros((B, H, q_len, self.kv_len), dtype=bool)
+        else:
+            m = m[:, :, np.minimum(g, G - 1), : self.kv_len] & (g < G)[:, None]
         if causal:
             off = self.kv_len - q_len
             m = m & (np.arange(self.kv_len)[None, :] <= np.arange(q_len)[:, None] + off)
@@ -315,8 +330,9 @@ class TokenIndices:
 
         q_len defaults to G * group_size; pass the real Nq when it is not a multiple.
         """
+        causal = as_causal(causal)
         B, H, G, K = self.indices.shape
-        q_len = G * self.group_size if q_len is None else int(q_len)
+        q_len = G * self.group_size if q_len is None else check_int(q_len, "q_len")
         off = self.kv_len - q_len
         # Rows r0..r1 of each group (empty groups past q_len get r1 < r0).
         r0 = np.arange(G, dtype=np.int64) * self.group_size
@@ -327,7 +343,8 @@ class TokenIndices:
             # key j of group g is visible to rows i >= j - off: max(0, r1 - max(r0, j - off) + 1) of them
             seen = np.clip(r1[:, None] - np.maximum(r0[:, None], idx - off) + 1, 0, None)
             kept = np.where(valid, seen, 0).sum(axis=(-1, -2))
-            total = int(np.clip(np.arange(q_len, dtype=np.int64) + off + 1, 0, self.kv_len).sum())
+            # rows i < q_len see clip(i + off + 1, 0, kv_len) keys: summed in closed form, not an arange(q_len)
+            total = int(_clip_sum_below(off + 1 + q_len, self.kv_len) - _clip_sum_below(off + 1, self.kv_len))
         else:
             kept = (valid.sum(axis=-1) * np.clip(r1 - r0 + 1, 0, None)).sum(axis=-1)
             total = q_len * self.kv_len

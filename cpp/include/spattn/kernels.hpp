@@ -12,9 +12,10 @@ namespace spattn {
 // Exact attention over every visible key. Writes args.out (and args.lse when non-null).
 void dense_attention(const AttnArgs& args);
 
-// Row log-sum-exp of exact attention only (no values, no output): lse (B, Hq, Nq), -inf for
-// rows that see no key. The first pass of every two-pass statistic (spattn/statistics.hpp).
-void row_logsumexp(const AttnArgs& args, float* lse);
+// Throws std::invalid_argument naming scale when a row's lse (B, Hq, Nq) is NaN or +inf while
+// its q row and its kv head's k are finite: a logit scale * q.k beyond the float32 range, which
+// the float32 softmax cannot represent. Run after every pass that produces an lse.
+void check_logits_in_range(const AttnArgs& args, const float* lse);
 
 // Attention restricted to the blocks of a compiled plan (spattn/plan.hpp); when args.causal the
 // causal rule is applied element-wise inside the partial blocks. The plan must have been

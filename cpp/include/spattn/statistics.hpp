@@ -1,7 +1,9 @@
 // Exact statistics passes for estimators and metrics, on the tile engine (DESIGN.md,
-// "src/statistics/"). Each is two passes over the keys: the row log-sum-exp (attention without
-// values), then the exact probabilities p = exp(s - lse), tile by tile, reduced to what the
-// caller needs. Memory: the outputs plus O(N) row statistics; never an Nq x Nk buffer.
+// "src/statistics/"). Each is two passes over the keys of every work item, on the same tiles (so
+// both see the same float32 logits): the row log-sum-exp (attention without values), then the
+// exact probabilities p = exp(s - lse), tile by tile, reduced to what the caller needs. Logits
+// beyond float32 raise std::invalid_argument (check_logits_in_range, spattn/kernels.hpp).
+// Memory: the outputs plus O(N) row statistics; never an Nq x Nk buffer.
 #pragma once
 
 #include "spattn/masks.hpp"

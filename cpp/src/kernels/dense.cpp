@@ -119,13 +119,4 @@ void dense_attention(const AttnArgs& a) {
   detail::merge_split_states(a, st);
 }
 
-void row_logsumexp(const AttnArgs& a, float* lse) {
-  AttnArgs stats = a;
-  stats.v = nullptr;
-  stats.out = nullptr;
-  stats.lse = lse;
-  stats.shape.Dv = 0;
-  dense_attention(stats);
-}
-
 }  // namespace spattn

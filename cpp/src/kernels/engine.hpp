@@ -83,10 +83,21 @@ inline void store_item(const TileScratch& t, const AttnArgs& a, const WorkItem& 
     for (int r = 0; r < w.n(); ++r) store_row(t, g * w.n() + r, a, w.b, w.h0 + g, w.i0 + r);
 }
 
-// Copy the final log-sum-exp of the item's stacked rows (from a first pass) into `dst`.
-inline void load_item_lse(const AttnArgs& a, const WorkItem& w, const float* lse, float* dst) {
+// First pass of a statistics variant, inside its work item: the log-sum-exp of the item's stacked
+// rows over keys [0, key_end), on the same key tiles and product path (`kt`) as the second pass,
+// so that both passes see bit-identical logits. (A separate dense pass formed them along another
+// path; at logits near 1e31 one ulp is 1e24, and exp(s - lse) was then inf or 0 instead of the
+// exact probability.) Written to row_lse (stacked rows) and to the global lse (B, Hq, Nq).
+inline void item_logsumexp(TileScratch& t, const AttnArgs& a, const TransposedK& kt, const WorkItem& w, float* lse,
+                           float* row_lse) {
+  run_key_span(t, w.rows(), kt, w.b, w.hk, nullptr, 0, 0, key_end(a, w), a.causal, w.i0 + a.shape.causal_offset());
   for (int g = 0; g < w.stack; ++g)
-    for (int r = 0; r < w.n(); ++r) dst[g * w.n() + r] = lse[a.shape.row_index(w.b, w.h0 + g, w.i0 + r)];
+    for (int r = 0; r < w.n(); ++r) {
+      const int sr = g * w.n() + r;
+      const float v = t.l[sr] == 0.f ? kNegInf : t.m[sr] + std::log(t.l[sr]);  // as store_row
+      row_lse[sr] = v;
+      lse[a.shape.row_index(w.b, w.h0 + g, w.i0 + r)] = v;
+    }
 }
 
 // The arguments of a statistics pass: q, k, shape, scale and causality only (no values, no outputs).
@@ -99,13 +110,13 @@ inline AttnArgs statistics_args(const AttnArgs& a) {
   return s;
 }
 
-// Second pass of a statistics variant over a dense key span: the exact probabilities of every key
-// the item's rows see, normalised by their final log-sum-exp (`lse`, copied to `row_lse`), handed
-// to `reduce` tile by tile.
+// Both passes of a statistics variant over a dense key span: the rows' log-sum-exp (written to
+// `lse` and `row_lse`, see item_logsumexp), then the exact probabilities of every key the item's
+// rows see, handed to `reduce` tile by tile.
 template <class Reducer>
-void sweep_item_span(TileScratch& t, const AttnArgs& a, const TransposedK& kt, const WorkItem& w, const float* lse,
+void sweep_item_span(TileScratch& t, const AttnArgs& a, const TransposedK& kt, const WorkItem& w, float* lse,
                      float* row_lse, Reducer& reduce) {
-  load_item_lse(a, w, lse, row_lse);
+  item_logsumexp(t, a, kt, w, lse, row_lse);
   const ProbabilitySweep<Reducer> step{row_lse, reduce};
   run_key_span(t, w.rows(), kt, w.b, w.hk, nullptr, 0, 0, key_end(a, w), a.causal, w.i0 + a.shape.causal_offset(),
                step);
@@ -151,8 +162,9 @@ struct GatheredKeys {
   int ld;
   AlignedFloats k, v;
   std::vector<int> pos;
+  static bool transposed_for(int rows) { return use_transposed_k(rows); }
   GatheredKeys(int K, int d, int dv, int rows)
-      : transposed(use_transposed_k(rows)), ld(transposed ? transposed_stride(K) : d),
+      : transposed(transposed_for(rows)), ld(transposed ? transposed_stride(K) : d),
         k(transposed ? size_t(d) * ld : size_t(K) * d, 0.f), v(size_t(K) * dv), pos(K) {}
 
   int gather(const int32_t* idx, int K, const float* kh, const float* vh, int d, int dv) {

@@ -12,7 +12,7 @@ namespace {
 struct BlockMapVariant {
   const AttnArgs& a;
   const detail::TransposedK& kt;
-  const float* lse;
+  float* lse;  // written by the first pass of each item (sweep_item_span)
   int block_q, block_k, nqb, nkb;
   BlockPool pool;
   float* map;
@@ -75,12 +75,12 @@ void block_attention_map(const AttnArgs& a, int block_q, int block_k, BlockPool 
     lse_own.resize(size_t(s.B) * s.Hq * s.Nq);
     lse = lse_own.data();
   }
-  row_logsumexp(a, lse);
   const AttnArgs qk = detail::statistics_args(a);
   const int rows = s.group() * std::min(block_q, s.Nq);
   const detail::TransposedK kt(qk, detail::use_transposed_k(rows));
   const BlockMapVariant var{qk, kt, lse, block_q, block_k, nqb, nkb, pool, map};
   detail::run_tiles(qk, var, rows, 0);
+  check_logits_in_range(a, lse);
 }
 
 }  // namespace spattn

@@ -19,7 +19,7 @@ constexpr int kRowsPerItem = 64;
 struct TargetsVariant {
   const AttnArgs& a;
   const detail::TransposedK& kt;
-  const float* lse;
+  float* lse;  // written by the first pass of each item (sweep_item_span)
   int width, nqt;
   float *mass, *psq, *plogp;
 
@@ -88,12 +88,12 @@ void compressed_attention_targets(const AttnArgs& a, int width, float* mass, flo
   std::fill(plogp, plogp + rows_total, 0.f);
   if (s.Nq == 0 || s.Nk == 0) return;
   std::vector<float> lse(rows_total);
-  row_logsumexp(a, lse.data());
   const AttnArgs qk = detail::statistics_args(a);
   const int rows = s.group() * std::min(kRowsPerItem, s.Nq);
   const detail::TransposedK kt(qk, detail::use_transposed_k(rows));
   const TargetsVariant var{qk, kt, lse.data(), width, ceil_div(s.Nq, kRowsPerItem), mass, psq, plogp};
   detail::run_tiles(qk, var, rows, 0);
+  check_logits_in_range(a, lse.data());
 }
 
 }  // namespace spattn

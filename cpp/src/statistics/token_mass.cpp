@@ -1,5 +1,15 @@
 // Token attention mass (the recall of TokenIndices), on the tile engine: pass 1 the exact row
-// log-sum-exp, pass 2 the exact probabilities of each group's gathered keys, summed per query.
+// log-sum-exp over every visible key, pass 2 the exact probabilities of each group's gathered
+// keys, summed per query.
+//
+// Pass 1 is the dense kernel (tiles of many rows), which forms the logits along another product
+// path than the gathered keys of pass 2: they may differ by a few ulps. While every |lse| <=
+// kSharedLseLimit that is below 1e-4 in p; beyond it (scales such as 1e30, where one ulp of a
+// logit is 1e24) the lse is recomputed per query group on the gathered keys' own product path
+// (K transposed or row-major alike), so both passes agree to the bit (item_logsumexp). That path
+// streams K once per group, so it is kept for the logits that need it.
+#include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "../kernels/engine.hpp"
@@ -12,10 +22,13 @@ namespace {
 
 struct TokenMassVariant : detail::TokenItems {
   const AttnArgs& a;
-  const float* lse;
+  const detail::TransposedK& kt;  // transposed exactly when the gathered keys are (used when recompute)
+  bool recompute;                  // recompute the lse per group on the gathered keys' product path
+  float* lse;
   float* mass;
-  TokenMassVariant(const AttnArgs& a_, const TokenIndicesView& ix_, const float* lse_, float* mass_)
-      : TokenItems{a_.shape, ix_}, a(a_), lse(lse_), mass(mass_) {}
+  TokenMassVariant(const AttnArgs& a_, const TokenIndicesView& ix_, const detail::TransposedK& kt_, bool recompute_,
+                   float* lse_, float* mass_)
+      : TokenItems{a_.shape, ix_}, a(a_), kt(kt_), recompute(recompute_), lse(lse_), mass(mass_) {}
 
   struct Reducer {
     std::vector<double> sum;
@@ -36,7 +49,11 @@ struct TokenMassVariant : detail::TokenItems {
   }
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& l) const {
     std::fill(l.red.sum.begin(), l.red.sum.end(), 0.0);
-    detail::load_item_lse(a, w, lse, l.row_lse.data());
+    if (recompute) {
+      detail::item_logsumexp(t, a, kt, w, lse, l.row_lse.data());
+    } else {
+      for (int r = 0; r < w.n(); ++r) l.row_lse[r] = lse[s.row_index(w.b, w.h0, w.i0 + r)];
+    }
     const detail::ProbabilitySweep<Reducer> step{l.row_lse.data(), l.red};
     l.gk.run(t, w.rows(), gather(l.gk, a, w), 0, a.causal, step);
   }
@@ -48,6 +65,8 @@ struct TokenMassVariant : detail::TokenItems {
   }
 };
 
+constexpr float kSharedLseLimit = 256.f;
+
 }  // namespace
 
 void token_attention_mass(const AttnArgs& a, const TokenIndicesView& ix, float* mass) {
@@ -55,11 +74,24 @@ void token_attention_mass(const AttnArgs& a, const TokenIndicesView& ix, float* 
   s.validate();
   ix.check_against(s);
   if (s.Nq == 0) return;
-  std::vector<float> lse(size_t(s.B) * s.Hq * s.Nq);
-  row_logsumexp(a, lse.data());
-  if (a.lse != nullptr) std::copy(lse.begin(), lse.end(), a.lse);
+  std::vector<float> lse_own;
+  float* lse = a.lse;
+  if (lse == nullptr) {
+    lse_own.resize(size_t(s.B) * s.Hq * s.Nq);
+    lse = lse_own.data();
+  }
   const AttnArgs qk = detail::statistics_args(a);
-  detail::run_tiles(qk, TokenMassVariant(qk, ix, lse.data(), mass), std::min(ix.group_size, s.Nq), 0);
+  AttnArgs dense = qk;
+  dense.lse = lse;
+  dense_attention(dense);
+  float largest = 0.f;
+  for (size_t r = 0; r < size_t(s.B) * s.Hq * s.Nq; ++r)
+    if (std::isfinite(lse[r])) largest = std::max(largest, std::abs(lse[r]));
+  const bool recompute = largest > kSharedLseLimit;
+  const int rows = std::min(ix.group_size, s.Nq);
+  const detail::TransposedK kt(qk, recompute && detail::GatheredKeys::transposed_for(rows));
+  detail::run_tiles(qk, TokenMassVariant(qk, ix, kt, recompute, lse, mass), rows, 0);
+  check_logits_in_range(a, lse);
 }
 
 }  // namespace spattn

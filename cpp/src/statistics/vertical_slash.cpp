@@ -14,7 +14,7 @@ namespace {
 struct VerticalSlashVariant {
   const AttnArgs& a;
   const detail::TransposedK& kt;
-  const float* lse;
+  float* lse;  // written by the first pass of each item (sweep_item_span)
   float *vertical, *slash;
 
   struct Reducer {
@@ -84,12 +84,12 @@ void vertical_slash_sums(const AttnArgs& a, float* vertical, float* slash) {
   std::fill(slash, slash + n, 0.f);
   if (s.Nq == 0 || s.Nk == 0) return;
   std::vector<float> lse(size_t(s.B) * s.Hq * s.Nq);
-  row_logsumexp(a, lse.data());
   const AttnArgs qk = detail::statistics_args(a);
   const int rows = s.group() * s.Nq;
   const detail::TransposedK kt(qk, detail::use_transposed_k(rows));
   const VerticalSlashVariant var{qk, kt, lse.data(), vertical, slash};
   detail::run_tiles(qk, var, rows, 0);
+  check_logits_in_range(a, lse.data());
 }
 
 }  // namespace spattn
