@@ -209,9 +209,13 @@ smollm2 = [
     nbf.v4.new_markdown_cell(
         "# Sparse attention inside a real model: SmolLM2-135M\n\n"
         "Every registered method runs as the attention of SmolLM2-135M-Instruct (30 layers, 9 query / 3 kv heads, "
-        "head_dim 64) through spattn's transformers backend (`spattn.integrations.hf`). The numbers below come from\n\n"
-        "```\npython -m spattn eval --n 4096 8192 --plots notebooks/figures --json notebooks/data/smollm2_eval.json\n```\n\n"
-        "(text: Debian's licence texts, see `spattn.models.long_text`; 2-core AMD EPYC Zen 4, AVX-512). "
+        "head_dim 64) through spattn's transformers backend (`spattn.integrations.hf`). Perplexity, passkey, recall "
+        "and density come from\n\n"
+        "```\npython -m spattn eval --n 4096 8192 --plots notebooks/figures --json FILE\n```\n\n"
+        "and the prefill times from a separate run on a quiet machine,\n\n"
+        "```\npython -m spattn eval --n 4096 8192 --skip passkey recall --json FILE\n```\n\n"
+        "merged into `data/smollm2_eval.json` (text: Debian's licence texts, see `spattn.models.long_text`; "
+        "2-core AMD EPYC Zen 4, AVX-512, 2 threads). "
         "The last section runs the backend live."),
     nbf.v4.new_code_cell(
         "%matplotlib inline\nimport json, pathlib, warnings\nimport numpy as np\nimport matplotlib.pyplot as plt\n"
@@ -246,6 +250,10 @@ smollm2 = [
         "            ax.plot(r.recall_per_layer, marker='.', label=f'{r.method} (density {r.density:.2f})')\n"
         "    ax.set_title(f'n = {n}'); ax.set_xlabel('layer'); ax.set_ylabel('recall')\n"
         "np.atleast_1d(axes)[-1].legend(fontsize=8)\nfig.tight_layout()"),
+    nbf.v4.new_markdown_cell("## Masks on one real head\nLayer 15, head 0 at n = 4096: the exact attention map "
+                             "(log10 of the block-summed probabilities) next to each method's mask, as "
+                             "`python -m spattn eval --plots` draws it."),
+    nbf.v4.new_code_cell("from IPython.display import Image\nImage('figures/masks.png')"),
     nbf.v4.new_markdown_cell("## Passkey retrieval\nThe passkey sentence sits at 10%, 50% and 90% of the text; "
                              "what each method's model generated:"),
     nbf.v4.new_code_cell("for r in rows:\n    print(f'{r.method:24s} n={r.n}: {r.passkey_hits}/{r.passkey_trials}')\n"

@@ -335,10 +335,11 @@ def plot_perplexity_density(records: Sequence[ModelRecord], path: str) -> None:
         dense = [r for r in rows if r.n == n and r.method == "dense"]
         if dense:
             ax.axhline(dense[0].perplexity, color="gray", lw=0.8, ls=":")
-            ax.annotate(f"dense, n={n}", (0.01, dense[0].perplexity), xycoords=ax.get_yaxis_transform(),
+            ax.annotate(f"dense, n={n}", (0.01 + 0.22 * li, dense[0].perplexity), xycoords=ax.get_yaxis_transform(),
                         fontsize=8, color="gray", xytext=(0, 2), textcoords="offset points")
     ax.set_xlabel("density (share of causal pairs computed, real q/k, mean over layers and heads)")
-    ax.set_ylabel("perplexity")
+    ax.set_ylabel("perplexity (log scale)")
+    ax.set_yscale("log")
     ax.set_title("SmolLM2-135M: perplexity against density (markers: " +
                  ", ".join(f"{markers[i % len(markers)]} n={n}" for i, n in enumerate(lengths)) + ")", fontsize=9)
     ax.legend(fontsize=8, ncol=2)
