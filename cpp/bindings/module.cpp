@@ -30,9 +30,7 @@ namespace {
 
 // out (B, Hq, Nq, Dv) and lse (B, Hq, Nq) allocated as numpy, filled by `kernel` without the GIL.
 template <class Kernel>
-py::tuple run_attention(const FArr& q, const FArr& k, const FArr& v, bool causal, const OptScale& scale,
-                        const Kernel& kernel) {
-  AttnArgs a = make_args(q, k, &v, causal, scale);
+py::tuple run_attention(AttnArgs a, const Kernel& kernel) {
   const AttnShape& s = a.shape;
   FArr out({s.B, s.Hq, s.Nq, s.Dv});
   FArr lse({s.B, s.Hq, s.Nq});
@@ -44,6 +42,12 @@ py::tuple run_attention(const FArr& q, const FArr& k, const FArr& v, bool causal
   }
   check_logits_in_range(a, a.lse);
   return py::make_tuple(out, lse);
+}
+
+template <class Kernel>
+py::tuple run_attention(const FArr& q, const FArr& k, const FArr& v, bool causal, const OptScale& scale,
+                        const Kernel& kernel) {
+  return run_attention(make_args(q, k, &v, causal, scale), kernel);
 }
 
 // The binding of a block estimator `BlockMask fn(const AttnArgs&, const P&)`: the parameter class
@@ -100,17 +104,7 @@ void bind_kernels(py::module_& m) {
     a.v_half = v.data();
     a.causal = causal;
     a.scale = check_scale(scale);
-    const AttnShape& s = a.shape;
-    FArr out({s.B, s.Hq, s.Nq, s.Dv});
-    FArr lse({s.B, s.Hq, s.Nq});
-    a.out = out.mutable_data();
-    a.lse = lse.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      dense_attention(a);
-    }
-    check_logits_in_range(a, a.lse);
-    return py::make_tuple(out, lse);
+    return run_attention(a, [](const AttnArgs& args) { dense_attention(args); });
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("bf16"), py::arg("causal"), py::arg("scale"),
      "Dense attention with K and V stored in half precision: k, v hold the uint16 bits of IEEE fp16 "
      "(bf16=False) or bfloat16 (bf16=True) values; accumulation in float32. Few-row calls (decode) widen "

@@ -20,8 +20,10 @@ def as_float_array(x, name: str) -> np.ndarray:
             x = x.detach()
             if getattr(x, "device", None) is not None and str(x.device) != "cpu":
                 raise TypeError(f"{name} must be on the CPU, got a tensor on {x.device}")
-            if str(getattr(x, "dtype", "")) in ("torch.bfloat16",):
-                x = x.float()
+            if x.is_floating_point() and (str(x.dtype) != "torch.float32" or not x.is_contiguous()):
+                import torch  # one copy straight to contiguous float32 (bf16 has no numpy dtype)
+
+                x = torch.empty(x.shape, dtype=torch.float32).copy_(x)
             x = x.numpy()
         else:
             try:

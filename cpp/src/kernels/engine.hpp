@@ -110,6 +110,13 @@ inline AttnArgs statistics_args(const AttnArgs& a) {
   return s;
 }
 
+// The row log-sum-exp buffer of a statistics pass: the caller's a.lse, or `own` sized to the rows.
+inline float* lse_buffer(const AttnArgs& a, std::vector<float>& own) {
+  if (a.lse != nullptr) return a.lse;
+  own.resize(size_t(a.shape.B) * a.shape.Hq * a.shape.Nq);
+  return own.data();
+}
+
 // Both passes of a statistics variant over a dense key span: the rows' log-sum-exp (written to
 // `lse` and `row_lse`, see item_logsumexp), then the exact probabilities of every key the item's
 // rows see, handed to `reduce` tile by tile.

@@ -75,11 +75,7 @@ void block_attention_map(const AttnArgs& a, int block_q, int block_k, BlockPool 
     return;
   }
   std::vector<float> lse_own;
-  float* lse = a.lse;
-  if (lse == nullptr) {
-    lse_own.resize(size_t(s.B) * s.Hq * s.Nq);
-    lse = lse_own.data();
-  }
+  float* lse = detail::lse_buffer(a, lse_own);
   const AttnArgs qk = detail::statistics_args(a);
   // Small query blocks (e.g. XAttention's 16 reshaped rows) are stacked several per work item, up to
   // about kRowsTarget rows, so the products run on tall tiles against the transposed K.

@@ -75,11 +75,7 @@ void token_attention_mass(const AttnArgs& a, const TokenIndicesView& ix, float* 
   ix.check_against(s);
   if (s.Nq == 0) return;
   std::vector<float> lse_own;
-  float* lse = a.lse;
-  if (lse == nullptr) {
-    lse_own.resize(size_t(s.B) * s.Hq * s.Nq);
-    lse = lse_own.data();
-  }
+  float* lse = detail::lse_buffer(a, lse_own);
   const AttnArgs qk = detail::statistics_args(a);
   AttnArgs dense = qk;
   dense.lse = lse;

@@ -50,6 +50,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .. import methods as _methods
+from .._validation import as_float_array
 from ..kernels import attention as _dense_attention
 from ..kernels import block_sparse_attention, token_sparse_attention
 from ..masks import BlockMask
@@ -380,14 +381,6 @@ def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, prog
 
 
 # ---------------------------------------------------------------------------------- attention
-def _to_f32(t, torch):
-    """A C-contiguous float32 numpy view of tensor `t`: no copy when already so, one otherwise."""
-    t = t.detach()
-    if t.dtype != torch.float32 or not t.is_contiguous():
-        t = torch.empty(t.shape, dtype=torch.float32).copy_(t)
-    return t.numpy()
-
-
 def _interpret_dense_mask(mask, B: int, Nq: int, Nk: int, causal: bool, torch) -> KeyMask:
     """A 4-D mask given by the caller: accepted when it is exactly (causal or full) attention with
     key padding; otherwise ValueError naming what it is not."""
@@ -429,7 +422,7 @@ class _KV:
 
     def f32(self):
         if self._f32 is None:
-            self._f32 = (_to_f32(self.key, self.torch), _to_f32(self.value, self.torch))
+            self._f32 = (as_float_array(self.key, "k"), as_float_array(self.value, "v"))
         return self._f32
 
     def dense_operands(self):
@@ -530,7 +523,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
         key, value = key[:, :, :km.kv_length], value[:, :, :km.kv_length]
         Nk = km.kv_length
     out_dtype = query.dtype
-    q = _to_f32(query, torch)
+    q = as_float_array(query, "q")
     kv = _KV(key, value, torch)
     scale = None if scaling is None else float(scaling)
     if km.key_valid is None:
