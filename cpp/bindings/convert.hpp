@@ -113,6 +113,17 @@ inline TokenIndicesView index_view(const IArr& idx, int group_size, int kv_len) 
           group_size, kv_len};
 }
 
+inline VerticalSlashView vertical_slash_view(const IArr& vertical, const IArr& slash, int block, int len) {
+  need_ndim(vertical, 3, "vertical");
+  need_ndim(slash, 3, "slash");
+  need_positive(block, "block");
+  if (vertical.shape(0) != slash.shape(0) || vertical.shape(1) != slash.shape(1))
+    throw py::value_error("vertical and slash must agree on (B, H), got " + shape_str(vertical) + " and " +
+                          shape_str(slash));
+  return {vertical.data(), slash.data(), dim(vertical, 0, "vertical"), dim(vertical, 1, "vertical"),
+          dim(vertical, 2, "vertical"), dim(slash, 2, "slash"), block, len};
+}
+
 // Hand a C++ buffer to numpy without copying: a capsule owns the moved vector.
 template <class T>
 py::array adopt(std::vector<T>&& data, std::vector<py::ssize_t> shape, py::dtype dtype = py::dtype::of<T>()) {

@@ -174,6 +174,77 @@ void bind_kernels(py::module_& m) {
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("indices"), py::arg("group_size"), py::arg("kv_len"),
      py::arg("causal"), py::arg("scale"));
 
+  m.def("window_attention", [](const FArr& q, const FArr& k, const FArr& v, long long sinks, long long left,
+                               long long right, bool causal, const OptScale& scale) {
+    const WindowSpec w{sinks, left, right};
+    w.validate();
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { window_attention(a, w); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("sinks"), py::arg("left"), py::arg("right"), py::arg("causal"),
+     py::arg("scale"),
+     "Token-level window + sinks attention: key j visible to query i (position p = i + Nk - Nq) iff "
+     "(j < sinks or p - left <= j <= p + right) and (not causal or j <= p); left/right -1 = unbounded.");
+
+  m.def("vertical_slash_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& vertical,
+                                       const IArr& slash, int block, bool causal, const OptScale& scale) {
+    const VerticalSlashView vs = vertical_slash_view(vertical, slash, block, int(k.ndim() == 4 ? k.shape(2) : 0));
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { vertical_slash_attention(a, vs); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("vertical"), py::arg("slash"), py::arg("block"),
+     py::arg("causal"), py::arg("scale"),
+     "MInference vertical-slash attention, token-exact: vertical (B, H, NV) ascending key positions and slash "
+     "(B, H, NS) descending offsets, rows -1 padded at their ends; causal, Nq == Nk.");
+
+  m.def("vertical_slash_lse", [](const FArr& q, const FArr& k, const IArr& vertical, const IArr& slash, int block,
+                                 const OptScale& scale) {
+    AttnArgs a = make_args(q, k, nullptr, true, scale);
+    const VerticalSlashView vs = vertical_slash_view(vertical, slash, block, a.shape.Nk);
+    a.v = nullptr;
+    a.shape.Dv = 0;
+    const py::tuple r = run_attention(a, [&](const AttnArgs& args) { vertical_slash_attention(args, vs); });
+    return py::object(r[1]);
+  }, py::arg("q"), py::arg("k"), py::arg("vertical"), py::arg("slash"), py::arg("block"), py::arg("scale"),
+     "Row log-sum-exp (B, Hq, Nq) of the vertical-slash pattern's keys (no values read).");
+
+  m.def("window_lse", [](const FArr& q, const FArr& k, long long sinks, long long left, long long right, bool causal,
+                         const OptScale& scale) {
+    AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    const WindowSpec w{sinks, left, right};
+    w.validate();
+    a.v = nullptr;
+    a.shape.Dv = 0;
+    const py::tuple r = run_attention(a, [&](const AttnArgs& args) { window_attention(args, w); });
+    return py::object(r[1]);
+  }, py::arg("q"), py::arg("k"), py::arg("sinks"), py::arg("left"), py::arg("right"), py::arg("causal"),
+     py::arg("scale"), "Row log-sum-exp (B, Hq, Nq) of the window pattern's keys (no values read).");
+
+  m.def("vertical_slash_pairs", [](const IArr& vertical, const IArr& slash, int block, int len) {
+    const VerticalSlashView vs = vertical_slash_view(vertical, slash, block, len);
+    AttnShape s;
+    s.B = vs.B; s.Hq = vs.H; s.Hkv = 1; s.Nq = s.Nk = len; s.D = 1; s.Dv = 0;
+    vs.check_against(s);
+    std::vector<double> pairs;
+    {
+      py::gil_scoped_release nogil;
+      pairs = vertical_slash_pairs(vs);
+    }
+    return adopt(std::move(pairs), {vs.B, vs.H});
+  }, py::arg("vertical"), py::arg("slash"), py::arg("block"), py::arg("len"),
+     "Visible (query, key) pairs of the vertical-slash pattern per (b, h), float64.");
+
+  m.def("vertical_slash_token_indices", [](const IArr& vertical, const IArr& slash, int block, int len) {
+    const VerticalSlashView vs = vertical_slash_view(vertical, slash, block, len);
+    AttnShape s;
+    s.B = vs.B; s.Hq = vs.H; s.Hkv = 1; s.Nq = s.Nk = len; s.D = 1; s.Dv = 0;
+    vs.check_against(s);
+    int kmax = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = vertical_slash_token_indices(vs, &kmax);
+    }
+    return adopt(std::move(idx), {vs.B, vs.H, ceil_div(len, block), kmax});
+  }, py::arg("vertical"), py::arg("slash"), py::arg("block"), py::arg("len"),
+     "The vertical-slash pattern as TokenIndices (B, H, ceil(len / block), K), group_size = block.");
+
   m.def("merge_states", [](const FArr& oa, const FArr& la, const FArr& ob, const FArr& lb) {
     if (oa.ndim() < 1 || oa.ndim() != ob.ndim() || !std::equal(oa.shape(), oa.shape() + oa.ndim(), ob.shape()))
       throw py::value_error("out_a and out_b must have the same shape, got " + shape_str(oa) + " and " + shape_str(ob));
@@ -249,6 +320,23 @@ void bind_statistics(py::module_& m) {
     }
     return py::make_tuple(mass, psq, plogp);
   }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("width"));
+}
+
+void bind_minference_vertical_slash(py::module_& m) {
+  bind_params<MInferenceVerticalSlashParams>(m, "MInferenceVerticalSlashParams", "minference_vertical_slash",
+                                             "MInference vertical-slash parameters (official defaults).");
+  m.def("estimate_minference_vertical_slash", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
+                                                 const MInferenceVerticalSlashParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    VerticalSlashIndices ix;
+    {
+      py::gil_scoped_release nogil;
+      ix = estimate_minference_vertical_slash(a, p);
+    }
+    const int B = ix.B, H = ix.H, NV = ix.NV, NS = ix.NS;
+    return py::make_tuple(adopt(std::move(ix.vertical), {B, H, NV}), adopt(std::move(ix.slash), {B, H, NS}));
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"));
 }
 
 void bind_flexprefill(py::module_& m) {
@@ -416,6 +504,9 @@ PYBIND11_MODULE(_core, m) {
                                                     "MInference block-sparse parameters (official defaults).");
   bind_block_estimator<XAttentionParams>(m, "xattention", "XAttentionParams", &estimate_xattention,
                                          "XAttention parameters (official defaults; stride has none there).");
+  bind_minference_vertical_slash(m);
+  bind_params<MInferenceAShapeParams>(m, "MInferenceAShapeParams", "minference_a_shape",
+                                      "MInference A-shape parameters (official a_shape defaults).");
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);

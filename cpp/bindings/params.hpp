@@ -38,6 +38,11 @@ inline py::object py_value(const std::vector<float>& x) {
   for (float v : x) out.append(py_value(v));
   return out;
 }
+// An "int or one per head" field: one value shows as an int, several as a list.
+inline py::object py_value(const std::vector<int>& x) {
+  if (x.size() == 1) return py::int_(x[0]);
+  return py::cast(x);
+}
 template <class T>
 py::object py_value(const T& x) { return py::cast(x); }
 
@@ -57,6 +62,9 @@ template <> struct type_label<std::optional<float>> { static constexpr const cha
 template <> struct type_label<std::vector<float>> {
   static constexpr const char* text = "a float or a sequence of floats";
 };
+template <> struct type_label<std::vector<int>> {
+  static constexpr const char* text = "an int in [-2**31, 2**31) or a sequence of such ints";
+};
 
 // Set field `key` from a Python value; a wrong type raises TypeError naming the field.
 template <class P>
@@ -74,15 +82,25 @@ void set_field(P& p, const std::string& method, const std::string& key, const py
       if (!py::isinstance<py::bool_>(value) && std::string(py::str(py::type::handle_of(value).attr("__name__"))) != "bool_") fail();
     }
     try {
-      if constexpr (std::is_same_v<T, std::vector<float>>) {  // a float, or a sequence of floats
+      if constexpr (std::is_same_v<T, std::vector<float>> || std::is_same_v<T, std::vector<int>>) {
+        // a number, or a sequence of numbers (one per head)
+        using E = typename T::value_type;
         const std::string tname = py::str(py::type::handle_of(value).attr("__name__"));
         if (py::isinstance<py::bool_>(value) || tname == "bool_" || py::isinstance<py::str>(value) || value.is_none())
           fail();
         const bool scalar_array = py::hasattr(value, "ndim") && value.attr("ndim").cast<int>() == 0;
         if (PySequence_Check(value.ptr()) && !scalar_array) {
-          p.*member = value.cast<T>();
+          T out;
+          for (auto item : py::reinterpret_borrow<py::sequence>(value)) {
+            if constexpr (std::is_same_v<E, int>) {
+              const std::string iname = py::str(py::type::handle_of(item).attr("__name__"));
+              if (py::isinstance<py::bool_>(item) || iname == "bool_") fail();
+            }
+            out.push_back(item.cast<E>());
+          }
+          p.*member = out;
         } else {
-          p.*member = T{value.cast<float>()};
+          p.*member = T{value.cast<E>()};
         }
       } else {
         p.*member = value.cast<T>();

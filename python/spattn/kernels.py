@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from ._validation import as_causal, as_float_array, as_scale, check_int, check_qkv, half_bits
-from .masks import BlockMask, TokenIndices
+from .masks import BlockMask, TokenIndices, VerticalSlashMask, WindowMask
 
 Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 BlockPlan = _core.BlockPlan
@@ -123,6 +123,69 @@ def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = Fal
     out, lse = _core.token_sparse_attention(q, k, v, indices.indices, indices.group_size, indices.kv_len,
                                             as_causal(causal), as_scale(scale))
     return _finish(out, lse, return_lse)
+
+
+def _window_args(sinks, left, right):
+    sinks = check_int(sinks, "sinks")
+    left = -1 if left is None else check_int(left, "left")
+    right = -1 if right is None else check_int(right, "right")
+    for name, val, lo in (("sinks", sinks, 0), ("left", left, -1), ("right", right, -1)):
+        if val < 0 and (lo == 0 or val != -1 or name == "sinks"):
+            raise ValueError(f"{name} must be >= 0{'' if name == 'sinks' else ' or None (unbounded)'}, got {val}")
+    return sinks, left, right
+
+
+def window_attention(q, k, v, *, sinks: int = 0, left: Optional[int] = None, right: Optional[int] = None,
+                     causal: bool = False, scale: Optional[float] = None, return_lse: bool = False) -> Result:
+    """Token-level sliding window with attention sinks.
+
+    Query i (position p = i + Nk - Nq) sees key j iff (j < sinks or p - left <= j <= p + right)
+    and, when `causal`, j <= p. ``left`` / ``right`` None: unbounded on that side.
+    MInference's A-shape (``streaming_forward(n_init, n_local)``) is ``sinks=n_init,
+    left=n_local - 1, causal=True``. Each query tile reads two contiguous key runs in place; no
+    mask buffer. Rows that see no key get out = 0, lse = -inf.
+    """
+    q, k, v = check_qkv(q, k, v)
+    sinks, left, right = _window_args(sinks, left, right)
+    out, lse = _core.window_attention(q, k, v, sinks, left, right, as_causal(causal), as_scale(scale))
+    return _finish(out, lse, return_lse)
+
+
+def vertical_slash_attention(q, k, v, mask: VerticalSlashMask, *, causal: bool = True,
+                             scale: Optional[float] = None, return_lse: bool = False) -> Result:
+    """MInference vertical-slash attention, token-exact (the official kernel's mask).
+
+    Per query block of ``mask.block`` rows, the slash ranges and vertical columns of the official
+    index conversion; slash ranges are read in place, columns gathered; the causal rule applies
+    per element. Causal prefill only (Nq == Nk == mask.length).
+    """
+    q, k, v = check_qkv(q, k, v)
+    if not isinstance(mask, VerticalSlashMask):
+        raise TypeError(f"mask must be a spattn.VerticalSlashMask, got {type(mask).__name__}")
+    if not as_causal(causal):
+        raise ValueError("vertical_slash_attention is defined for causal attention (as MInference); pass causal=True")
+    mask.check_against(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    out, lse = _core.vertical_slash_attention(q, k, v, mask.vertical, mask.slash, mask.block, True, as_scale(scale))
+    return _finish(out, lse, return_lse)
+
+
+def sparse_attention(q, k, v, mask, *, causal: bool = False, scale: Optional[float] = None,
+                     return_lse: bool = False) -> Result:
+    """Attention restricted to any spattn mask: BlockMask or plan (block-sparse kernel),
+    TokenIndices (token-sparse), VerticalSlashMask (vertical-slash), WindowMask (window)."""
+    if isinstance(mask, (BlockMask, BlockPlan)):
+        return block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+    if isinstance(mask, TokenIndices):
+        return token_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+    if isinstance(mask, VerticalSlashMask):
+        return vertical_slash_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+    if isinstance(mask, WindowMask):
+        q, k, v = check_qkv(q, k, v)
+        mask.check_against(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        return window_attention(q, k, v, sinks=mask.sinks, left=mask.left, right=mask.right, causal=causal,
+                                scale=scale, return_lse=return_lse)
+    raise TypeError("mask must be a BlockMask, plan, TokenIndices, VerticalSlashMask or WindowMask, got "
+                    f"{type(mask).__name__}")
 
 
 def merge_states(out_a, lse_a, out_b, lse_b) -> Tuple[np.ndarray, np.ndarray]:

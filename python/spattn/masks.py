@@ -349,3 +349,155 @@ class TokenIndices:
             kept = (valid.sum(axis=-1) * np.clip(r1 - r0 + 1, 0, None)).sum(axis=-1)
             total = q_len * self.kv_len
         return kept / total if total > 0 else kept.astype(np.float64)
+
+
+def _total_visible(q_len: int, kv_len: int, causal: bool) -> int:
+    """Visible (query, key) pairs of the whole attention (bottom-right causal alignment)."""
+    if not causal:
+        return q_len * kv_len
+    return int(_visible_pairs(q_len, kv_len, max(q_len, 1), max(kv_len, 1), True).sum())
+
+
+class VerticalSlashMask:
+    """MInference's vertical-slash pattern: key columns plus diagonal bands, per (batch, head).
+
+    The pattern is kept as the official estimate leaves it (``vertical_slash_sparse_attention``
+    inputs), never as a per-query list: ``vertical`` (B, H, NV) ascending key positions and
+    ``slash`` (B, H, NS) descending diagonal offsets o = i - j, each row -1 padded at its end.
+    The kernel (:func:`spattn.kernels.vertical_slash_attention`) converts them per query block of
+    ``block`` rows with the official index conversion (slash ranges of ``block``-key tiles and
+    the vertical columns left of them) and applies the causal rule per element, so the executed
+    mask is the official kernel's, token for token. Causal prefill only (Nq == Nk == length).
+
+    Parameters
+    ----------
+    vertical, slash : array_like of int, shapes (B, H, NV) and (B, H, NS)
+    length : int
+        q_len == kv_len the pattern was made for.
+    block : int, default 64
+        Query block of the conversion (official 64).
+    """
+
+    def __init__(self, vertical, slash, length: int, block: int = 64):
+        self.length = check_int(length, "length")
+        self.block = check_positive_int(block, "block")
+        arrs = []
+        for name, a in (("vertical", vertical), ("slash", slash)):
+            a = np.asarray(a)
+            if not np.issubdtype(a.dtype, np.integer):
+                raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+            if a.ndim != 3:
+                raise ValueError(f"{name} must have shape (B, H, n), got {a.shape}")
+            arrs.append(np.ascontiguousarray(a, dtype=np.int32))
+        self.vertical, self.slash = arrs
+        if self.vertical.shape[:2] != self.slash.shape[:2]:
+            raise ValueError(f"vertical and slash must agree on (B, H), got {self.vertical.shape} and {self.slash.shape}")
+        # sortedness and ranges are checked in C++ (ValueError naming the row)
+        from . import _core
+        _core.vertical_slash_pairs(self.vertical, self.slash, self.block, self.length)
+
+    q_len = property(lambda self: self.length)
+    kv_len = property(lambda self: self.length)
+
+    @property
+    def shape(self) -> tuple:
+        return self.vertical.shape[:2]
+
+    def __repr__(self) -> str:
+        return (f"VerticalSlashMask(B={self.shape[0]}, H={self.shape[1]}, length={self.length}, "
+                f"NV={self.vertical.shape[2]}, NS={self.slash.shape[2]}, block={self.block})")
+
+    def check_against(self, B: int, Hq: int, Nq: int, Nk: int) -> None:
+        """Raise ValueError unless the pattern fits attention of the given shape."""
+        if Nq != Nk or Nk != self.length:
+            raise ValueError(f"the vertical-slash pattern was made for Nq = Nk = {self.length}, got Nq={Nq}, Nk={Nk}")
+        if self.shape[0] != B or self.shape[1] not in (Hq, 1):
+            raise ValueError(f"the vertical-slash pattern has (B, H) = {self.shape}, q has B={B}, Hq={Hq}")
+
+    def density(self, q_len: Optional[int] = None, causal: bool = True) -> np.ndarray:
+        """Share of the causal (query, key) pairs the pattern computes, per (B, H)."""
+        from . import _core
+        if q_len is not None and check_int(q_len, "q_len") != self.length:
+            raise ValueError(f"q_len must be the pattern's length {self.length}, got {q_len}")
+        pairs = _core.vertical_slash_pairs(self.vertical, self.slash, self.block, self.length)
+        total = _total_visible(self.length, self.length, as_causal(causal))
+        return pairs / max(total, 1)
+
+    def to_token_indices(self) -> TokenIndices:
+        """The same keys as TokenIndices (group_size = block): per query block the keys of its runs
+        below the block's end. Memory grows with blocks x keys per block: for tests and plots."""
+        from . import _core
+        idx = _core.vertical_slash_token_indices(self.vertical, self.slash, self.block, self.length)
+        return TokenIndices(idx, self.block, self.length, assume_sorted=True)
+
+    def to_dense(self, q_len: Optional[int] = None, causal: bool = True) -> np.ndarray:
+        """Element mask (B, H, length, length) bool, causal, for small sizes."""
+        return self.to_token_indices().to_dense(self.length, causal=True)
+
+
+class WindowMask:
+    """Token-level window with attention sinks (StreamingLLM; MInference's A-shape).
+
+    Query i (position p = i + kv_len - q_len) sees key j iff (j < sinks or
+    p - left <= j <= p + right) and, when causal, j <= p. ``left``/``right`` None: unbounded.
+    Shared by every head. Executed by :func:`spattn.kernels.window_attention` (two key runs per
+    query tile, read in place, per-row window limits inside the boundary tiles).
+    """
+
+    def __init__(self, q_len: int, kv_len: int, *, sinks: int = 0, left: Optional[int] = None,
+                 right: Optional[int] = None):
+        self.q_len = check_int(q_len, "q_len")
+        self.kv_len = check_int(kv_len, "kv_len")
+        self.sinks = check_int(sinks, "sinks")
+        if self.q_len < 0 or self.kv_len < 0 or self.sinks < 0:
+            raise ValueError(f"q_len, kv_len and sinks must be >= 0, got {self.q_len}, {self.kv_len}, {self.sinks}")
+        self.left = None if left is None else check_int(left, "left")
+        self.right = None if right is None else check_int(right, "right")
+        for name, val in (("left", self.left), ("right", self.right)):
+            if val is not None and val < 0:
+                raise ValueError(f"{name} must be >= 0 or None (unbounded), got {val}")
+
+    def __repr__(self) -> str:
+        return (f"WindowMask(q_len={self.q_len}, kv_len={self.kv_len}, sinks={self.sinks}, left={self.left}, "
+                f"right={self.right})")
+
+    def check_against(self, B: int, Hq: int, Nq: int, Nk: int) -> None:
+        if (Nq, Nk) != (self.q_len, self.kv_len):
+            raise ValueError(f"the window was made for q_len={self.q_len}, kv_len={self.kv_len}, got Nq={Nq}, Nk={Nk}")
+
+    def _rows(self, causal: bool):
+        """Per query row: (sink keys seen, window keys [lo, hi] beyond the sinks), int64 arrays."""
+        p = np.arange(self.q_len, dtype=np.int64) + (self.kv_len - self.q_len)
+        hi = np.full_like(p, self.kv_len - 1) if self.right is None else np.minimum(p + self.right, self.kv_len - 1)
+        if causal:
+            hi = np.minimum(hi, p)
+        lo = np.zeros_like(p) if self.left is None else np.maximum(p - self.left, 0)
+        s = min(self.sinks, self.kv_len)
+        sink_seen = np.clip(p + 1, 0, s) if causal else np.full_like(p, s)
+        win = np.clip(hi - np.maximum(lo, s) + 1, 0, None)
+        return sink_seen, win
+
+    def density(self, q_len: Optional[int] = None, causal: bool = True) -> np.ndarray:
+        """Share of visible (query, key) pairs the window computes (one value, shape (1, 1))."""
+        if q_len is not None and check_int(q_len, "q_len") != self.q_len:
+            raise ValueError(f"q_len must be the window's q_len {self.q_len}, got {q_len}")
+        causal = as_causal(causal)
+        sink_seen, win = self._rows(causal)
+        total = _total_visible(self.q_len, self.kv_len, causal)
+        return np.full((1, 1), float((sink_seen + win).sum()) / max(total, 1))
+
+    def to_dense(self, q_len: Optional[int] = None, causal: bool = True) -> np.ndarray:
+        """Element mask (1, 1, q_len, kv_len) bool, for small sizes."""
+        if self.q_len * self.kv_len > _DENSE_LIMIT:
+            raise ValueError("to_dense is meant for small masks")
+        p = np.arange(self.q_len)[:, None] + (self.kv_len - self.q_len)
+        j = np.arange(self.kv_len)[None, :]
+        win = np.ones((self.q_len, self.kv_len), dtype=bool)
+        if self.left is not None:
+            win &= j >= p - self.left
+        if self.right is not None:
+            win &= j <= p + self.right
+        m = (j < self.sinks) | win
+        if as_causal(causal):
+            m &= j <= p
+        return m[None, None]

@@ -376,12 +376,14 @@ def plot_masks(model_layers_by_method: Dict[str, Any], q, k, path: str, *, layer
             img = mask.blocks[0, head].astype(float)
             d = float(mask.density(causal=True)[0, head])
         else:
-            dense = mask.to_dense(q_len=nq, causal=True)[0, head]
+            dense = mask.to_dense(q_len=nq, causal=True)
+            dense = dense[0, min(head, dense.shape[1] - 1)]  # a WindowMask is shared by the heads
             nb = (nq + block - 1) // block
             pad = np.zeros((nb * block, nb * block), bool)
             pad[:dense.shape[0], :dense.shape[1]] = dense
             img = pad.reshape(nb, block, nb, block).mean(axis=(1, 3))
-            d = float(mask.density(q_len=nq, causal=True)[0, head])
+            dens = mask.density(q_len=nq, causal=True)
+            d = float(dens[0, min(head, dens.shape[1] - 1)])
         axes_img = ax.imshow(img, cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
         del axes_img
         ax.set_title(f"{name} (density {d:.2f})", fontsize=8)

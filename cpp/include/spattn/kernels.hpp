@@ -28,6 +28,30 @@ void block_sparse_attention(const AttnArgs& args, const BlockMaskView& mask);
 // Attention restricted to the key positions listed per query group (decode when Nq = 1).
 void token_sparse_attention(const AttnArgs& args, const TokenIndicesView& indices);
 
+// Token-level window with sinks: query i (position p = i + Nk - Nq, bottom-right aligned as the
+// causal rule) sees key j iff (j < sinks or (j >= p - left and j <= p + right)) and, when causal,
+// j <= p. left / right = -1: unbounded on that side. MInference's A-shape (`streaming_forward`)
+// is sinks = n_init, left = n_local - 1, causal.
+struct WindowSpec {
+  long long sinks = 0;
+  long long left = -1;
+  long long right = -1;
+  void validate() const;  // std::invalid_argument naming the field
+};
+void window_attention(const AttnArgs& args, const WindowSpec& window);
+
+// MInference vertical-slash attention, token-exact (the official Triton/CUDA kernel's mask):
+// query i of block m sees key j <= i iff j lies in one of the block's slash ranges or is one of
+// its vertical columns (vertical_slash_runs). Ranges are read in place, columns gathered; no
+// per-block index list is stored (the runs are derived per work item). Causal, Nq == Nk.
+void vertical_slash_attention(const AttnArgs& args, const VerticalSlashView& vs);
+
+// Visible (query, key) pairs of the vertical-slash pattern per (b, h) (B x H values), and the
+// same pattern as TokenIndices (group_size = block; the ascending keys of each query block's runs
+// below min(len, block end), -1 padded to the longest row): `kmax` receives K.
+std::vector<double> vertical_slash_pairs(const VerticalSlashView& vs);
+std::vector<int32_t> vertical_slash_token_indices(const VerticalSlashView& vs, int* kmax);
+
 // Exact merge of two attention states over disjoint key sets:
 // lse = logaddexp(lse_a, lse_b), out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.
 // Rows empty on both sides give out = 0, lse = -inf. `rows` rows of `dv` values each.

@@ -56,4 +56,37 @@ struct TokenIndicesView {
   void check_against(const AttnShape& s) const;
 };
 
+// Vertical-slash indices (MInference's `vertical_slash_sparse_attention` inputs), per (b, query
+// head): key positions of the vertical lines, ascending, and diagonal offsets o = i - j of the
+// slash lines, descending, each row -1 padded at its end. Executed token-exactly per query block of
+// `block` rows through the official index conversion (vertical_slash_runs); causal, Nq == Nk.
+struct VerticalSlashView {
+  const int32_t* vertical = nullptr;
+  const int32_t* slash = nullptr;
+  int B = 1, H = 1, NV = 0, NS = 0, block = 64;
+  int len = 0;  // q_len == kv_len the indices were made for
+
+  const int32_t* vertical_row(int b, int h) const { return vertical + (size_t(b) * H + h) * NV; }
+  const int32_t* slash_row(int b, int h) const { return slash + (size_t(b) * H + h) * NS; }
+  // Throws std::invalid_argument unless the shape is causal Nq == Nk == len with Hq == H (or H == 1)
+  // and B matching, and the rows are sorted, in range and -1 padded only at their ends.
+  void check_against(const AttnShape& s) const;
+};
+
+// One contiguous run of keys [start, end) of a query block; `column` for single vertical keys.
+struct KeyRun {
+  int start, end;
+  bool column;
+};
+
+// The key runs of query block [start, start + block) (rows of one head) that the official
+// `convert_vertical_slash_indexes` kernel gives for sorted verticals v (nv) and descending
+// offsets s (ns): slash ranges of whole `block`-key tiles (not aligned) and vertical columns left
+// of each range, ascending and disjoint; keys past the block's last row are kept (the attention
+// kernel masks them). Verticals beyond the last range are dropped, as in the official code; when
+// no offset is below the block's end (the official code then reads past its list) there is no
+// range and the verticals before the block start are the columns.
+void vertical_slash_runs(const int32_t* v, int nv, const int32_t* s, int ns, int start, int block,
+                         std::vector<KeyRun>& runs);
+
 }  // namespace spattn

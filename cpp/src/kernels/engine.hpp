@@ -159,6 +159,28 @@ struct SpanTiler {
       if (n == t.bk) flush(t, rows);
     }
   }
+  // Append a segment that is not a span of the transposed K (gathered keys), splitting it where
+  // the tile fills.
+  void add_segment(TileScratch& t, int rows, KeySegment sg, bool masked_seg) {
+    while (sg.len > 0) {
+      const int take = std::min(t.bk - n, sg.len);
+      KeySegment part = sg;
+      part.len = take;
+      segs.push_back(part);
+      n += take;
+      masked |= masked_seg;
+      advance(sg, take);
+      if (n == t.bk) flush(t, rows);
+    }
+  }
+  static void advance(KeySegment& sg, int c) {
+    if (sg.kt != nullptr) sg.kt += c;
+    else sg.k += size_t(c) * sg.ldkt;
+    if (sg.v != nullptr) sg.v += size_t(c) * sg.ldv;
+    if (sg.pos != nullptr) sg.pos += c;
+    else sg.k0 += c;
+    sg.len -= c;
+  }
 };
 
 // Gathers the valid (>= 0) keys of one index row into a contiguous per-thread tile: K transposed
@@ -188,6 +210,12 @@ struct GatheredKeys {
       pos[n++] = j;
     }
     return n;
+  }
+  // Gathered keys [c, c + n) as one segment (positions from pos).
+  KeySegment segment(int c, int n, int dv) const {
+    const float* vc = dv > 0 ? v.data() + size_t(c) * dv : nullptr;
+    return transposed ? KeySegment{k.data() + c, ld, nullptr, vc, dv, n, 0, pos.data() + c}
+                      : KeySegment{nullptr, ld, k.data() + size_t(c) * ld, vc, dv, n, 0, pos.data() + c};
   }
   // Feed the `cnt` gathered keys through `step`, one tile of at most t.bk keys at a time.
   template <class Step>

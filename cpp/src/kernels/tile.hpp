@@ -47,13 +47,16 @@ struct TileScratch {
   int max_rows = 0, d = 0, dv = 0, bk = 0;
   AlignedFloats q, s, acc, m, l;
   std::vector<int> qlim;  // largest visible key position of each row (causal)
+  std::vector<int> qlo;   // smallest visible key position of each row (window kernels; OnlineSoftmax::lower)
   std::vector<int> pos;   // key position of each column of the current tile (ProbabilitySweep)
   std::vector<int> ncols; // visible keys of each row in the current tile (OnlineSoftmax)
+  std::vector<int> nfirst; // keys hidden below qlo at the start of the current tile (OnlineSoftmax::lower)
 
   TileScratch(int max_rows_, int d_, int dv_, int bk_)
       : max_rows(max_rows_), d(d_), dv(dv_), bk(bk_),
         q(size_t(max_rows_) * d_), s(size_t(max_rows_) * bk_), acc(size_t(max_rows_) * dv_),
-        m(max_rows_), l(max_rows_), qlim(max_rows_), pos(bk_), ncols(max_rows_) {}
+        m(max_rows_), l(max_rows_), qlim(max_rows_), qlo(max_rows_), pos(bk_), ncols(max_rows_),
+        nfirst(max_rows_) {}
 
   void reset(int rows) {
     std::fill(m.begin(), m.begin() + rows, kNegInf);
@@ -154,6 +157,21 @@ inline int visible_prefix(const KeySegment* seg, int nseg, int lim) {
   return n;
 }
 
+// Keys of the segments below `lo` (hidden from a row whose lowest visible key is lo): a prefix
+// of the tile, positions ascending.
+inline int hidden_prefix(const KeySegment* seg, int nseg, int lo) {
+  int n = 0;
+  for (int g = 0; g < nseg; ++g) {
+    const KeySegment& sg = seg[g];
+    int hid;
+    if (sg.pos == nullptr) hid = int(std::clamp<long long>((long long)lo - sg.k0, 0, sg.len));
+    else hid = int(std::lower_bound(sg.pos, sg.pos + sg.len, lo) - sg.pos);
+    n += hid;
+    if (hid < sg.len) break;
+  }
+  return n;
+}
+
 // Total keys of a tile made of `nseg` segments.
 inline int tile_columns(const KeySegment* seg, int nseg) {
   int cols = 0;
@@ -178,17 +196,38 @@ inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nse
 
 // Output step of attention: the online-softmax update of the running max, sum and accumulator
 // with the tile's keys. When `masked`, keys past a row's causal limit qlim[r] are hidden from it.
+// When `lower` (window kernels), keys below a row's lowest visible position qlo[r] are hidden too:
+// their logits become -inf before the update (exp gives exactly 0) and a row with no key left in
+// the tile skips it.
 struct OnlineSoftmax {
+  bool lower = false;
+
   void operator()(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) const {
     const int cols = tile_columns(seg, nseg);
     if (cols == 0) return;
     tile_scores(t, rows, seg, nseg, cols);
     float* S = t.s.data();
     for (int r = 0; r < rows; ++r) t.ncols[r] = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
+    bool low = false;
+    if (lower) {
+      for (int r = 0; r < rows; ++r) {
+        int f = hidden_prefix(seg, nseg, t.qlo[r]);
+        if (f >= t.ncols[r]) t.ncols[r] = f = 0;
+        t.nfirst[r] = f;
+        if (f > 0) {
+          std::fill(S + size_t(r) * cols, S + size_t(r) * cols + f, kNegInf);
+          low = true;
+        }
+      }
+    }
     t.simd.online_softmax(S, rows, cols, t.ncols.data(), t.m.data(), t.l.data(), t.acc.data(), t.dv);
     if (t.dv == 0) return;
     for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
-      if (masked && !hidden_values_finite(t, rows, seg[g], n0)) {
+      if (low && !hidden_values_finite(t, rows, seg[g], n0, true)) {
+        pv_window_rows(t, rows, cols, seg[g], n0);
+        continue;
+      }
+      if (masked && !hidden_values_finite(t, rows, seg[g], n0, false)) {
         pv_visible_only(t, rows, cols, seg[g], n0);
         continue;
       }
@@ -198,14 +237,21 @@ struct OnlineSoftmax {
 
   // Keys of the segment hidden from some row get P = 0, and 0 * NaN (or inf) in their value rows
   // would leak NaN into rows that cannot see them. True when those value rows are all finite
-  // (the usual case: one scan of a few rows per masked tile).
-  static bool hidden_values_finite(const TileScratch& t, int rows, const KeySegment& sg, int n0) {
-    int lo = sg.len;
-    for (int r = 0; r < rows; ++r) lo = std::min(lo, std::clamp(t.ncols[r] - n0, 0, sg.len));
-    for (int j = lo; j < sg.len; ++j)
-      for (int c = 0; c < t.dv; ++c)
-        if (!std::isfinite(sg.v[size_t(j) * sg.ldv + c])) return false;
-    return true;
+  // (the usual case: one scan of a few rows per masked tile). `low`: rows also hide their first
+  // nfirst[r] keys.
+  static bool hidden_values_finite(const TileScratch& t, int rows, const KeySegment& sg, int n0, bool low) {
+    int lo = sg.len, hi = 0;
+    for (int r = 0; r < rows; ++r) {
+      lo = std::min(lo, std::clamp(t.ncols[r] - n0, 0, sg.len));
+      if (low) hi = std::max(hi, std::clamp(t.nfirst[r] - n0, 0, sg.len));
+    }
+    const auto finite_rows = [&](int j0, int j1) {
+      for (int j = j0; j < j1; ++j)
+        for (int c = 0; c < t.dv; ++c)
+          if (!std::isfinite(sg.v[size_t(j) * sg.ldv + c])) return false;
+      return true;
+    };
+    return finite_rows(lo, sg.len) && finite_rows(0, std::min(hi, lo));
   }
 
   // O += P V over each row's visible keys only: blocks of 6 rows share their common visible
@@ -223,6 +269,18 @@ struct OnlineSoftmax {
           t.simd.pv(S + size_t(r) * cols + n0 + lo, 1, cols, sg.v + size_t(lo) * sg.ldv, sg.ldv, vis - lo, t.dv,
                     t.acc.data() + size_t(r) * t.dv);
       }
+    }
+  }
+
+  // O += P V row by row over the keys [nfirst[r], ncols[r]) each row sees (window tiles whose
+  // hidden value rows are not finite; rare).
+  static void pv_window_rows(TileScratch& t, int rows, int cols, const KeySegment& sg, int n0) {
+    const float* S = t.s.data();
+    for (int r = 0; r < rows; ++r) {
+      const int f = std::clamp(t.nfirst[r] - n0, 0, sg.len), e = std::clamp(t.ncols[r] - n0, 0, sg.len);
+      if (e > f)
+        t.simd.pv(S + size_t(r) * cols + n0 + f, 1, cols, sg.v + size_t(f) * sg.ldv, sg.ldv, e - f, t.dv,
+                  t.acc.data() + size_t(r) * t.dv);
     }
   }
 };

@@ -52,7 +52,7 @@ import numpy as np
 from .. import methods as _methods
 from .._validation import as_float_array
 from ..kernels import attention as _dense_attention
-from ..kernels import block_sparse_attention, token_sparse_attention
+from ..kernels import sparse_attention
 from ..masks import BlockMask
 from ..methods.base import Method
 
@@ -468,11 +468,10 @@ def _run(state: LayerState, q: np.ndarray, kv: _KV, causal: bool, scale: Optiona
 
 def _run_method(state: LayerState, m: Method, q, k, v, causal: bool, scale) -> np.ndarray:
     mask = m.estimate(q, k, causal=causal, scale=scale)
+    out = sparse_attention(q, k, v, mask, causal=causal, scale=scale)
     if isinstance(mask, BlockMask):
-        out = block_sparse_attention(q, k, v, mask, causal=causal, scale=scale)
         state.densities.append(float(np.mean(mask.density(causal=causal))))
     else:
-        out = token_sparse_attention(q, k, v, mask, causal=causal, scale=scale)
         state.densities.append(float(np.mean(mask.density(q_len=q.shape[2], causal=causal))))
     return out
 

@@ -18,11 +18,11 @@ import numpy as np
 
 from .. import _core
 from .._validation import as_causal, as_scale, check_qkv
-from ..kernels import block_sparse_attention, token_sparse_attention
-from ..masks import BlockMask, TokenIndices
+from ..kernels import sparse_attention
+from ..masks import BlockMask, TokenIndices, VerticalSlashMask, WindowMask
 
-Mask = Union[BlockMask, TokenIndices]
-MASK_FORMATS = ("block", "token", "none")
+Mask = Union[BlockMask, TokenIndices, VerticalSlashMask, WindowMask]
+MASK_FORMATS = ("block", "token", "vertical_slash", "window", "none")
 GQA_LAYOUTS = ("grouped", "interleaved")
 
 _REGISTRY: Dict[str, Type["Method"]] = {}
@@ -53,8 +53,9 @@ class Capabilities:
         Query-to-kv head layouts it can run: "grouped" (h // (Hq/Hkv), the default everywhere)
         and, as an option of the method, "interleaved" (h % Hkv).
     mask_format : str
-        "block" (BlockMask), "token" (TokenIndices) or "none" (no mask is read: the kernel is
-        exact; ``estimate`` returns the full BlockMask so metrics apply).
+        "block" (BlockMask), "token" (TokenIndices), "vertical_slash" (VerticalSlashMask),
+        "window" (WindowMask) or "none" (no mask is read: the kernel is exact; ``estimate``
+        returns the full BlockMask so metrics apply).
     exact : bool
         Its output is exact attention.
     """
@@ -232,9 +233,7 @@ class Method:
                  return_lse: bool = False):
         """Estimate the mask, then run the kernel of its format."""
         mask = self.estimate(q, k, causal=causal, scale=scale)
-        if isinstance(mask, BlockMask):
-            return block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
-        return token_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+        return sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
 
     def readouts(self) -> Dict[str, Any]:
         """A JSON-friendly summary of ``last_info`` for records and tables (default: none)."""
