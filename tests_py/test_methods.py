@@ -67,6 +67,15 @@ def test_the_registry_holds_an_exact_baseline():
     assert any(c.exact and c.mask_format == "none" for c in CAPS.values())
 
 
+FORMATS = {"block": spattn.BlockMask, "none": spattn.BlockMask, "token": spattn.TokenIndices,
+           "vertical_slash": spattn.VerticalSlashMask, "window": spattn.WindowMask}
+
+
+def test_every_mask_format_has_a_class():
+    from spattn.methods.base import MASK_FORMATS
+    assert set(FORMATS) == set(MASK_FORMATS)
+
+
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("causal", [False, True])
 def test_every_method_runs_and_returns_valid_mask(name, causal):
@@ -77,7 +86,7 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
             m.estimate(w.q, w.k, causal=causal)
         return
     mask = m.estimate(w.q, w.k, causal=causal)
-    assert isinstance(mask, (spattn.BlockMask, spattn.TokenIndices))
+    assert isinstance(mask, tuple(FORMATS.values()))
     mask.check_against(1, 4, 700, 700)
     out = m(w.q, w.k, w.v, causal=causal)
     assert out.shape == w.q.shape and np.isfinite(out).all()
@@ -86,8 +95,11 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
     elif isinstance(mask, spattn.BlockMask):  # the method is its mask run by the kernel
         ref = spattn.block_sparse_attention(w.q, w.k, w.v, mask, causal=causal)
         np.testing.assert_array_equal(out, ref)
-    else:
+    elif isinstance(mask, spattn.TokenIndices):
         ref = spattn.token_sparse_attention(w.q, w.k, w.v, mask, causal=causal)
+        np.testing.assert_array_equal(out, ref)
+    else:  # structured patterns run on their own kernels
+        ref = spattn.sparse_attention(w.q, w.k, w.v, mask, causal=causal)
         np.testing.assert_array_equal(out, ref)
     d = mask.density(causal=causal)
     assert np.all((d > 0) & (d <= 1))
@@ -116,7 +128,7 @@ def test_mask_format_is_what_estimate_returns(name):
     w = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=300, D=64, seed=3)
     mask = spattn.methods.get(name).estimate(w.q, w.k, causal=CAPS[name].causal)
     fmt = CAPS[name].mask_format
-    assert isinstance(mask, spattn.TokenIndices if fmt == "token" else spattn.BlockMask)
+    assert isinstance(mask, FORMATS[fmt])
     if fmt == "none":  # nothing is skipped
         assert mask.blocks.all()
 

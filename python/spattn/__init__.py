@@ -15,8 +15,9 @@ numpy; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right a
 
 from . import _core, integrations, methods, metrics, models, synthetic, training
 from .evaluate import Record, evaluate
-from .kernels import BlockPlan, attention, block_sparse_attention, merge_states, plan, token_sparse_attention
-from .masks import BlockMask, TokenIndices
+from .kernels import (BlockPlan, attention, block_sparse_attention, merge_states, plan, sparse_attention,
+                      token_sparse_attention, vertical_slash_attention, window_attention)
+from .masks import BlockMask, TokenIndices, VerticalSlashMask, WindowMask
 
 __version__ = "0.1.0"
 
@@ -39,8 +40,9 @@ def num_threads() -> int:
 
 
 __all__ = [
-    "attention", "block_sparse_attention", "token_sparse_attention", "merge_states", "plan", "BlockPlan",
-    "BlockMask", "TokenIndices", "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
+    "attention", "block_sparse_attention", "token_sparse_attention", "window_attention", "vertical_slash_attention",
+    "sparse_attention", "merge_states", "plan", "BlockPlan",
+    "BlockMask", "TokenIndices", "VerticalSlashMask", "WindowMask", "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
     "Record",
     "num_threads", "build_info", "__version__",
 ]

@@ -126,13 +126,9 @@ def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = Fal
 
 
 def _window_args(sinks, left, right):
-    sinks = check_int(sinks, "sinks")
-    left = -1 if left is None else check_int(left, "left")
-    right = -1 if right is None else check_int(right, "right")
-    for name, val, lo in (("sinks", sinks, 0), ("left", left, -1), ("right", right, -1)):
-        if val < 0 and (lo == 0 or val != -1 or name == "sinks"):
-            raise ValueError(f"{name} must be >= 0{'' if name == 'sinks' else ' or None (unbounded)'}, got {val}")
-    return sinks, left, right
+    """(sinks, left, right) for the core: ints >= 0 (ValueError/TypeError naming them), None -> -1."""
+    return (check_int(sinks, "sinks"), -1 if left is None else check_int(left, "left"),
+            -1 if right is None else check_int(right, "right"))
 
 
 def window_attention(q, k, v, *, sinks: int = 0, left: Optional[int] = None, right: Optional[int] = None,
