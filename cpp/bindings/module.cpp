@@ -400,6 +400,24 @@ void bind_sea(py::module_& m) {
      py::arg("b3"), py::arg("bias"), py::arg("dilation"));
 }
 
+void bind_pbs_attn(py::module_& m) {
+  bind_params<PbsAttnParams>(m, "PbsAttnParams", "pbs_attn", "PBS-Attn parameters (official defaults).");
+  m.def("estimate_pbs_attn", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale, const PbsAttnParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    PbsAttnEstimate e;
+    {
+      py::gil_scoped_release nogil;
+      e = estimate_pbs_attn(a, p);
+    }
+    const AttnShape& s = a.shape;
+    return py::make_tuple(adopt(std::move(e.indices), {s.B, s.Hq, e.G, e.K}),
+                          adopt(std::move(e.perm), {s.B, s.Hq, s.Nq}), adopt_mask(std::move(e.blocks)), e.dense);
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "(indices (B, Hq, G, K) int32 per query block of block_size, perm (B, Hq, L) int32, permuted block mask "
+     "(B, Hq, G, G) bool, dense) of PBS-Attn; causal prefill only.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -416,6 +434,7 @@ PYBIND11_MODULE(_core, m) {
                                                     "MInference block-sparse parameters (official defaults).");
   bind_block_estimator<XAttentionParams>(m, "xattention", "XAttentionParams", &estimate_xattention,
                                          "XAttention parameters (official defaults; stride has none there).");
+  bind_pbs_attn(m);
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);

@@ -61,6 +61,12 @@ class XAttentionParams(_Params):
     keep_sink: bool
     keep_recent: bool
 
+class PbsAttnParams(_Params):
+    block_size: int
+    segment_size: int
+    threshold: Union[float, List[float]]
+    force_select_first_block: bool
+
 # ---------------------------------------------------------------------------- plans
 class BlockPlan:
     B: int
@@ -113,6 +119,8 @@ def estimate_minference_block_sparse(q: np.ndarray, k: np.ndarray, causal: bool,
                                      params: MInferenceBlockSparseParams) -> np.ndarray: ...
 def estimate_xattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                         params: XAttentionParams) -> np.ndarray: ...
+def estimate_pbs_attn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                      params: PbsAttnParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray, bool]: ...
 def estimate_flexprefill(q: np.ndarray, k: np.ndarray, causal: bool,
                          params: FlexPrefillParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def seer_gate_scores(q: np.ndarray, k: np.ndarray, wq: Optional[np.ndarray], wk: np.ndarray, q_pool: List[str],
