@@ -418,6 +418,24 @@ void bind_pbs_attn(py::module_& m) {
      "(B, Hq, G, G) bool, dense) of PBS-Attn; causal prefill only.");
 }
 
+void bind_proxyattn(py::module_& m) {
+  bind_params<ProxyAttnParams>(m, "ProxyAttnParams", "proxyattn",
+                               "ProxyAttn-like parameters (provisional, from paper summaries; official code not read).");
+  m.def("estimate_proxyattn", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
+                                 const ProxyAttnParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    BlockMask mask;
+    std::vector<int32_t> budgets;
+    {
+      py::gil_scoped_release nogil;
+      mask = estimate_proxyattn(a, p, &budgets);
+    }
+    return py::make_tuple(adopt_mask(std::move(mask)), adopt(std::move(budgets), {a.shape.B, a.shape.Hq}));
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "(blocks (B, Hq, nb, nb) bool, budgets (B, Hq) int32) of the ProxyAttn-like estimator; prefill Nq == Nk.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -435,6 +453,7 @@ PYBIND11_MODULE(_core, m) {
   bind_block_estimator<XAttentionParams>(m, "xattention", "XAttentionParams", &estimate_xattention,
                                          "XAttention parameters (official defaults; stride has none there).");
   bind_pbs_attn(m);
+  bind_proxyattn(m);
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);
