@@ -148,7 +148,8 @@ void check_case(const Case& c, bool force = true) {
     n.perm.assign(got.begin(), got.end());  // near ties: select on our order
     naive_mask(one, n, c.bs, c.S, c.tau, force);
     for (size_t i = 0; i < n.mask.size(); ++i)
-      ASSERT_EQ(e.blocks.blocks[size_t(b) * c.Hq * nb * nb + i], n.mask[i]) << "L " << L << " batch " << b << " flat block " << i;
+      ASSERT_EQ(e.blocks.blocks[size_t(b) * c.Hq * nb * nb + i], n.mask[i])
+          << "L " << L << " batch " << b << " flat block " << i;
   }
   // Indices: sorted original positions of the selected permuted blocks' keys <= the block's last query.
   for (int bh = 0; bh < H; ++bh)
@@ -157,10 +158,12 @@ void check_case(const Case& c, bool force = true) {
       for (int kb = 0; kb < nb; ++kb)
         if (e.blocks.blocks[(size_t(bh) * nb + g) * nb + kb])
           for (int pos = kb * c.bs; pos < std::min(L, (kb + 1) * c.bs); ++pos)
-            if (e.perm[size_t(bh) * L + pos] <= std::min(L, (g + 1) * c.bs) - 1) want.push_back(e.perm[size_t(bh) * L + pos]);
+            if (e.perm[size_t(bh) * L + pos] <= std::min(L, (g + 1) * c.bs) - 1)
+              want.push_back(e.perm[size_t(bh) * L + pos]);
       std::sort(want.begin(), want.end());
       const int32_t* row = e.indices.data() + (size_t(bh) * nb + g) * e.K;
-      for (int j = 0; j < e.K; ++j) ASSERT_EQ(row[j], j < int(want.size()) ? want[j] : -1) << "head " << bh << " group " << g;
+      for (int j = 0; j < e.K; ++j)
+        ASSERT_EQ(row[j], j < int(want.size()) ? want[j] : -1) << "head " << bh << " group " << g;
     }
   // Output: attention over the selected permuted blocks, causal on original positions.
   spattn::TokenIndicesView iv{e.indices.data(), c.B, c.Hq, e.G, e.K, c.bs, L};

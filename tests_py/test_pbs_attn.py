@@ -25,7 +25,8 @@ def official_pbs(q, k, block=128, segment=256, threshold=0.9, force_first=True, 
     k = np.repeat(np.asarray(k, np.float64), H // k.shape[1], axis=1)  # repeat_kv
     nb = -(-L // block)
     if L <= segment:  # SDPA fallback
-        return np.broadcast_to(np.arange(L), (B, H, L)), np.broadcast_to(np.tril(np.ones((nb, nb), bool)), (B, H, nb, nb)), True
+        tril = np.broadcast_to(np.tril(np.ones((nb, nb), bool)), (B, H, nb, nb))
+        return np.broadcast_to(np.arange(L), (B, H, L)), tril, True
     # last_block_attn_sorting
     nseg = L // segment
     c = nseg * segment
@@ -82,7 +83,8 @@ def expected_indices(perm, mask, L, block):
         for h in range(H):
             for g in range(nb):
                 last = min(L, (g + 1) * block) - 1
-                pos = np.concatenate([np.arange(kb * block, min(L, (kb + 1) * block)) for kb in np.flatnonzero(mask[b, h, g])])
+                pos = np.concatenate([np.arange(kb * block, min(L, (kb + 1) * block))
+                                      for kb in np.flatnonzero(mask[b, h, g])])
                 keys = perm[b, h, pos]
                 rows.append(np.sort(keys[keys <= last]))
     K = max(len(r) for r in rows)
@@ -100,7 +102,8 @@ def allowed_from(perm, mask, L, block):
     for b in range(B):
         for h in range(H):
             for g in range(nb):
-                pos = np.concatenate([np.arange(kb * block, min(L, (kb + 1) * block)) for kb in np.flatnonzero(mask[b, h, g])])
+                pos = np.concatenate([np.arange(kb * block, min(L, (kb + 1) * block))
+                                      for kb in np.flatnonzero(mask[b, h, g])])
                 allowed[b, h, g * block:(g + 1) * block, perm[b, h, pos]] = True
     return allowed & (np.arange(L)[None, :] <= np.arange(L)[:, None])
 
@@ -122,8 +125,8 @@ def assert_same_permutation(got, want, q, k, off):
 def check_against_official(q, k, **params):
     m = spattn.methods.get("pbs_attn", **params)
     ti = m.estimate(q, k, causal=True)
-    off = {"block": m.params["block_size"], "segment": m.params["segment_size"], "threshold": params.get("threshold", 0.9),
-           "force_first": m.params["force_select_first_block"]}
+    off = {"block": m.params["block_size"], "segment": m.params["segment_size"],
+           "threshold": params.get("threshold", 0.9), "force_first": m.params["force_select_first_block"]}
     perm, mask, dense = official_pbs(q, k, **off)
     if assert_same_permutation(m.last_info["perm"], perm, q, k, off):  # near ties: select on our order
         perm, mask, dense = official_pbs(q, k, **off, perm_given=m.last_info["perm"])
@@ -181,7 +184,8 @@ def test_segments_are_permuted_within_themselves_and_the_tail_is_not():
     m.estimate(w.q, w.k, causal=True)
     perm = m.last_info["perm"]
     for s0 in range(0, (L // S) * S, S):
-        np.testing.assert_array_equal(np.sort(perm[..., s0:s0 + S], -1), np.broadcast_to(np.arange(s0, s0 + S), (1, 4, S)))
+        np.testing.assert_array_equal(np.sort(perm[..., s0:s0 + S], -1),
+                                      np.broadcast_to(np.arange(s0, s0 + S), (1, 4, S)))
     np.testing.assert_array_equal(perm[..., (L // S) * S:], np.broadcast_to(np.arange((L // S) * S, L), (1, 4, L % S)))
     assert not np.array_equal(perm[..., :S], np.broadcast_to(np.arange(S), (1, 4, S)))
 

@@ -402,7 +402,8 @@ void bind_sea(py::module_& m) {
 
 void bind_pbs_attn(py::module_& m) {
   bind_params<PbsAttnParams>(m, "PbsAttnParams", "pbs_attn", "PBS-Attn parameters (official defaults).");
-  m.def("estimate_pbs_attn", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale, const PbsAttnParams& p) {
+  m.def("estimate_pbs_attn", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
+                                const PbsAttnParams& p) {
     const AttnArgs a = make_args(q, k, nullptr, causal, scale);
     p.validate();
     PbsAttnEstimate e;
@@ -420,7 +421,8 @@ void bind_pbs_attn(py::module_& m) {
 
 void bind_proxyattn(py::module_& m) {
   bind_params<ProxyAttnParams>(m, "ProxyAttnParams", "proxyattn",
-                               "ProxyAttn-like parameters (provisional, from paper summaries; official code not read).");
+                               "ProxyAttn-like parameters (provisional, from paper summaries; official code not "
+                               "read).");
   m.def("estimate_proxyattn", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
                                  const ProxyAttnParams& p) {
     const AttnArgs a = make_args(q, k, nullptr, causal, scale);

@@ -71,8 +71,8 @@ void PbsAttnParams::validate() const {
   require_min("pbs_attn", "block_size", block_size, 1);
   require_min("pbs_attn", "segment_size", segment_size, 1);
   if (segment_size % block_size != 0)
-    param_error("pbs_attn", "segment_size", ("be a multiple of block_size (" + std::to_string(block_size) + ")").c_str(),
-                segment_size);
+    param_error("pbs_attn", "segment_size",
+                ("be a multiple of block_size (" + std::to_string(block_size) + ")").c_str(), segment_size);
   if (threshold.empty()) param_error("pbs_attn", "threshold", "hold at least one value", "[]");
   for (float t : threshold) require_unit_interval("pbs_attn", "threshold", t);
 }
@@ -105,7 +105,8 @@ PbsAttnEstimate estimate_pbs_attn(const AttnArgs& a, const PbsAttnParams& p) {
     for (size_t bh = 0; bh < heads; ++bh) {
       std::iota(est.perm.begin() + bh * L, est.perm.begin() + (bh + 1) * L, 0);
       for (int g = 0; g < nb; ++g) {
-        std::fill(est.blocks.blocks.begin() + (bh * nb + g) * nb, est.blocks.blocks.begin() + (bh * nb + g) * nb + g + 1, 1);
+        uint8_t* brow = est.blocks.blocks.data() + (bh * nb + g) * nb;
+        std::fill(brow, brow + g + 1, 1);  // every block at or left of the diagonal
         int32_t* row = est.indices.data() + (bh * nb + g) * size_t(L);
         const int last = std::min(L, (g + 1) * bs);
         std::iota(row, row + last, 0);

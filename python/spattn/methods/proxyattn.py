@@ -57,8 +57,10 @@ class ProxyAttn(Method):
     """
 
     name = "proxyattn"
-    paper = "ProxyAttn: Guided Sparse Attention via Representative Heads, ICLR 2026 (provisional: from paper summaries, official code not read)"
-    pattern = "GQA-group proxy head block ranking shared by the group, per-head budget from last-block mass; block 0 + diagonal"
+    paper = ("ProxyAttn: Guided Sparse Attention via Representative Heads, ICLR 2026 "
+             "(provisional: from paper summaries, official code not read)")
+    pattern = ("GQA-group proxy head block ranking shared by the group, per-head budget from last-block mass; "
+               "block 0 + diagonal")
     params_struct = _core.ProxyAttnParams
     capabilities = Capabilities(chunked=False, decode=False)
 
