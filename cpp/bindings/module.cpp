@@ -488,6 +488,44 @@ void bind_sea(py::module_& m) {
      py::arg("b3"), py::arg("bias"), py::arg("dilation"));
 }
 
+void bind_pbs_attn(py::module_& m) {
+  bind_params<PbsAttnParams>(m, "PbsAttnParams", "pbs_attn", "PBS-Attn parameters (official defaults).");
+  m.def("estimate_pbs_attn", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
+                                const PbsAttnParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    PbsAttnEstimate e;
+    {
+      py::gil_scoped_release nogil;
+      e = estimate_pbs_attn(a, p);
+    }
+    const AttnShape& s = a.shape;
+    return py::make_tuple(adopt(std::move(e.indices), {s.B, s.Hq, e.G, e.K}),
+                          adopt(std::move(e.perm), {s.B, s.Hq, s.Nq}), adopt_mask(std::move(e.blocks)), e.dense);
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "(indices (B, Hq, G, K) int32 per query block of block_size, perm (B, Hq, L) int32, permuted block mask "
+     "(B, Hq, G, G) bool, dense) of PBS-Attn; causal prefill only.");
+}
+
+void bind_proxyattn(py::module_& m) {
+  bind_params<ProxyAttnParams>(m, "ProxyAttnParams", "proxyattn",
+                               "ProxyAttn-like parameters (provisional, from paper summaries; official code not "
+                               "read).");
+  m.def("estimate_proxyattn", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
+                                 const ProxyAttnParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    BlockMask mask;
+    std::vector<int32_t> budgets;
+    {
+      py::gil_scoped_release nogil;
+      mask = estimate_proxyattn(a, p, &budgets);
+    }
+    return py::make_tuple(adopt_mask(std::move(mask)), adopt(std::move(budgets), {a.shape.B, a.shape.Hq}));
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "(blocks (B, Hq, nb, nb) bool, budgets (B, Hq) int32) of the ProxyAttn-like estimator; prefill Nq == Nk.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -507,6 +545,8 @@ PYBIND11_MODULE(_core, m) {
   bind_minference_vertical_slash(m);
   bind_params<MInferenceAShapeParams>(m, "MInferenceAShapeParams", "minference_a_shape",
                                       "MInference A-shape parameters (official a_shape defaults).");
+  bind_pbs_attn(m);
+  bind_proxyattn(m);
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);

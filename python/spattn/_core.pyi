@@ -72,6 +72,16 @@ class MInferenceAShapeParams(_Params):
     n_init: int
     n_local: int
 
+class PbsAttnParams(_Params):
+    block_size: int
+    segment_size: int
+    threshold: Union[float, List[float]]
+    force_select_first_block: bool
+
+class ProxyAttnParams(_Params):
+    block_size: int
+    gamma: float
+
 # ---------------------------------------------------------------------------- plans
 class BlockPlan:
     B: int
@@ -136,6 +146,10 @@ def estimate_xattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optio
                         params: XAttentionParams) -> np.ndarray: ...
 def estimate_minference_vertical_slash(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                                        params: MInferenceVerticalSlashParams) -> Pair: ...
+def estimate_pbs_attn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                      params: PbsAttnParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray, bool]: ...
+def estimate_proxyattn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                       params: ProxyAttnParams) -> Pair: ...
 def estimate_flexprefill(q: np.ndarray, k: np.ndarray, causal: bool,
                          params: FlexPrefillParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def seer_gate_scores(q: np.ndarray, k: np.ndarray, wq: Optional[np.ndarray], wk: np.ndarray, q_pool: List[str],
