@@ -152,6 +152,8 @@ void check_case(const Case& c, bool force = true) {
           << "L " << L << " batch " << b << " flat block " << i;
   }
   // Indices: sorted original positions of the selected permuted blocks' keys <= the block's last query.
+  int K = 0;
+  const std::vector<int32_t> idx = spattn::permuted_block_token_indices(e.view(L), &K);
   for (int bh = 0; bh < H; ++bh)
     for (int g = 0; g < nb; ++g) {
       std::vector<int32_t> want;
@@ -161,13 +163,12 @@ void check_case(const Case& c, bool force = true) {
             if (e.perm[size_t(bh) * L + pos] <= std::min(L, (g + 1) * c.bs) - 1)
               want.push_back(e.perm[size_t(bh) * L + pos]);
       std::sort(want.begin(), want.end());
-      const int32_t* row = e.indices.data() + (size_t(bh) * nb + g) * e.K;
-      for (int j = 0; j < e.K; ++j)
+      const int32_t* row = idx.data() + (size_t(bh) * nb + g) * K;
+      for (int j = 0; j < K; ++j)
         ASSERT_EQ(row[j], j < int(want.size()) ? want[j] : -1) << "head " << bh << " group " << g;
     }
   // Output: attention over the selected permuted blocks, causal on original positions.
-  spattn::TokenIndicesView iv{e.indices.data(), c.B, c.Hq, e.G, e.K, c.bs, L};
-  spattn::token_sparse_attention(p.args(), iv);
+  spattn::permuted_block_attention(p.args(), e.view(L));
   std::vector<uint8_t> allowed(size_t(H) * L * L, 0);
   for (int bh = 0; bh < H; ++bh)
     for (int i = 0; i < L; ++i)
@@ -214,11 +215,13 @@ TEST(PbsAttn, FirstTokenBlockFollowsThePermutation) {
   prm.threshold = {0.3f};
   const auto e = spattn::estimate_pbs_attn(p.args(), prm);
   const int nb = 8;
+  int K = 0;
+  const std::vector<int32_t> idx = spattn::permuted_block_token_indices(e.view(900), &K);
   for (int h = 0; h < 2; ++h) {
     EXPECT_EQ(e.perm[size_t(h) * 900 + 255], 0);
     for (int g = 0; g < nb; ++g) {
       EXPECT_TRUE(e.blocks.blocks[(size_t(h) * nb + g) * nb + 1]) << "head " << h << " group " << g;
-      EXPECT_EQ(e.indices[(size_t(h) * nb + g) * e.K], 0);  // token 0 listed first in every group
+      EXPECT_EQ(idx[(size_t(h) * nb + g) * K], 0);  // token 0 listed first in every group
     }
   }
   check_case({1, 2, 1, 900, 32, 128, 256, {0.3}});
@@ -229,10 +232,8 @@ TEST(PbsAttn, ShortSequencesRunDense) {
     Problem p(1, 2, 1, L, L, 32, 32, true, L);
     const auto e = spattn::estimate_pbs_attn(p.args(), {});
     EXPECT_TRUE(e.dense);
-    EXPECT_EQ(e.K, L);
     for (int i = 0; i < L; ++i) EXPECT_EQ(e.perm[i], i);
-    spattn::TokenIndicesView iv{e.indices.data(), 1, 2, e.G, e.K, 128, L};
-    spattn::token_sparse_attention(p.args(), iv);
+    spattn::permuted_block_attention(p.args(), e.view(L));
     p.expect_matches_reference(nullptr);
   }
 }

@@ -68,7 +68,8 @@ def test_the_registry_holds_an_exact_baseline():
 
 
 FORMATS = {"block": spattn.BlockMask, "none": spattn.BlockMask, "token": spattn.TokenIndices,
-           "vertical_slash": spattn.VerticalSlashMask, "window": spattn.WindowMask}
+           "vertical_slash": spattn.VerticalSlashMask, "window": spattn.WindowMask,
+           "permuted": spattn.PermutedBlockMask}
 
 
 def test_every_mask_format_has_a_class():

@@ -12,7 +12,7 @@ import pytest
 
 import spattn
 from spattn import _core
-from conftest import assert_matches, make_qkv, ref_attention
+from conftest import assert_matches, make_qkv, ref_attention, ref_probs
 
 
 def official_pbs(q, k, block=128, segment=256, threshold=0.9, force_first=True, perm_given=None, want_importance=False):
@@ -124,7 +124,9 @@ def assert_same_permutation(got, want, q, k, off):
 
 def check_against_official(q, k, **params):
     m = spattn.methods.get("pbs_attn", **params)
-    ti = m.estimate(q, k, causal=True)
+    pm = m.estimate(q, k, causal=True)
+    assert isinstance(pm, spattn.PermutedBlockMask)
+    ti = pm.to_token_indices()
     off = {"block": m.params["block_size"], "segment": m.params["segment_size"],
            "threshold": params.get("threshold", 0.9), "force_first": m.params["force_select_first_block"]}
     perm, mask, dense = official_pbs(q, k, **off)
@@ -266,6 +268,35 @@ def test_output_is_float64_attention_restricted_to_the_indices(B, Hq, Hkv, L, D)
     perm, mask, _ = official_pbs(w.q, w.k, threshold=0.7)
     assert_matches(out, lse, *ref_attention(w.q, w.k, w.v, causal=True, allowed=allowed_from(perm, mask, L, 128)))
     assert m.readouts()["selected_blocks"] > 0
+    # density and recall of the permuted mask: counted over the official keys in original positions
+    pm = m.estimate(w.q, w.k, causal=True)
+    allowed = allowed_from(perm, mask, L, 128)
+    vis = np.tril(np.ones((L, L), bool))
+    np.testing.assert_allclose(pm.density(), (allowed & vis).sum(axis=(2, 3)) / vis.sum())
+    p, _ = ref_probs(w.q, w.k, causal=True)
+    np.testing.assert_allclose(spattn.metrics.recall(w.q, w.k, pm, causal=True),
+                               np.where(allowed, p, 0).sum(-1).mean(-1), atol=1e-5)
+    tok = spattn.token_sparse_attention(w.q, w.k, w.v, pm.to_token_indices(), causal=True)
+    np.testing.assert_allclose(tok, out, atol=1e-5)
+
+
+def test_permuted_block_mask_checks_its_inputs():
+    blocks = spattn.BlockMask(np.ones((1, 1, 2, 2), bool), 128, 128, 200, 200)
+    perm = np.arange(200)[None, None].copy()
+    perm[0, 0, 5] = 6
+    with pytest.raises(ValueError, match="permutation"):
+        spattn.PermutedBlockMask(perm, blocks)
+    with pytest.raises(ValueError, match=r"perm must have shape \(B, H, 200\)"):
+        spattn.PermutedBlockMask(np.arange(100)[None, None], blocks)
+    with pytest.raises(TypeError, match="BlockMask"):
+        spattn.PermutedBlockMask(np.arange(200)[None, None], "blocks")
+    q, k, v = make_qkv(1, 1, 1, 200, 200, 64)
+    pm = spattn.PermutedBlockMask(np.arange(200)[None, None], blocks)
+    with pytest.raises(ValueError, match="causal"):
+        spattn.permuted_block_attention(q, k, v, pm, causal=False)
+    # identity permutation with every block: dense causal attention
+    np.testing.assert_allclose(spattn.permuted_block_attention(q, k, v, pm), spattn.attention(q, k, v, causal=True),
+                               atol=1e-6)
 
 
 def test_user_scale_replaces_the_estimate_scale():
@@ -310,3 +341,27 @@ def test_non_causal_and_chunked_calls_are_refused():
         m.estimate(q[:, :, :100], k, causal=True)
     with pytest.raises(ValueError, match="causal prefill"):
         _core.estimate_pbs_attn(q, k, False, None, _core.PbsAttnParams())
+
+
+@pytest.mark.parametrize("B, Hq, Hkv, L, D, block", [(1, 2, 1, 333, 64, 64), (2, 4, 2, 700, 80, 128),
+                                                     (1, 2, 2, 129, 128, 32), (1, 1, 1, 1, 64, 16)])
+def test_permuted_kernel_on_any_permutation(B, Hq, Hkv, L, D, block):
+    """A shuffle of the whole sequence and random blocks: blocks mixing earlier and later keys go
+    through the sorted, masked path; the output equals float64 attention over the listed keys."""
+    rng = np.random.default_rng(L)
+    q, k, v = make_qkv(B, Hq, Hkv, L, L, D, seed=L)
+    perm = np.stack([np.stack([rng.permutation(L) for _ in range(Hq)]) for _ in range(B)])
+    nb = -(-L // block)
+    blocks = rng.random((B, Hq, nb, nb)) < 0.4
+    pm = spattn.PermutedBlockMask(perm, spattn.BlockMask(blocks, block, block, L, L))
+    allowed = np.zeros((B, Hq, L, L), bool)
+    for b in range(B):
+        for h in range(Hq):
+            for qb in range(nb):
+                for kb in np.flatnonzero(blocks[b, h, qb]):
+                    allowed[b, h, qb * block:(qb + 1) * block, perm[b, h, kb * block:(kb + 1) * block]] = True
+    out, lse = spattn.permuted_block_attention(q, k, v, pm, return_lse=True)
+    assert_matches(out, lse, *ref_attention(q, k, v, causal=True, allowed=allowed))
+    vis = np.tril(np.ones((L, L), bool))
+    np.testing.assert_allclose(pm.density(), (allowed & vis).sum(axis=(2, 3)) / vis.sum())
+    np.testing.assert_array_equal(pm.to_dense(), allowed & vis)

@@ -124,6 +124,17 @@ inline VerticalSlashView vertical_slash_view(const IArr& vertical, const IArr& s
           dim(vertical, 2, "vertical"), dim(slash, 2, "slash"), block, len};
 }
 
+inline PermutedBlocksView permuted_view(const IArr& perm, const BArr& blocks, int block) {
+  need_ndim(perm, 3, "perm");
+  need_ndim(blocks, 4, "blocks");
+  need_positive(block, "block");
+  if (blocks.shape(0) != perm.shape(0) || blocks.shape(1) != perm.shape(1) || blocks.shape(2) != blocks.shape(3))
+    throw py::value_error("blocks must have shape (B, H, nb, nb) with (B, H) of perm " + shape_str(perm) + ", got " +
+                          shape_str(blocks));
+  return {perm.data(), blocks.data(), dim(perm, 0, "perm"), dim(perm, 1, "perm"), dim(perm, 2, "perm"),
+          dim(blocks, 2, "blocks"), block};
+}
+
 // Hand a C++ buffer to numpy without copying: a capsule owns the moved vector.
 template <class T>
 py::array adopt(std::vector<T>&& data, std::vector<py::ssize_t> shape, py::dtype dtype = py::dtype::of<T>()) {

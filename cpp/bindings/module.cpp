@@ -245,6 +245,55 @@ void bind_kernels(py::module_& m) {
   }, py::arg("vertical"), py::arg("slash"), py::arg("block"), py::arg("len"),
      "The vertical-slash pattern as TokenIndices (B, H, ceil(len / block), K), group_size = block.");
 
+  m.def("permuted_block_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& perm,
+                                       const BArr& blocks, int block, bool causal, const OptScale& scale) {
+    const PermutedBlocksView pb = permuted_view(perm, blocks, block);
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { permuted_block_attention(a, pb); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("perm"), py::arg("blocks"), py::arg("block"), py::arg("causal"),
+     py::arg("scale"),
+     "Block-sparse attention over permuted keys: perm (B, H, L) int32, blocks (B, H, nb, nb) over permuted key "
+     "blocks; causal on original positions, Nq == Nk.");
+
+  m.def("permuted_block_lse", [](const FArr& q, const FArr& k, const IArr& perm, const BArr& blocks, int block,
+                                 const OptScale& scale) {
+    AttnArgs a = make_args(q, k, nullptr, true, scale);
+    const PermutedBlocksView pb = permuted_view(perm, blocks, block);
+    a.v = nullptr;
+    a.shape.Dv = 0;
+    const py::tuple r = run_attention(a, [&](const AttnArgs& args) { permuted_block_attention(args, pb); });
+    return py::object(r[1]);
+  }, py::arg("q"), py::arg("k"), py::arg("perm"), py::arg("blocks"), py::arg("block"), py::arg("scale"),
+     "Row log-sum-exp (B, Hq, Nq) of the permuted-block pattern's keys (no values read).");
+
+  m.def("permuted_block_pairs", [](const IArr& perm, const BArr& blocks, int block) {
+    const PermutedBlocksView pb = permuted_view(perm, blocks, block);
+    AttnShape s;
+    s.B = pb.B; s.Hq = pb.H; s.Hkv = 1; s.Nq = s.Nk = pb.len; s.D = 1; s.Dv = 0;
+    pb.check_against(s);
+    std::vector<double> pairs;
+    {
+      py::gil_scoped_release nogil;
+      pairs = permuted_block_pairs(pb);
+    }
+    return adopt(std::move(pairs), {pb.B, pb.H});
+  }, py::arg("perm"), py::arg("blocks"), py::arg("block"),
+     "Visible (query, key) pairs of the permuted-block pattern per (b, h), float64; checks the inputs.");
+
+  m.def("permuted_block_token_indices", [](const IArr& perm, const BArr& blocks, int block) {
+    const PermutedBlocksView pb = permuted_view(perm, blocks, block);
+    AttnShape s;
+    s.B = pb.B; s.Hq = pb.H; s.Hkv = 1; s.Nq = s.Nk = pb.len; s.D = 1; s.Dv = 0;
+    pb.check_against(s);
+    int kmax = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = permuted_block_token_indices(pb, &kmax);
+    }
+    return adopt(std::move(idx), {pb.B, pb.H, pb.nb, kmax});
+  }, py::arg("perm"), py::arg("blocks"), py::arg("block"),
+     "The permuted-block pattern as TokenIndices (B, H, nb, K), group_size = block.");
+
   m.def("merge_states", [](const FArr& oa, const FArr& la, const FArr& ob, const FArr& lb) {
     if (oa.ndim() < 1 || oa.ndim() != ob.ndim() || !std::equal(oa.shape(), oa.shape() + oa.ndim(), ob.shape()))
       throw py::value_error("out_a and out_b must have the same shape, got " + shape_str(oa) + " and " + shape_str(ob));
@@ -500,11 +549,9 @@ void bind_pbs_attn(py::module_& m) {
       e = estimate_pbs_attn(a, p);
     }
     const AttnShape& s = a.shape;
-    return py::make_tuple(adopt(std::move(e.indices), {s.B, s.Hq, e.G, e.K}),
-                          adopt(std::move(e.perm), {s.B, s.Hq, s.Nq}), adopt_mask(std::move(e.blocks)), e.dense);
+    return py::make_tuple(adopt(std::move(e.perm), {s.B, s.Hq, s.Nq}), adopt_mask(std::move(e.blocks)), e.dense);
   }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
-     "(indices (B, Hq, G, K) int32 per query block of block_size, perm (B, Hq, L) int32, permuted block mask "
-     "(B, Hq, G, G) bool, dense) of PBS-Attn; causal prefill only.");
+     "(perm (B, Hq, L) int32, permuted block mask (B, Hq, G, G) bool, dense) of PBS-Attn; causal prefill only.");
 }
 
 void bind_proxyattn(py::module_& m) {

@@ -15,9 +15,9 @@ numpy; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right a
 
 from . import _core, integrations, methods, metrics, models, synthetic, training
 from .evaluate import Record, evaluate
-from .kernels import (BlockPlan, attention, block_sparse_attention, merge_states, plan, sparse_attention,
-                      token_sparse_attention, vertical_slash_attention, window_attention)
-from .masks import BlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from .kernels import (BlockPlan, attention, block_sparse_attention, merge_states, permuted_block_attention, plan,
+                      sparse_attention, token_sparse_attention, vertical_slash_attention, window_attention)
+from .masks import BlockMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
 
 __version__ = "0.1.0"
 
@@ -41,8 +41,8 @@ def num_threads() -> int:
 
 __all__ = [
     "attention", "block_sparse_attention", "token_sparse_attention", "window_attention", "vertical_slash_attention",
-    "sparse_attention", "merge_states", "plan", "BlockPlan",
-    "BlockMask", "TokenIndices", "VerticalSlashMask", "WindowMask", "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
+    "permuted_block_attention", "sparse_attention", "merge_states", "plan", "BlockPlan",
+    "BlockMask", "TokenIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask", "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
     "Record",
     "num_threads", "build_info", "__version__",
 ]

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from ._validation import as_causal, as_float_array, as_scale, check_int, check_qkv, half_bits
-from .masks import BlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from .masks import BlockMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
 
 Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 BlockPlan = _core.BlockPlan
@@ -165,14 +165,37 @@ def vertical_slash_attention(q, k, v, mask: VerticalSlashMask, *, causal: bool =
     return _finish(out, lse, return_lse)
 
 
+def permuted_block_attention(q, k, v, mask: PermutedBlockMask, *, causal: bool = True,
+                             scale: Optional[float] = None, return_lse: bool = False) -> Result:
+    """Block-sparse attention over permuted keys (PBS-Attn), causal on original positions.
+
+    Query block qb attends to the original keys ``mask.perm[b, h, kb*block : (kb+1)*block]`` of
+    every selected permuted block kb. Keys are gathered tile by tile (no permuted copy of K/V);
+    blocks wholly before the query block run unmasked, the others with the causal rule per
+    element. Causal prefill only (Nq == Nk == mask.length).
+    """
+    q, k, v = check_qkv(q, k, v)
+    if not isinstance(mask, PermutedBlockMask):
+        raise TypeError(f"mask must be a spattn.PermutedBlockMask, got {type(mask).__name__}")
+    if not as_causal(causal):
+        raise ValueError("permuted_block_attention is defined for causal attention (as PBS-Attn); pass causal=True")
+    mask.check_against(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    out, lse = _core.permuted_block_attention(q, k, v, mask.perm, mask.blocks.blocks.view(np.uint8), mask.block,
+                                              True, as_scale(scale))
+    return _finish(out, lse, return_lse)
+
+
 def sparse_attention(q, k, v, mask, *, causal: bool = False, scale: Optional[float] = None,
                      return_lse: bool = False) -> Result:
     """Attention restricted to any spattn mask: BlockMask or plan (block-sparse kernel),
-    TokenIndices (token-sparse), VerticalSlashMask (vertical-slash), WindowMask (window)."""
+    TokenIndices (token-sparse), VerticalSlashMask (vertical-slash), WindowMask (window),
+    PermutedBlockMask (permuted block-sparse)."""
     if isinstance(mask, (BlockMask, BlockPlan)):
         return block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, TokenIndices):
         return token_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+    if isinstance(mask, PermutedBlockMask):
+        return permuted_block_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, VerticalSlashMask):
         return vertical_slash_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, WindowMask):
@@ -180,7 +203,7 @@ def sparse_attention(q, k, v, mask, *, causal: bool = False, scale: Optional[flo
         mask.check_against(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         return window_attention(q, k, v, sinks=mask.sinks, left=mask.left, right=mask.right, causal=causal,
                                 scale=scale, return_lse=return_lse)
-    raise TypeError("mask must be a BlockMask, plan, TokenIndices, VerticalSlashMask or WindowMask, got "
+    raise TypeError("mask must be a BlockMask, plan, TokenIndices, VerticalSlashMask, WindowMask or PermutedBlockMask, got "
                     f"{type(mask).__name__}")
 
 

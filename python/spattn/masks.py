@@ -501,3 +501,79 @@ class WindowMask:
         if as_causal(causal):
             m &= j <= p
         return m[None, None]
+
+
+class PermutedBlockMask:
+    """A block mask over permuted keys (PBS-Attn): the permutation plus the blocks selected in
+    permuted order; causality always uses original positions (DESIGN.md, "Permutations").
+
+    Query block qb (rows ``[qb*block, (qb+1)*block)`` in original order) attends to the keys at
+    permuted positions ``[kb*block, (kb+1)*block)`` of every selected kb, i.e. to original keys
+    ``perm[kb*block : (kb+1)*block]``, each visible to the queries at or after its original position.
+    Causal prefill only (Nq == Nk == length). Run by :func:`spattn.kernels.permuted_block_attention`.
+
+    Parameters
+    ----------
+    perm : array_like of int, shape (B, H, length)
+        ``perm[b, h, p]`` = original position of the key at permuted position p; each row a
+        permutation of ``0 .. length-1``.
+    blocks : BlockMask
+        Square blocks (B, H, nb, nb) over (query blocks, permuted key blocks), q_len = kv_len = length.
+    """
+
+    def __init__(self, perm, blocks: "BlockMask"):
+        if not isinstance(blocks, BlockMask):
+            raise TypeError(f"blocks must be a spattn.BlockMask, got {type(blocks).__name__}")
+        if blocks.block_q != blocks.block_k or blocks.q_len != blocks.kv_len:
+            raise ValueError("blocks must be square (block_q == block_k) with q_len == kv_len, got "
+                             f"block_q={blocks.block_q}, block_k={blocks.block_k}, q_len={blocks.q_len}, "
+                             f"kv_len={blocks.kv_len}")
+        arr = np.asarray(perm)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"perm must be an integer array, got dtype {arr.dtype}")
+        if arr.ndim != 3 or arr.shape[2] != blocks.q_len:
+            raise ValueError(f"perm must have shape (B, H, {blocks.q_len}), got {arr.shape}")
+        if blocks.blocks.shape[:2] != arr.shape[:2]:
+            raise ValueError(f"blocks must have (B, H) = {arr.shape[:2]}, got {blocks.blocks.shape[:2]}")
+        self.perm = np.ascontiguousarray(arr, dtype=np.int32)
+        self.blocks = blocks
+        from . import _core
+        _core.permuted_block_pairs(self.perm, self.blocks.blocks.view(np.uint8), self.block)  # checks perm rows
+
+    block = property(lambda self: self.blocks.block_q)
+    length = property(lambda self: self.blocks.q_len)
+    q_len = property(lambda self: self.blocks.q_len)
+    kv_len = property(lambda self: self.blocks.q_len)
+
+    @property
+    def shape(self) -> tuple:
+        return self.perm.shape[:2]
+
+    def __repr__(self) -> str:
+        return (f"PermutedBlockMask(B={self.shape[0]}, H={self.shape[1]}, length={self.length}, block={self.block}, "
+                f"blocks kept={self.blocks.blocks.mean():.3f})")
+
+    def check_against(self, B: int, Hq: int, Nq: int, Nk: int) -> None:
+        if Nq != Nk or Nk != self.length:
+            raise ValueError(f"the permuted block mask was made for Nq = Nk = {self.length}, got Nq={Nq}, Nk={Nk}")
+        if self.shape != (B, Hq):
+            raise ValueError(f"the permuted block mask has (B, H) = {self.shape}, q has B={B}, Hq={Hq}")
+
+    def density(self, q_len: Optional[int] = None, causal: bool = True) -> np.ndarray:
+        """Share of the causal (query, key) pairs the pattern computes, per (B, H)."""
+        from . import _core
+        if q_len is not None and check_int(q_len, "q_len") != self.length:
+            raise ValueError(f"q_len must be the mask's length {self.length}, got {q_len}")
+        pairs = _core.permuted_block_pairs(self.perm, self.blocks.blocks.view(np.uint8), self.block)
+        return pairs / max(_total_visible(self.length, self.length, as_causal(causal)), 1)
+
+    def to_token_indices(self) -> TokenIndices:
+        """The same keys as TokenIndices (group_size = block; original positions <= each block's
+        last query). Memory grows with blocks x keys per block: for tests and plots."""
+        from . import _core
+        idx = _core.permuted_block_token_indices(self.perm, self.blocks.blocks.view(np.uint8), self.block)
+        return TokenIndices(idx, self.block, self.length, assume_sorted=True)
+
+    def to_dense(self, q_len: Optional[int] = None, causal: bool = True) -> np.ndarray:
+        """Element mask (B, H, length, length) bool in original positions, causal, for small sizes."""
+        return self.to_token_indices().to_dense(self.length, causal=True)

@@ -52,6 +52,19 @@ void vertical_slash_attention(const AttnArgs& args, const VerticalSlashView& vs)
 std::vector<double> vertical_slash_pairs(const VerticalSlashView& vs);
 std::vector<int32_t> vertical_slash_token_indices(const VerticalSlashView& vs, int* kmax);
 
+// Block-sparse attention over permuted keys (PBS-Attn): query block qb attends to the keys of its
+// selected permuted blocks, key j visible to query i iff its original position <= i (Nq == Nk,
+// causal). Blocks whose keys all precede the block's first query run unmasked; the keys of the
+// others are sorted by position and masked per element. K/V are gathered per tile, never
+// permuted as a whole: memory is the permutation and the block map.
+void permuted_block_attention(const AttnArgs& args, const PermutedBlocksView& pb);
+
+// Visible (query, key) pairs per (b, h) (B x H values), and the pattern as TokenIndices
+// (group_size = block: per query block the ascending original positions of its selected keys
+// <= its last query, -1 padded); `kmax` receives K.
+std::vector<double> permuted_block_pairs(const PermutedBlocksView& pb);
+std::vector<int32_t> permuted_block_token_indices(const PermutedBlocksView& pb, int* kmax);
+
 // Exact merge of two attention states over disjoint key sets:
 // lse = logaddexp(lse_a, lse_b), out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.
 // Rows empty on both sides give out = 0, lse = -inf. `rows` rows of `dv` values each.

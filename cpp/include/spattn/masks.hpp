@@ -73,6 +73,22 @@ struct VerticalSlashView {
   void check_against(const AttnShape& s) const;
 };
 
+// A block mask over permuted keys (PBS-Attn; DESIGN.md "Permutations"), per (b, query head):
+// perm (B, H, len) int32, perm[p] = original position of the key at permuted position p (a
+// permutation of 0 .. len-1), and blocks (B, H, nb, nb) bool: query block qb (rows
+// [qb*block, ...), original order) attends to the keys at permuted positions [kb*block, ...) of
+// every selected kb, causal on original positions. Causal, Nq == Nk == len.
+struct PermutedBlocksView {
+  const int32_t* perm = nullptr;
+  const uint8_t* blocks = nullptr;
+  int B = 1, H = 1, len = 0, nb = 0, block = 128;
+  const int32_t* perm_row(int b, int h) const { return perm + (size_t(b) * H + h) * len; }
+  const uint8_t* block_row(int b, int h, int qb) const { return blocks + ((size_t(b) * H + h) * nb + qb) * size_t(nb); }
+  // Throws std::invalid_argument unless the shape is Nq == Nk == len, H == Hq, B matching,
+  // nb == ceil(len / block) and each perm row a permutation of 0 .. len-1.
+  void check_against(const AttnShape& s) const;
+};
+
 // One contiguous run of keys [start, end) of a query block; `column` for single vertical keys.
 struct KeyRun {
   int start, end;

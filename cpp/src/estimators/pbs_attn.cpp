@@ -93,23 +93,17 @@ PbsAttnEstimate estimate_pbs_attn(const AttnArgs& a, const PbsAttnParams& p) {
   const size_t heads = size_t(s.B) * s.Hq;
 
   PbsAttnEstimate est;
-  est.G = nb;
   est.blocks = BlockMask(s.B, s.Hq, L, L, bs, bs);
   est.perm.resize(heads * size_t(L));
   if (L == 0) return est;
 
   if (L <= S) {  // the official SDPA fallback: dense causal, identity permutation
     est.dense = true;
-    est.K = L;
-    est.indices.assign(heads * nb * size_t(L), -1);
     for (size_t bh = 0; bh < heads; ++bh) {
       std::iota(est.perm.begin() + bh * L, est.perm.begin() + (bh + 1) * L, 0);
       for (int g = 0; g < nb; ++g) {
         uint8_t* brow = est.blocks.blocks.data() + (bh * nb + g) * nb;
         std::fill(brow, brow + g + 1, 1);  // every block at or left of the diagonal
-        int32_t* row = est.indices.data() + (bh * nb + g) * size_t(L);
-        const int last = std::min(L, (g + 1) * bs);
-        std::iota(row, row + last, 0);
       }
     }
     return est;
@@ -131,10 +125,9 @@ PbsAttnEstimate estimate_pbs_attn(const AttnArgs& a, const PbsAttnParams& p) {
     std::iota(perm + complete, perm + L, complete);
   }
 
-  // 2. Block selection on (Q, K[perm]) and 3. the token indices of each query block.
+  // 2. Block selection on (Q, K[perm]); step 3 is spattn::permuted_block_attention.
   const int spb = S / bs;  // blocks per segment
   const float scale = a.effective_scale();
-  std::vector<std::vector<int32_t>> rows(heads * nb);
 #pragma omp parallel for schedule(dynamic, 1)
   for (long long bh = 0; bh < (long long)heads; ++bh) {
     const int b = int(bh / s.Hq), h = int(bh % s.Hq), hk = h / s.group();
@@ -189,25 +182,8 @@ PbsAttnEstimate estimate_pbs_attn(const AttnArgs& a, const PbsAttnParams& p) {
       }
       if (p.force_select_first_block) row[first_block] = 1;
       for (int kb = own * spb; kb < std::min(nb, (own + 1) * spb); ++kb) row[kb] = 1;  // own segment
-
-      // Keys of the selected blocks visible to some query of the block (original position <= its last query).
-      const int last = std::min(L, (qb + 1) * bs) - 1;
-      std::vector<int32_t>& keys = rows[size_t(bh) * nb + qb];
-      for (int kb = 0; kb < nb; ++kb) {
-        if (!row[kb]) continue;
-        for (int pos = kb * bs; pos < std::min(L, (kb + 1) * bs); ++pos)
-          if (perm[pos] <= last) keys.push_back(perm[pos]);
-      }
-      std::sort(keys.begin(), keys.end());
     }
   }
-  size_t kmax = 0;
-  for (const auto& r : rows) kmax = std::max(kmax, r.size());
-  est.K = int(kmax);
-  est.indices.assign(heads * nb * kmax, -1);
-#pragma omp parallel for schedule(static)
-  for (long long r = 0; r < (long long)rows.size(); ++r)
-    std::copy(rows[size_t(r)].begin(), rows[size_t(r)].end(), est.indices.begin() + size_t(r) * kmax);
   return est;
 }
 

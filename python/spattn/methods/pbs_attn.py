@@ -11,7 +11,7 @@ from typing import Any, Dict
 import numpy as np
 
 from .. import _core
-from ..masks import BlockMask, TokenIndices
+from ..masks import BlockMask, PermutedBlockMask
 from .base import Capabilities, Method, register
 
 
@@ -38,13 +38,13 @@ class PbsAttn(Method):
     3. Attention of each query over the keys of its block's selected permuted blocks, causal on
        original positions (key <= query).
 
-    Here step 3 runs on the token-sparse kernel: ``estimate`` returns :class:`TokenIndices` with
-    ``group_size = block_size`` holding, per query block, the sorted original positions of the
-    keys of its selected permuted blocks that are <= the block's last query (the others are
-    invisible to every query of the block, so the output is unchanged). ``last_info`` keeps the
-    permutation ``perm`` (B, Hq, L) (``perm[p]`` = original position of the key at permuted
-    position p), the permuted block mask ``blocks`` (:class:`BlockMask` over permuted key blocks)
-    and ``dense`` (the fallback was taken).
+    ``estimate`` returns a :class:`PermutedBlockMask`: the permutation ``perm`` (B, Hq, L)
+    (``perm[p]`` = original position of the key at permuted position p) and the permuted block
+    mask ``blocks`` (:class:`BlockMask` over permuted key blocks). Step 3 runs on
+    :func:`spattn.kernels.permuted_block_attention`, which gathers each tile's keys by the
+    permutation (memory: the permutation and the block map; ``to_token_indices()`` lists the keys
+    per query block for inspection). ``last_info`` keeps ``perm``, ``blocks`` and ``dense`` (the
+    fallback was taken).
 
     GQA as the official HF patch (``repeat_kv``): one permutation and one mask per query head,
     query head h reading kv head h // (Hq/Hkv).
@@ -76,14 +76,15 @@ class PbsAttn(Method):
     paper = "Wang et al., Sparser Block-Sparse Attention via Token Permutation (PBS-Attn), 2025"
     pattern = "segment-wise key permutation by last-block attention, pooled cumulative threshold on permuted blocks"
     params_struct = _core.PbsAttnParams
-    capabilities = Capabilities(noncausal=False, chunked=False, decode=False, mask_format="token")
+    capabilities = Capabilities(noncausal=False, chunked=False, decode=False, mask_format="permuted")
 
-    def _estimate(self, q, k, causal, scale) -> TokenIndices:
+    def _estimate(self, q, k, causal, scale) -> PermutedBlockMask:
         bs = self.params["block_size"]
         L = k.shape[2]
-        idx, perm, blocks, dense = _core.estimate_pbs_attn(q, k, causal, scale, self.cparams)
-        self.last_info = {"perm": perm, "blocks": BlockMask(blocks, bs, bs, L, L), "dense": bool(dense)}
-        return TokenIndices(idx, bs, L, assume_sorted=True)
+        perm, blocks, dense = _core.estimate_pbs_attn(q, k, causal, scale, self.cparams)
+        mask = BlockMask(blocks, bs, bs, L, L)
+        self.last_info = {"perm": perm, "blocks": mask, "dense": bool(dense)}
+        return PermutedBlockMask(perm, mask)
 
     def readouts(self) -> Dict[str, Any]:
         if not self.last_info:

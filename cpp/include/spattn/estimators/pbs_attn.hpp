@@ -53,19 +53,18 @@ struct PbsAttnParams {
   }
 };
 
-// The estimate: token indices per query block, plus what the official code builds on the way.
+// The estimate: the permutation and the permuted block mask, run by
+// spattn::permuted_block_attention (masks.hpp PermutedBlocksView).
 struct PbsAttnEstimate {
-  // (B, Hq, G, K) int32, G = ceil(L / block_size): per query block the ascending original
-  // positions of the keys of its selected permuted blocks that are <= its last query (the
-  // others are invisible to every query of the block), -1 padded.
-  std::vector<int32_t> indices;
-  int G = 0, K = 0;
   // (B, Hq, L) int32: perm[p] = original position of the key at permuted position p.
   std::vector<int32_t> perm;
   // (B, Hq, G, G) permuted block mask (selected | first-token block | own segment); in the dense
-  // fallback every block at or left of the diagonal.
+  // fallback every block at or left of the diagonal (identity permutation).
   BlockMask blocks;
   bool dense = false;  // L <= segment_size: dense causal, identity permutation
+  PermutedBlocksView view(int L) const {
+    return {perm.data(), blocks.blocks.data(), blocks.B, blocks.H, L, blocks.nqb, blocks.block_q};
+  }
 };
 
 // Causal prefill (Nq == Nk) only: throws std::invalid_argument otherwise, and when threshold
