@@ -14,6 +14,7 @@ numpy; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right a
 """
 
 from . import _core, integrations, methods, metrics, models, synthetic, training
+from .cache import KVCache
 from .evaluate import Record, evaluate
 from .kernels import BlockPlan, attention, block_sparse_attention, merge_states, plan, token_sparse_attention
 from .masks import BlockMask, TokenIndices
@@ -40,7 +41,7 @@ def num_threads() -> int:
 
 __all__ = [
     "attention", "block_sparse_attention", "token_sparse_attention", "merge_states", "plan", "BlockPlan",
-    "BlockMask", "TokenIndices", "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
+    "BlockMask", "TokenIndices", "KVCache", "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
     "Record",
     "num_threads", "build_info", "__version__",
 ]
