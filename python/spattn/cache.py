@@ -26,7 +26,7 @@ State is keyed by layer index and a method key, so one cache serves every layer 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Tuple
 
 import numpy as np
 
