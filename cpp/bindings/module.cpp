@@ -409,6 +409,39 @@ void bind_quest(py::module_& m) {
      "Quest's selected key positions (B, Hq, 1, K), ascending, -1 padded.");
 }
 
+void bind_doublesparse(py::module_& m) {
+  bind_params<DoubleSparseParams>(m, "DoubleSparseParams", "doublesparse",
+                                  "Double Sparsity decode token-selection parameters (official defaults).");
+  m.def("estimate_doublesparse", [](const FArr& q_label, const FArr& labels, int kv_len, const DoubleSparseParams& p) {
+    p.validate();
+    need_ndim(q_label, 4, "q_label");
+    need_ndim(labels, 4, "labels");
+    AttnShape s;
+    s.B = dim(q_label, 0, "q_label"); s.Hq = dim(q_label, 1, "q_label"); s.Nq = dim(q_label, 2, "q_label");
+    s.D = dim(q_label, 3, "q_label");
+    s.Hkv = dim(labels, 1, "labels");
+    const int cap = dim(labels, 2, "labels");
+    if (s.Nq != 1) throw py::value_error("q_label must hold one query per head (Nq == 1), got shape " + shape_str(q_label));
+    if (labels.shape(0) != s.B || labels.shape(3) != s.D || s.Hkv == 0 || s.Hq == 0 || s.Hq % s.Hkv != 0 || s.D == 0)
+      throw py::value_error("labels must have shape (B=" + std::to_string(s.B) + ", H dividing Hq=" + std::to_string(s.Hq) +
+                            ", capacity, r=" + std::to_string(s.D) + "), got " + shape_str(labels));
+    if (kv_len < 0 || kv_len > cap)
+      throw py::value_error("kv_len must lie in [0, capacity=" + std::to_string(cap) + "], got " + std::to_string(kv_len));
+    s.Nk = kv_len;
+    s.kv_capacity = cap;
+    s.Dv = 0;
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_doublesparse(q_label.data(), labels.data(), s, p, &K);
+    }
+    return adopt(std::move(idx), {s.B, s.Hq, 1, K});
+  }, py::arg("q_label"), py::arg("labels"), py::arg("kv_len"), py::arg("params"),
+     "Double Sparsity's selected key positions (B, Hq, 1, K), ascending, -1 padded: the top heavy_const of "
+     "q_label (B, Hq, 1, r) . labels (B, H, capacity, r) over the first kv_len labels.");
+}
+
 void bind_sea(py::module_& m) {
   bind_params<SeaParams>(m, "SeaParams", "sea", "SEA parameters (official OPT-run defaults).");
   m.def("sea_estimate", [](const FArr& q, const FArr& k, const FArr& features, bool causal, const OptScale& scale,
@@ -495,6 +528,7 @@ PYBIND11_MODULE(_core, m) {
   bind_seerattention(m);
   bind_sea(m);
   bind_quest(m);
+  bind_doublesparse(m);
   m.def("max_threads", []() { return omp_get_max_threads(); });
   m.def("build_info", []() {
     py::dict d;

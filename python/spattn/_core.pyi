@@ -67,6 +67,12 @@ class QuestParams(_Params):
     eval_selection: bool
     dense_layers: int
 
+class DoubleSparseParams(_Params):
+    heavy_const: int
+    group_factor: int
+    label_bits: int
+    dense_layers: int
+
 # ---------------------------------------------------------------------------- plans
 class BlockPlan:
     B: int
@@ -137,3 +143,5 @@ def sea_decoder_refine(est: np.ndarray, counts: np.ndarray, w1: np.ndarray, b1: 
 def quest_page_scores(q: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, kv_len: int, page_size: int) -> np.ndarray: ...
 def estimate_quest(q: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, kv_len: int,
                    params: QuestParams) -> np.ndarray: ...
+def estimate_doublesparse(q_label: np.ndarray, labels: np.ndarray, kv_len: int,
+                          params: DoubleSparseParams) -> np.ndarray: ...
