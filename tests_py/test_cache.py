@@ -147,3 +147,27 @@ def test_bad_appends_name_the_argument():
         spattn.KVCache(initial_capacity=0)
     assert cache.length(0) == 3  # failed appends changed nothing
     assert repr(cache) == "KVCache(layers={0: 3/256})"
+
+
+def test_decode_calls_do_not_copy_the_cache():
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    cache = spattn.KVCache()
+    k = rng.standard_normal((1, 4, 3000, 128)).astype(np.float32)
+    cache.append(2, k, k)
+    cache.append(2, k[:, :, :1], k[:, :, :1])  # capacity 6000: the filled prefix is not contiguous
+    q = rng.standard_normal((1, 8, 1, 128)).astype(np.float32)
+    kb, vb, n = cache.buffers(2)
+    quest = spattn.methods.get("quest", token_budget=256)
+    quest(q, cache, layer=2)  # registers the page metadata first
+    tracemalloc.start()
+    try:
+        spattn.attention(q, kb, vb, kv_len=n)
+        quest(q, cache, layer=2)
+        cache.append(2, k[:, :, :1], k[:, :, :1])
+        quest(q, cache, layer=2)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kb.nbytes == 12_288_000 and peak < 1_000_000, peak  # a copy of K alone would be 6 MB

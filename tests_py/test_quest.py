@@ -284,3 +284,25 @@ def test_nan_keys_give_nan_rows_not_a_crash():
     k[0, 0, 37] = np.nan
     out = spattn.methods.get("quest", token_budget=64)(q, k, v)
     assert np.isnan(out[0, 0]).all() and np.isfinite(out[0, 1]).all()  # the NaN page ranks first
+
+
+def test_runs_as_the_decode_method_of_the_transformers_backend():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from spattn.integrations import hf
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   max_position_embeddings=4096, attn_implementation="sdpa")
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(3, 96, (1, 100), generator=torch.Generator().manual_seed(1))
+    ref = model.generate(ids, max_new_tokens=5, do_sample=False)
+    # a budget covering the cache: the kernel path is dense, generation unchanged
+    hf.use(model, method="dense", decode_method=spattn.methods.get("quest", token_budget=1024))
+    assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), ref)
+    assert hf.stats(model)[0]["calls"]["decode_method"] == 4
+    hf.use(model, method="dense", decode_method=spattn.methods.get("quest", token_budget=32))
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, 105) and hf.stats(model)[1]["calls"]["decode_method"] == 4
+    hf.restore(model)
