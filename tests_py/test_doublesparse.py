@@ -12,7 +12,7 @@ import pytest
 
 import spattn
 from spattn import _core
-from spattn.methods.doublesparse import DoubleSparseLabels, pseudo_quantize
+from spattn.methods.doublesparse import DoubleSparseLabels, calibrate_channels, pseudo_quantize
 from conftest import assert_matches, make_qkv, ref_attention
 
 
@@ -198,3 +198,56 @@ def test_errors_name_the_parameter_or_argument():
     cache.append(2, k, v)
     with pytest.raises(ValueError, match="q must have shape"):
         spattn.methods.get("doublesparse")(q[..., :32], cache, layer=2)
+
+
+def official_calibration(blocks, kind, Hq, Hkv):
+    """config/offline_calibration.py: the hooks' statistics over (B, N, H * D) projection outputs
+    (q, k) or the (B, Hq, N, D) product reshaped as is (qk), the accumulation into output_dict
+    (and its qk quirk), then the descending sort."""
+    out = {}
+    for blk in blocks:
+        if kind == "qk":
+            q, k = blk
+            out_ = q * np.repeat(k, Hq // Hkv, axis=1)  # (B, Hq, N, D), the heads axis never moved back
+            y = np.abs(out_.reshape(-1, Hq, q.shape[3])).mean(0)
+            name = "attn"
+            if name not in out:  # the official test of the wrong key: always true
+                out[name + ".qk_proj"] = y
+            else:
+                out[name + ".qk_proj"] += y
+            continue
+        B, H, N, D = blk.shape
+        y = np.abs(blk.transpose(0, 2, 1, 3).reshape(B, N, H * D).reshape(-1, H, D)).mean(0)
+        out["proj"] = y if "proj" not in out else out["proj"] + y
+    (stat,) = out.values()
+    return np.argsort(-stat, axis=-1, kind="stable")
+
+
+@pytest.mark.parametrize("kind", ["q", "k", "qk"])
+def test_calibration_equals_the_official_statistics(kind):
+    rng = np.random.default_rng(13)
+    scales = rng.uniform(0.1, 3.0, 64)  # outlier channels
+    def block(H):
+        return (rng.standard_normal((2, H, 50, 64)) * scales).astype(np.float64)
+    if kind == "qk":
+        blocks = [(block(4), block(2)) for _ in range(3)]
+    else:
+        blocks = [block(4 if kind == "q" else 2) for _ in range(3)]
+    table = calibrate_channels(blocks, kind)
+    np.testing.assert_array_equal(table, official_calibration(blocks, kind, 4, 2))
+    assert table.shape == ((2, 64) if kind == "k" else (4, 64))
+    if kind == "qk":  # only the last block counts
+        np.testing.assert_array_equal(table, calibrate_channels(blocks[-1:], "qk"))
+    q, k, _ = make_qkv(1, 4, 2, 1, 300, 64, seed=14)
+    spattn.methods.get("doublesparse", heavy_const=32, channels=table).estimate(q, k).check_against(1, 4, 1, 300)
+
+
+def test_calibration_errors():
+    with pytest.raises(ValueError, match="kind must be"):
+        calibrate_channels([np.ones((1, 1, 2, 4))], "v")
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate_channels([], "q")
+    with pytest.raises(ValueError, match=r"blocks\[1\] has 2 heads"):
+        calibrate_channels([np.ones((1, 1, 2, 4)), np.ones((1, 2, 2, 4))], "q")
+    with pytest.raises(TypeError, match=r"blocks\[0\] must be a \(q, k\) pair"):
+        calibrate_channels([np.ones((1, 1, 2, 4))], "qk")

@@ -9,12 +9,12 @@ Yang et al., "Post-Training Sparse Attention with Double Sparsity", 2024; the ra
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .. import _core
-from .._validation import check_int
+from .._validation import as_float_array, check_int
 from ..cache import KVCache
 from ..masks import TokenIndices
 from ._decode import CacheDecode
@@ -31,6 +31,59 @@ def pseudo_quantize(x: np.ndarray, bits: int) -> np.ndarray:
     scale = max_quant / rng
     q = np.clip(np.round((x - lo) * scale), 0, max_quant)
     return (q / scale + lo).astype(np.float32)
+
+
+def calibrate_channels(blocks: Sequence, kind: str = "q") -> np.ndarray:
+    """A channel table for one layer, as the official offline calibration
+    (config/offline_calibration.py ``get_q_hook`` / ``get_k_hook`` / ``get_qk_hook`` and the
+    final descending sort) computes it from captured activations of calibration blocks (the
+    official run: 512-token blocks of pile-val).
+
+    Parameters
+    ----------
+    blocks : sequence
+        ``kind="q"``: q blocks (B, Hq, N, D) and ``kind="k"``: k blocks (B, Hkv, N, D), both
+        **before** RoPE (the official hooks read the q_proj / k_proj outputs); ``kind="qk"``:
+        (q, k) pairs after RoPE.
+    kind : {"q", "k", "qk"}
+        "q" (the official runtime default, ``--channel q``): sum over blocks of mean_t |q_t[d]|;
+        "k": the same on k; "qk": |q_t[d] k_t[d]| (k repeated per GQA group) averaged as the
+        official hook does, ``(q * k).reshape(-1, Hq, D).mean(0)`` on the (B, Hq, N, D) product
+        without moving the head axis back: row j averages the tokens n with (b Hq N + h N + n) %
+        Hq == j over **every** head (a per-token-position, not per-head, statistic; for N a
+        multiple of Hq, the tokens n = j mod Hq), and of the **last block only** (the official
+        accumulation tests a key it never writes, so each block overwrites the previous one).
+
+    Returns
+    -------
+    int array (H, D): per head, the channels by descending statistic (ties to the lower channel),
+    the ``channels`` parameter of :class:`DoubleSparse`.
+    """
+    if kind not in ("q", "k", "qk"):
+        raise ValueError(f"kind must be 'q', 'k' or 'qk', got {kind!r}")
+    stat = None
+    for i, blk in enumerate(blocks):
+        if kind == "qk":
+            if not (isinstance(blk, (tuple, list)) and len(blk) == 2):
+                raise TypeError(f"blocks[{i}] must be a (q, k) pair for kind='qk'")
+            q = as_float_array(blk[0], f"blocks[{i}][0]").astype(np.float64)
+            k = as_float_array(blk[1], f"blocks[{i}][1]").astype(np.float64)
+            if q.ndim != 4 or k.ndim != 4 or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:] \
+                    or q.shape[1] % k.shape[1]:
+                raise ValueError(f"blocks[{i}] must hold q (B, Hq, N, D) and k (B, Hkv, N, D), got {q.shape}, {k.shape}")
+            prod = np.abs(q * np.repeat(k, q.shape[1] // k.shape[1], axis=1))  # (B, Hq, N, D), C order
+            stat = prod.reshape(-1, q.shape[1], q.shape[3]).mean(axis=0)  # the official reshape; the last block wins
+            continue
+        x = as_float_array(blk, f"blocks[{i}]").astype(np.float64)
+        if x.ndim != 4:
+            raise ValueError(f"blocks[{i}] must have shape (B, H, N, D), got {x.shape}")
+        m = np.abs(x).mean(axis=(0, 2))
+        if stat is not None and stat.shape != m.shape:
+            raise ValueError(f"blocks[{i}] has {m.shape[0]} heads of {m.shape[1]} channels, earlier blocks {stat.shape}")
+        stat = m if stat is None else stat + m
+    if stat is None:
+        raise ValueError("blocks must hold at least one calibration block")
+    return np.argsort(-stat, axis=-1, kind="stable").astype(np.int64)
 
 
 class DoubleSparseLabels:
@@ -114,8 +167,9 @@ class DoubleSparse(CacheDecode, Method):
     -----
     Deviations: float32 labels and quantization (official: fp16), scores summed in float64
     without the 1/sqrt(r) factor (order unchanged); ties go to the lower token index (torch.sort
-    leaves them unspecified); a NaN score ranks first (as torch.sort descending). Offline
-    calibration of the channel table (pile-val statistics) is not part of spattn yet.
+    leaves them unspecified); a NaN score ranks first (as torch.sort descending). Channel tables
+    come from :func:`calibrate_channels` on activations the caller captures (spattn ships no
+    calibration data set).
     """
 
     name = "doublesparse"
@@ -208,4 +262,4 @@ class DoubleSparse(CacheDecode, Method):
         return self._select(q, labels, table, cache.length(layer))
 
 
-__all__ = ["DoubleSparse", "DoubleSparseLabels", "pseudo_quantize"]
+__all__ = ["DoubleSparse", "DoubleSparseLabels", "calibrate_channels", "pseudo_quantize"]
