@@ -85,7 +85,8 @@ class Quest(CacheDecode, Method):
     official order: the current token's page is the last page), then ``select(q, cache,
     layer=i)`` / ``m(q, cache, layer=i)``. On plain arrays ``m(q, k, v)`` / ``estimate(q, k)``
     build the metadata from k for that call and select as a sparse layer (the layer plan applies
-    to cache calls only).
+    to cache calls only); the transformers backend's ``decode_method`` goes this way, rebuilding
+    the metadata (one pass over K) at every step.
 
     Parameters
     ----------
