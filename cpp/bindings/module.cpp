@@ -8,8 +8,10 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "convert.hpp"
 #include "params.hpp"
@@ -48,6 +50,18 @@ template <class Kernel>
 py::tuple run_attention(const FArr& q, const FArr& k, const FArr& v, bool causal, const OptScale& scale,
                         const Kernel& kernel) {
   return run_attention(make_args(q, k, &v, causal, scale), kernel);
+}
+
+// K/V buffers (B, Hkv, capacity, D) of which the first kv_len rows per head are attended (a decode
+// cache's filled prefix): the kernels read them in place through AttnShape::kv_capacity.
+AttnArgs prefix_args(const FArr& q, const FArr& k, const FArr& v, int kv_len, bool causal, const OptScale& scale) {
+  AttnArgs a = make_args(q, k, &v, causal, scale);
+  if (kv_len < 0 || kv_len > a.shape.Nk)
+    throw py::value_error("kv_len must lie in [0, capacity=" + std::to_string(a.shape.Nk) + "] (axis 2 of k), got " +
+                          std::to_string(kv_len));
+  a.shape.kv_capacity = a.shape.Nk;
+  a.shape.Nk = kv_len;
+  return a;
 }
 
 // The binding of a block estimator `BlockMask fn(const AttnArgs&, const P&)`: the parameter class
@@ -293,6 +307,20 @@ void bind_kernels(py::module_& m) {
     return adopt(std::move(idx), {pb.B, pb.H, pb.nb, kmax});
   }, py::arg("perm"), py::arg("blocks"), py::arg("block"),
      "The permuted-block pattern as TokenIndices (B, H, nb, K), group_size = block.");
+  m.def("dense_attention_prefix", [](const FArr& q, const FArr& k, const FArr& v, int kv_len, bool causal,
+                                     const OptScale& scale) {
+    return run_attention(prefix_args(q, k, v, kv_len, causal, scale), [](const AttnArgs& a) { dense_attention(a); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kv_len"), py::arg("causal"), py::arg("scale"),
+     "Dense attention over the first kv_len rows of K/V buffers (B, Hkv, capacity, D), read in place.");
+
+  m.def("token_sparse_attention_prefix", [](const FArr& q, const FArr& k, const FArr& v, int kv_len, const IArr& idx,
+                                            int group_size, bool causal, const OptScale& scale) {
+    const TokenIndicesView iv = index_view(idx, group_size, kv_len);
+    return run_attention(prefix_args(q, k, v, kv_len, causal, scale),
+                         [&](const AttnArgs& a) { token_sparse_attention(a, iv); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("kv_len"), py::arg("indices"), py::arg("group_size"),
+     py::arg("causal"), py::arg("scale"),
+     "Token-sparse attention over the first kv_len rows of K/V buffers (B, Hkv, capacity, D), read in place.");
 
   m.def("merge_states", [](const FArr& oa, const FArr& la, const FArr& ob, const FArr& lb) {
     if (oa.ndim() < 1 || oa.ndim() != ob.ndim() || !std::equal(oa.shape(), oa.shape() + oa.ndim(), ob.shape()))
@@ -471,6 +499,85 @@ void bind_seerattention(py::module_& m) {
   }, py::arg("q"), py::arg("k"), py::arg("block_size"), py::arg("scale"));
 }
 
+void bind_quest(py::module_& m) {
+  bind_params<QuestParams>(m, "QuestParams", "quest", "Quest decode page-selection parameters (official defaults).");
+  // q (B, Hq, 1, D) against the page metadata kmin / kmax (B, Hkv, page_capacity, D) of a cache holding kv_len tokens.
+  const auto pages_shape = [](const FArr& q, const FArr& kmin, const FArr& kmax, int kv_len, int page_size) {
+    need_ndim(kmin, 4, "kmin");
+    need_ndim(kmax, 4, "kmax");
+    need_positive(page_size, "page_size");
+    if (!std::equal(kmin.shape(), kmin.shape() + 4, kmax.shape()))
+      throw py::value_error("kmin and kmax must have the same shape, got " + shape_str(kmin) + " and " + shape_str(kmax));
+    AttnShape s = qkv_shape(q, kmin, nullptr);
+    if (s.Nq != 1) throw py::value_error("q must hold one query per head (Nq == 1), got shape " + shape_str(q));
+    const int pages = s.Nk;
+    if (kv_len < 0 || (long long)kv_len > (long long)pages * page_size)
+      throw py::value_error("kv_len must lie in [0, page_capacity * page_size = " +
+                            std::to_string((long long)pages * page_size) + "], got " + std::to_string(kv_len));
+    s.Nk = kv_len;
+    return std::make_pair(s, QuestPagesView{kmin.data(), kmax.data(), pages});
+  };
+  m.def("quest_page_scores", [pages_shape](const FArr& q, const FArr& kmin, const FArr& kmax, int kv_len,
+                                           int page_size) {
+    const auto [s, pv] = pages_shape(q, kmin, kmax, kv_len, page_size);
+    const int np = kv_len == 0 ? 0 : (kv_len - 1) / page_size + 1;
+    py::array_t<double> U({s.B, s.Hq, np});
+    double* up = U.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      quest_page_scores(q.data(), s, pv, page_size, up);
+    }
+    return U;
+  }, py::arg("q"), py::arg("kmin"), py::arg("kmax"), py::arg("kv_len"), py::arg("page_size"),
+     "Quest page scores U (B, Hq, num_pages), float64: sum_d max(q_d Kmax[p, d], q_d Kmin[p, d]).");
+  m.def("estimate_quest", [pages_shape](const FArr& q, const FArr& kmin, const FArr& kmax, int kv_len,
+                                        const QuestParams& p) {
+    p.validate();
+    const auto [s, pv] = pages_shape(q, kmin, kmax, kv_len, p.page_size);
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_quest(q.data(), s, pv, p, &K);
+    }
+    return adopt(std::move(idx), {s.B, s.Hq, 1, K});
+  }, py::arg("q"), py::arg("kmin"), py::arg("kmax"), py::arg("kv_len"), py::arg("params"),
+     "Quest's selected key positions (B, Hq, 1, K), ascending, -1 padded.");
+}
+
+void bind_doublesparse(py::module_& m) {
+  bind_params<DoubleSparseParams>(m, "DoubleSparseParams", "doublesparse",
+                                  "Double Sparsity decode token-selection parameters (official defaults).");
+  m.def("estimate_doublesparse", [](const FArr& q_label, const FArr& labels, int kv_len, const DoubleSparseParams& p) {
+    p.validate();
+    need_ndim(q_label, 4, "q_label");
+    need_ndim(labels, 4, "labels");
+    AttnShape s;
+    s.B = dim(q_label, 0, "q_label"); s.Hq = dim(q_label, 1, "q_label"); s.Nq = dim(q_label, 2, "q_label");
+    s.D = dim(q_label, 3, "q_label");
+    s.Hkv = dim(labels, 1, "labels");
+    const int cap = dim(labels, 2, "labels");
+    if (s.Nq != 1) throw py::value_error("q_label must hold one query per head (Nq == 1), got shape " + shape_str(q_label));
+    if (labels.shape(0) != s.B || labels.shape(3) != s.D || s.Hkv == 0 || s.Hq == 0 || s.Hq % s.Hkv != 0 || s.D == 0)
+      throw py::value_error("labels must have shape (B=" + std::to_string(s.B) + ", H dividing Hq=" + std::to_string(s.Hq) +
+                            ", capacity, r=" + std::to_string(s.D) + "), got " + shape_str(labels));
+    if (kv_len < 0 || kv_len > cap)
+      throw py::value_error("kv_len must lie in [0, capacity=" + std::to_string(cap) + "], got " + std::to_string(kv_len));
+    s.Nk = kv_len;
+    s.kv_capacity = cap;
+    s.Dv = 0;
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_doublesparse(q_label.data(), labels.data(), s, p, &K);
+    }
+    return adopt(std::move(idx), {s.B, s.Hq, 1, K});
+  }, py::arg("q_label"), py::arg("labels"), py::arg("kv_len"), py::arg("params"),
+     "Double Sparsity's selected key positions (B, Hq, 1, K), ascending, -1 padded: the top heavy_const of "
+     "q_label (B, Hq, 1, r) . labels (B, H, capacity, r) over the first kv_len labels.");
+}
+
 void bind_sea(py::module_& m) {
   bind_params<SeaParams>(m, "SeaParams", "sea", "SEA parameters (official OPT-run defaults).");
   m.def("sea_estimate", [](const FArr& q, const FArr& k, const FArr& features, bool causal, const OptScale& scale,
@@ -597,6 +704,8 @@ PYBIND11_MODULE(_core, m) {
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);
+  bind_quest(m);
+  bind_doublesparse(m);
   m.def("max_threads", []() { return omp_get_max_threads(); });
   m.def("build_info", []() {
     py::dict d;

@@ -14,6 +14,7 @@ numpy; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right a
 """
 
 from . import _core, integrations, methods, metrics, models, synthetic, training
+from .cache import KVCache
 from .evaluate import Record, evaluate
 from .kernels import (BlockPlan, attention, block_sparse_attention, merge_states, permuted_block_attention, plan,
                       sparse_attention, token_sparse_attention, vertical_slash_attention, window_attention)
@@ -42,7 +43,8 @@ def num_threads() -> int:
 __all__ = [
     "attention", "block_sparse_attention", "token_sparse_attention", "window_attention", "vertical_slash_attention",
     "permuted_block_attention", "sparse_attention", "merge_states", "plan", "BlockPlan",
-    "BlockMask", "TokenIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask", "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
+    "BlockMask", "TokenIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask", "KVCache",
+    "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
     "Record",
     "num_threads", "build_info", "__version__",
 ]

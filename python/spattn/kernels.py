@@ -26,7 +26,7 @@ def _finish(out: np.ndarray, lse: np.ndarray, return_lse: bool) -> Result:
 
 
 def attention(q, k, v, *, causal: bool = False, scale: Optional[float] = None,
-              return_lse: bool = False) -> Result:
+              return_lse: bool = False, kv_len: Optional[int] = None) -> Result:
     """Exact (dense) attention, tiled flash-style; never builds an Nq x Nk buffer.
 
     Parameters
@@ -38,12 +38,21 @@ def attention(q, k, v, *, causal: bool = False, scale: Optional[float] = None,
         Logit scale, default 1/sqrt(D).
     return_lse : bool
         Also return the row log-sum-exp (B, Hq, Nq).
+    kv_len : int, optional
+        k and v are buffers (B, Hkv, capacity, D) of which only the first `kv_len` rows of axis 2
+        are keys (a decode cache, :class:`spattn.KVCache`): they are read in place, without a copy
+        when the buffers are C-contiguous float32. Nk is then `kv_len`.
 
     Half-precision K/V: when k and v are both float16 (numpy or torch) or both bfloat16 (torch),
     they are read as stored, accumulating in float32: calls of few query rows (decode) widen each
     key tile as they read it, reading half the bytes; other calls widen K and V once in C++. The
     result equals attention on the float32 conversion of k and v (the conversion is exact).
     """
+    if kv_len is not None:
+        q, k, v = check_qkv(q, k, v)
+        out, lse = _core.dense_attention_prefix(q, k, v, check_int(kv_len, "kv_len"), as_causal(causal),
+                                                as_scale(scale))
+        return _finish(out, lse, return_lse)
     hk, hv = half_bits(k), half_bits(v)
     if hk is not None and hv is not None and hk[1] == hv[1]:
         q = as_float_array(q, "q")
@@ -111,15 +120,25 @@ def block_sparse_attention(q, k, v, mask: Union[BlockMask, BlockPlan], *, causal
 
 
 def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = False,
-                           scale: Optional[float] = None, return_lse: bool = False) -> Result:
+                           scale: Optional[float] = None, return_lse: bool = False,
+                           kv_len: Optional[int] = None) -> Result:
     """Attention restricted to the key positions in `indices` (a spattn.TokenIndices).
 
     Each group of `indices.group_size` consecutive queries attends to its own list of keys;
     decode is Nq = 1. With `causal`, listed keys past a query's causal limit are ignored.
+    With `kv_len`, k and v are buffers (B, Hkv, capacity, D) whose first `kv_len` rows of axis 2
+    are the keys, read in place (see :func:`attention`); `indices.kv_len` must equal it.
     """
     q, k, v = check_qkv(q, k, v)
     if not isinstance(indices, TokenIndices):
         raise TypeError(f"indices must be a spattn.TokenIndices, got {type(indices).__name__}")
+    if kv_len is not None:
+        kv_len = check_int(kv_len, "kv_len")
+        if indices.kv_len != kv_len:
+            raise ValueError(f"indices were made for kv_len={indices.kv_len}, but k has Nk={kv_len}")
+        out, lse = _core.token_sparse_attention_prefix(q, k, v, kv_len, indices.indices,
+                                                       indices.group_size, as_causal(causal), as_scale(scale))
+        return _finish(out, lse, return_lse)
     out, lse = _core.token_sparse_attention(q, k, v, indices.indices, indices.group_size, indices.kv_len,
                                             as_causal(causal), as_scale(scale))
     return _finish(out, lse, return_lse)

@@ -4,6 +4,9 @@
 // lse (B, Hq, Nq). Query head h reads kv head h / (Hq / Hkv). Causal masks are
 // bottom-right aligned: query row i sees key j iff j <= i + (Nk - Nq).
 // The views own nothing; callers (bindings, tests) keep the buffers alive.
+// K and V may be the filled prefix of larger buffers (a decode KV cache, shape
+// (B, Hkv, kv_capacity, D)): kv_capacity rows are allocated per kv head and rows [0, Nk) are
+// read in place. kv_capacity = 0 means Nk (packed K/V, every call but the cache's).
 #pragma once
 
 #include <cmath>
@@ -16,6 +19,10 @@ namespace spattn {
 
 struct AttnShape {
   int B = 1, Hq = 1, Hkv = 1, Nq = 0, Nk = 0, D = 0, Dv = 0;
+  int kv_capacity = 0;  // rows between consecutive kv heads of k and v; 0: Nk
+
+  // Rows allocated per kv head in k / v (the head stride in rows).
+  int kv_rows() const { return kv_capacity > 0 ? kv_capacity : Nk; }
 
   int group() const { return Hq / Hkv; }
   // Offset of the causal diagonal: row i sees key j iff j <= i + causal_offset().
@@ -25,10 +32,10 @@ struct AttnShape {
     return ((size_t(b) * Hq + h) * Nq + i) * size_t(D);
   }
   size_t k_index(int b, int hk, int j) const {
-    return ((size_t(b) * Hkv + hk) * Nk + j) * size_t(D);
+    return ((size_t(b) * Hkv + hk) * kv_rows() + j) * size_t(D);
   }
   size_t v_index(int b, int hk, int j) const {
-    return ((size_t(b) * Hkv + hk) * Nk + j) * size_t(Dv);
+    return ((size_t(b) * Hkv + hk) * kv_rows() + j) * size_t(Dv);
   }
   size_t out_index(int b, int h, int i) const {
     return ((size_t(b) * Hq + h) * Nq + i) * size_t(Dv);
@@ -38,6 +45,9 @@ struct AttnShape {
   void validate() const {
     if (B < 1 || Hq < 1 || Hkv < 1 || Nq < 0 || Nk < 0 || D < 1 || Dv < 0)
       throw std::invalid_argument("spattn: invalid attention shape");
+    if (kv_capacity < 0 || (kv_capacity > 0 && kv_capacity < Nk))
+      throw std::invalid_argument("spattn: kv_capacity (" + std::to_string(kv_capacity) +
+                                  ") must be 0 or >= Nk (" + std::to_string(Nk) + ")");
     if (Hq % Hkv != 0)
       throw std::invalid_argument("spattn: Hq (" + std::to_string(Hq) +
                                   ") must be a multiple of Hkv (" + std::to_string(Hkv) + ")");

@@ -74,6 +74,7 @@ struct SplitDenseVariant {
 // K and V once (exact), then the float path; the transposition copies K anyway.
 static void dense_attention_widened(const AttnArgs& a) {
   const AttnShape& s = a.shape;
+  if (s.kv_capacity != 0) throw std::invalid_argument("spattn: half-precision K/V must be packed (kv_capacity 0)");
   const bool bf16 = a.kv == KVStorage::BF16;
   const size_t nk = size_t(s.B) * s.Hkv * s.Nk;
   std::vector<float> k(nk * s.D), v(nk * s.Dv);

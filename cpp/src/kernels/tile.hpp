@@ -92,12 +92,12 @@ struct TransposedK {
   int ld = transposed_stride(T), D = 0, Hkv = 0, ntiles = 0;
   size_t head_size = 0;
   const float* k = nullptr;  // the row-major K, used when not transposed
-  int Nk = 0;
+  int rows = 0;  // rows per kv head in k (AttnShape::kv_rows)
 
   bool transposed() const { return !data.empty(); }
 
   // enabled = false: keep K row-major (work items of few query rows); column() is then unused.
-  TransposedK(const AttnArgs& a, bool enabled) : D(a.shape.D), Hkv(a.shape.Hkv), k(a.k), Nk(a.shape.Nk) {
+  TransposedK(const AttnArgs& a, bool enabled) : D(a.shape.D), Hkv(a.shape.Hkv), k(a.k), rows(a.shape.kv_rows()) {
     const AttnShape& s = a.shape;
     if (!enabled) return;
     ntiles = ceil_div(std::max(s.Nk, 1), T);
@@ -106,7 +106,7 @@ struct TransposedK {
 #pragma omp parallel for schedule(static)
     for (long long u = 0; u < (long long)s.B * s.Hkv * ntiles; ++u) {
       const int ti = int(u % ntiles), bh = int(u / ntiles);
-      const float* src = a.k + size_t(bh) * s.Nk * D;
+      const float* src = a.k + size_t(bh) * s.kv_rows() * D;
       float* dst = data.data() + size_t(bh) * head_size + size_t(ti) * D * ld;
       const int j0 = ti * T, j1 = std::min(s.Nk, j0 + T);
       for (int j = j0; j < j1; ++j)
@@ -139,7 +139,7 @@ struct KeySegment {
 inline KeySegment key_segment(const TransposedK& kt, int b, int hk, int j, int len, const float* v_head, int dv) {
   const float* v = v_head ? v_head + size_t(j) * dv : nullptr;
   if (kt.transposed()) return {kt.column(b, hk, j), kt.ld, nullptr, v, dv, len, j, nullptr};
-  return {nullptr, kt.D, kt.k + ((size_t(b) * kt.Hkv + hk) * kt.Nk + j) * kt.D, v, dv, len, j, nullptr};
+  return {nullptr, kt.D, kt.k + ((size_t(b) * kt.Hkv + hk) * kt.rows + j) * kt.D, v, dv, len, j, nullptr};
 }
 
 // Keys of the segments visible to a row whose causal limit is `lim`: positions ascend across
