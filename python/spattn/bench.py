@@ -15,6 +15,7 @@ import math
 import platform
 import subprocess
 import sys
+import time
 from typing import Any, Dict, List
 
 import numpy as np
@@ -44,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "registered method's whole call (dense: the exact kernel)")
     p.add_argument("--methods", nargs="*", default=[], metavar="NAME",
                    help="end-to-end methods on the synthetic structured workload (B=1, Hq, Hkv, D=128)")
+    p.add_argument("--decode-methods", nargs="*", default=[], metavar="NAME",
+                   help="decode methods over a KVCache (quest, doublesparse), one step at each --decode length")
     p.add_argument("--method-n", type=int, nargs="*", default=[16384, 32768], metavar="N",
                    help="sequence lengths for --methods")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
@@ -131,6 +134,51 @@ def _bench_methods(args, torch) -> List[Dict[str, Any]]:
     if args.markdown:
         print("\n" + format_markdown(records))
     return records_as_dicts(records)
+
+
+def _bench_decode_methods(args, torch) -> List[Dict[str, Any]]:
+    """One decode step of each decode method over a spattn.KVCache holding the synthetic structured
+    workload's keys (a layer the method runs sparse): selection + attention time against dense
+    decode over the same cache and torch SDPA, the append (cache state update) of one token, the
+    keys read per head and the recall of the selection."""
+    import spattn
+    from .synthetic import structured_qkv
+
+    params = parse_method_params(args.set)
+    rows: List[Dict[str, Any]] = []
+    print(f"\n== decode methods over a KVCache (synthetic structured workload, B=1, Hq={args.hq}, Hkv={args.hkv}, "
+          "D=128, one step after the prompt)")
+    for Nk in args.decode:
+        w = structured_qkv(B=1, Hq=args.hq, Hkv=args.hkv, N=Nk, D=128, seed=0)
+        q = np.ascontiguousarray(w.q[:, :, -1:])
+        dense_s = None
+        for name in args.decode_methods:
+            m = spattn.methods.get(name, **params.get(name, {}))
+            layer = int(m.params.get("dense_layers", 0))  # the first layer the method runs sparse
+            cache = spattn.KVCache()
+            cache.append(layer, w.k[:, :, :-1], w.v[:, :, :-1])
+            m.select(q, cache, layer=layer)  # registers the method's cache state
+            t0 = time.perf_counter()
+            cache.append(layer, w.k[:, :, -1:], w.v[:, :, -1:])  # the step's token: K/V + state update
+            t_app = time.perf_counter() - t0
+            kb, vb, n = cache.buffers(layer)
+            if dense_s is None:
+                dense_s = _best(lambda: spattn.attention(q, kb, vb, kv_len=n, causal=True), 5)
+                torch_s = _best(torch_sdpa_call(torch, q, w.k, w.v, False), 5) if torch is not None else None
+            sel_s = _best(lambda: m.select(q, cache, layer=layer), 5)
+            tot_s = _best(lambda: m(q, cache, layer=layer), 5)
+            idx = m.select(q, cache, layer=layer)
+            kept = float(np.mean((idx.indices >= 0).sum(-1)))
+            rec = float(np.nanmean(spattn.metrics.recall(q, w.k, idx, causal=True)))
+            row = {"method": name, "Nk": Nk, "append_s": t_app, "keys_per_head": kept, "density": kept / Nk, "recall": rec,
+                   "select_s": sel_s, "total_s": tot_s, "dense_s": dense_s, "speedup_vs_dense": dense_s / tot_s,
+                   "torch_s": torch_s, "speedup_vs_torch": None if torch_s is None else torch_s / tot_s}
+            rows.append(row)
+            print(f"Nk={Nk:>7} {name:<13} keys/head {kept:8.0f} ({kept / Nk:.3f}) recall {rec:.3f} | select "
+                  f"{sel_s * 1e3:.2f} ms, step {tot_s * 1e3:.2f} ms, append {t_app * 1e3:.2f} ms | dense {dense_s * 1e3:.2f} ms "
+                  f"({dense_s / tot_s:.2f}x)" + (f" | torch {torch_s * 1e3:.2f} ms ({torch_s / tot_s:.2f}x)"
+                                                  if torch_s is not None else ""))
+    return rows
 
 
 def _bench_statistics(args) -> List[Dict[str, Any]]:
@@ -292,6 +340,8 @@ def run(args) -> int:
                       f"score matrix per head would be {N * N * 4 / 2**20:.0f} MB)")
     if args.statistics:
         results["statistics"] = _bench_statistics(args)
+    if args.decode_methods:
+        results["decode_methods"] = _bench_decode_methods(args, torch)
     if args.methods:
         results["methods"] = _bench_methods(args, torch)
     if args.json:
