@@ -372,3 +372,23 @@ def test_gate_method_needs_q_k_projections():
     del llama.model.layers[1].self_attn.k_proj
     with pytest.raises(ValueError, match="k_proj"):
         hf.use(llama, method="seerattention")
+
+
+def test_capture_can_add_gate_inputs_for_any_method(model):
+    hf.use(model, method="dense")
+    ids = ids_of(1, 40)
+    attn1 = model.model.layers[1].self_attn
+    rec, hooks = _record_projections(attn1)
+    try:
+        with hf.capture(model, gate_inputs=True) as store:
+            logits(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    q, k, qg, kg = store[1]
+    np.testing.assert_array_equal(qg, rec["q_proj"].view(1, 40, 4, 16).transpose(1, 2).numpy())
+    np.testing.assert_array_equal(kg, rec["k_proj"].view(1, 40, 2, 16).transpose(1, 2).numpy())
+    assert not hasattr(attn1, "_spattn_gate_hooks")  # removed after the block
+    with hf.capture(model) as store:
+        logits(model, ids)
+    assert len(store[1]) == 2

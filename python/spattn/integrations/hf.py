@@ -391,20 +391,30 @@ def stats(model, reset: bool = False) -> List[Dict[str, Any]]:
 
 
 @contextmanager
-def capture(model):
+def capture(model, gate_inputs: bool = False):
     """Within the block, every attention call also stores this layer's float32 (q, k) in the
     yielded dict {layer_idx: (q, k)} (the last call per layer), as numpy arrays (B, H, N, D).
-    Layers whose method takes gate inputs store (q, k, q_gate, k_gate), the gate inputs being q
-    and k before RoPE."""
+
+    Layers whose method takes gate inputs (``capabilities.gate_inputs``), and every layer when
+    ``gate_inputs=True`` (then the q_proj / k_proj hooks are added for the block), store
+    ``(q, k, q_gate, k_gate)``, the gate inputs being q and k before RoPE."""
     state = getattr(model, "_spattn_state", None)
     if state is None:
         raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
+    added = []
+    if gate_inputs:
+        for mod in _attention_modules(model):
+            if not hasattr(mod, "_spattn_gate_hooks"):
+                _add_gate_hooks(mod, "capture(gate_inputs=True)")
+                added.append(mod)
     store: Dict[int, tuple] = {}
     state.capture = store
     try:
         yield store
     finally:
         state.capture = None
+        for mod in added:
+            _remove_gate_hooks(mod)
 
 
 def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, progress: bool = False,
