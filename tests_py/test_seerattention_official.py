@@ -306,7 +306,7 @@ def test_nz_ratio_selection_on_every_head(nz_ratio, last_block_dense):
     gate = seer.SeerGate.init(32, 4, 2, hidden=64, block_size=32, seed=9, init_std=0.5)
     m = spattn.methods.get("seerattention", gate=gate, nz_ratio=nz_ratio, last_block_dense=last_block_dense)
     mask = m.estimate(qg, kg, causal=True)
-    cs = (lambda nb: official_block_rope_plain(nb, 32, 64))(math.ceil(700 / 32))
+    cs = official_block_rope_plain(math.ceil(700 / 32), 32, 64)
     logits = official_gate_logits(gate.wq, gate.wk, bnhd(qg), bnhd(kg), gate.q_pool, gate.k_pool, 32, cs)
     ref = official_nz_ratio_mask(logits, nz_ratio, last_block_dense)
     assert ref.shape == mask.blocks.shape == (2, 4, 22, 22)

@@ -381,8 +381,8 @@ void bind_seerattention(py::module_& m) {
     if (inv_freq) {
       need_ndim(*inv_freq, 1, "inv_freq");
       if (inv_freq->shape(0) < 1 || inv_freq->shape(0) > hidden / 2)
-        throw py::value_error("inv_freq must have shape (n,) with 1 <= n <= hidden / 2 = " + std::to_string(hidden / 2) +
-                              ", got " + shape_str(*inv_freq));
+        throw py::value_error("inv_freq must have shape (n,) with 1 <= n <= hidden / 2 = " +
+                              std::to_string(hidden / 2) + ", got " + shape_str(*inv_freq));
       g.inv_freq = inv_freq->data();
       g.n_freq = int(inv_freq->shape(0));
     }

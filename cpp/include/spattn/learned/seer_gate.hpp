@@ -2,7 +2,8 @@
 // block (q: the `q_pool` kinds, k: the `k_pool` kinds, channels concatenated in the order max,
 // min, avg), project per head without bias (q: identity when wq is null), rotate-half RoPE at
 // block-start positions, scores (Qg . Kg^T) / sqrt(hidden) with the causal block mask, softmax
-// per query-block row (frequencies from rope_theta or given, e.g. llama3-scaled). The weights are trained in Python (spattn.methods.seerattention).
+// per query-block row (frequencies from rope_theta or given, e.g. llama3-scaled). The weights
+// are trained in Python (spattn.methods.seerattention).
 #pragma once
 
 #include <vector>
