@@ -278,3 +278,117 @@ def test_models_load_names_the_pip_command(monkeypatch):
         spattn.models.load("smollm2")
     with pytest.raises(ValueError, match="unknown model"):
         spattn.models.load("gpt5")
+
+
+def _record_projections(mod):
+    """Hooks of our own on q_proj / k_proj (not spattn's): their outputs as (B, H, N, D)."""
+    rec = {}
+    hooks = [getattr(mod, n).register_forward_hook(lambda _m, _i, o, n=n: rec.__setitem__(n, o.detach().clone()))
+             for n in ("q_proj", "k_proj")]
+    return rec, hooks
+
+
+def test_gate_method_gets_pre_rope_q_k(model):
+    hf.use(model, method="seerattention", min_prefill_tokens=0)
+    ids = ids_of(1, 96)
+    attn0 = model.model.layers[0].self_attn
+    rec, hooks = _record_projections(attn0)
+    seen = {}
+    m0 = hf.layers(model)[0].method
+    real_estimate = m0.estimate
+
+    def spy(q, k, **kw):
+        seen.update(q=q, k=k, **kw)
+        return real_estimate(q, k, **kw)
+
+    m0.estimate = spy
+    try:
+        with hf.capture(model) as store:
+            logits(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    q_pre = rec["q_proj"].view(1, 96, 4, 16).transpose(1, 2).numpy()
+    k_pre = rec["k_proj"].view(1, 96, 2, 16).transpose(1, 2).numpy()
+    q, k, qg, kg = store[0]
+    np.testing.assert_array_equal(qg, q_pre)
+    np.testing.assert_array_equal(kg, k_pre)
+    np.testing.assert_array_equal(seen["q_gate"], q_pre)
+    np.testing.assert_array_equal(seen["k_gate"], k_pre)
+    # the attention inputs are the rotated ones: position 0 unchanged, later positions not
+    np.testing.assert_allclose(q[:, :, 0], q_pre[:, :, 0], atol=1e-6)
+    assert np.abs(q[:, :, 5:] - q_pre[:, :, 5:]).max() > 1e-3
+    np.testing.assert_array_equal(seen["q"], q)
+    # the rotation is transformers' own: rotating the pre-RoPE q gives the captured q
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cos, sin = model.model.rotary_emb(torch.zeros(1), torch.arange(96)[None])
+    qr, kr = apply_rotary_pos_emb(torch.from_numpy(q_pre), torch.from_numpy(k_pre), cos, sin)
+    np.testing.assert_allclose(qr.numpy(), q, atol=1e-5)
+    np.testing.assert_allclose(kr.numpy(), k, atol=1e-5)
+    hf.restore(model)
+    assert not hasattr(attn0, "_spattn_gate_hooks") and not attn0.q_proj._forward_hooks
+
+
+def test_fit_trains_the_gate_on_pre_rope_inputs_with_the_model_rope(model):
+    cfg = tiny_config(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+                      rope_theta=500000.0)
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(cfg).eval()
+    hf.use(m, method="seerattention", min_prefill_tokens=0)
+    seen = []
+    from spattn.methods import seerattention as seer
+
+    real = seer.train_gate
+
+    def spy(data, *a, **kw):
+        seen.append((list(data), kw))
+        return real(data, *a, **kw)
+
+    import unittest.mock as um
+
+    with um.patch.object(seer, "train_gate", spy):
+        hf.fit(m, ids_of(1, 128, seed=3), steps=2, block_size=32)
+    (items, kw), _ = seen
+    assert len(items[0]) == 4 and items[0][2].shape == (1, 4, 128, 16)
+    g = hf.layers(m)[0].method.params["gate"]
+    assert g.hidden == 128 and g.rope_theta == 500000.0 and g.rope_scaling["rope_type"] == "llama3"
+    assert g.rope_dim == 16  # the model's head_dim, as the official block rotary embedding
+    out = logits(m, ids_of(1, 160))
+    assert torch.isfinite(out).all() and hf.stats(m)[0]["calls"] == {"sparse": 1}
+
+
+def test_gate_method_needs_q_k_projections():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16)
+    m = Qwen3ForCausalLM(cfg).eval()
+    with pytest.raises(ValueError, match="q_norm"):
+        hf.use(m, method="seerattention")
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(tiny_config()).eval()
+    del llama.model.layers[1].self_attn.k_proj
+    with pytest.raises(ValueError, match="k_proj"):
+        hf.use(llama, method="seerattention")
+
+
+def test_capture_can_add_gate_inputs_for_any_method(model):
+    hf.use(model, method="dense")
+    ids = ids_of(1, 40)
+    attn1 = model.model.layers[1].self_attn
+    rec, hooks = _record_projections(attn1)
+    try:
+        with hf.capture(model, gate_inputs=True) as store:
+            logits(model, ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    q, k, qg, kg = store[1]
+    np.testing.assert_array_equal(qg, rec["q_proj"].view(1, 40, 4, 16).transpose(1, 2).numpy())
+    np.testing.assert_array_equal(kg, rec["k_proj"].view(1, 40, 2, 16).transpose(1, 2).numpy())
+    assert not hasattr(attn1, "_spattn_gate_hooks")  # removed after the block
+    with hf.capture(model) as store:
+        logits(model, ids)
+    assert len(store[1]) == 2

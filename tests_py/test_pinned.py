@@ -11,6 +11,10 @@ import pytest
 import spattn
 
 PINNED = np.load(Path(__file__).parent / "data" / "pinned_before_refactor.npz")
+# The pinned SeerAttention masks come from the untrained default gate of that time, whose hidden
+# size was D (64: identity q map); the default is now the official 128, so the old gate is
+# rebuilt explicitly (same seed, same draws).
+_SEER_OLD_DEFAULT = spattn.methods.seerattention.SeerGate.init(64, 4, 2, hidden=64, seed=0)
 CASES = {
     "streaming_c": ("streaming", dict(block_size=32, sink_tokens=40, local_tokens=100), True),
     "streaming_nc": ("streaming", dict(block_size=32, sink_tokens=40, local_tokens=100), False),
@@ -18,9 +22,9 @@ CASES = {
     "oracle_nc": ("oracle_topk", dict(block_size=64, gamma=0.8), False),
     "flex": ("flexprefill", dict(block_size=32, min_budget=64, gamma=0.9, tau=0.1), True),
     "flex_il": ("flexprefill", dict(block_size=32, min_budget=64, gamma=0.95, tau=0.3, gqa_interleave=True), True),
-    "seer_thr": ("seerattention", dict(threshold=1e-3), True),
-    "seer_nz": ("seerattention", dict(nz_ratio=0.3), True),
-    "seer_topk": ("seerattention", dict(topk=3, last_block_dense=False), True),
+    "seer_thr": ("seerattention", dict(threshold=1e-3, gate=_SEER_OLD_DEFAULT), True),
+    "seer_nz": ("seerattention", dict(nz_ratio=0.3, gate=_SEER_OLD_DEFAULT), True),
+    "seer_topk": ("seerattention", dict(topk=3, last_block_dense=False, gate=_SEER_OLD_DEFAULT), True),
     "sea_c": ("sea", dict(k=16, compressed_width=32), True),
     "sea_nc": ("sea", dict(k=16, compressed_width=32, nb_features=64), False),
 }

@@ -44,7 +44,7 @@ def np_gate_scores(gate, q, k):
 @pytest.mark.parametrize("N, bs, Hq, Hkv, D, identity", [(300, 64, 4, 2, 64, True), (257, 32, 4, 1, 80, False), (128, 64, 2, 2, 128, True)])
 def test_gate_forward_matches_numpy(N, bs, Hq, Hkv, D, identity):
     q, k, _ = make_qkv(2, Hq, Hkv, N, N, D, seed=1)
-    kw = {} if identity else {"hidden": 48, "q_pool": ("avg", "max")}
+    kw = {"hidden": D} if identity else {"hidden": 48, "q_pool": ("avg", "max")}
     gate = seer.SeerGate.init(D, Hq, Hkv, block_size=bs, seed=2, init_std=0.2, **kw)
     assert (gate.wq is None) == identity
     np.testing.assert_allclose(gate.scores(q, k), np_gate_scores(gate, q, k), atol=2e-5)
@@ -66,7 +66,7 @@ def test_ground_truth_matches_float64(N, bs):
 @pytest.mark.parametrize("identity", [True, False])
 def test_gradient_matches_finite_differences(identity):
     q, k, _ = make_qkv(1, 2, 1, 256, 256, 32, seed=4)
-    kw = {} if identity else {"hidden": 16, "q_pool": ("avg", "min")}
+    kw = {"hidden": 32} if identity else {"hidden": 16, "q_pool": ("avg", "min")}
     gate = seer.SeerGate.init(32, 2, 1, block_size=32, seed=5, init_std=0.3, **kw)
     sample = seer._prepare((q, k), gate)
     g64 = seer._with_params(gate, [gate.wk.astype(np.float64)] + ([gate.wq.astype(np.float64)] if gate.wq is not None else []))

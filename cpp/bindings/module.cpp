@@ -438,7 +438,7 @@ void bind_seerattention(py::module_& m) {
   bind_params<SeerParams>(m, "SeerParams", "seerattention", "SeerAttention selection parameters (official defaults).");
   m.def("seer_gate_scores", [](const FArr& q, const FArr& k, std::optional<FArr> wq, const FArr& wk,
                                const std::vector<std::string>& q_pool, const std::vector<std::string>& k_pool,
-                               int hidden, double rope_theta, int block_size) {
+                               int hidden, double rope_theta, int block_size, std::optional<FArr> inv_freq) {
     const AttnArgs a = make_args(q, k, nullptr, true, std::nullopt);
     const AttnShape& s = a.shape;
     need_positive(block_size, "block_size");
@@ -455,6 +455,14 @@ void bind_seerattention(py::module_& m) {
       g.wq = wq->data();
     }
     g.rope_theta = float(rope_theta);
+    if (inv_freq) {
+      need_ndim(*inv_freq, 1, "inv_freq");
+      if (inv_freq->shape(0) < 1 || inv_freq->shape(0) > hidden / 2)
+        throw py::value_error("inv_freq must have shape (n,) with 1 <= n <= hidden / 2 = " +
+                              std::to_string(hidden / 2) + ", got " + shape_str(*inv_freq));
+      g.inv_freq = inv_freq->data();
+      g.n_freq = int(inv_freq->shape(0));
+    }
     const int nb = ceil_div(s.Nq, block_size);
     FArr scores({s.B, s.Hq, nb, nb});
     float* sp = scores.mutable_data();
@@ -464,7 +472,7 @@ void bind_seerattention(py::module_& m) {
     }
     return scores;
   }, py::arg("q"), py::arg("k"), py::arg("wq"), py::arg("wk"), py::arg("q_pool"), py::arg("k_pool"),
-     py::arg("hidden"), py::arg("rope_theta"), py::arg("block_size"));
+     py::arg("hidden"), py::arg("rope_theta"), py::arg("block_size"), py::arg("inv_freq") = py::none());
 
   m.def("seer_select", [](const FArr& scores, int n, int block_size, const SeerParams& p) {
     need_ndim(scores, 4, "scores");

@@ -109,12 +109,13 @@ def _eval(args, params) -> int:
         torch.set_num_threads(spattn.num_threads())
     except ImportError:  # pragma: no cover - load() needs torch
         pass
-    captured, kept = {}, {}
+    captured, kept, gate_in = {}, {}, {}
     records = model_eval.evaluate_model(
         model, tok, names, args.n, params=params, depths=args.depths, decode_method=args.decode_method,
         min_prefill_tokens=args.min_prefill_tokens, fit_steps=args.fit_steps, progress=not args.no_progress,
         skip=args.skip,
-        keep_captured=captured if args.plots else None, keep_methods=kept if args.plots else None)
+        keep_captured=captured if args.plots else None, keep_methods=kept if args.plots else None,
+        keep_gate_inputs=gate_in if args.plots else None)
     print(model_eval.format_table(records))
     for r in records:
         for line in r.passkey_outputs:
@@ -126,7 +127,9 @@ def _eval(args, params) -> int:
         layer = cfg.num_hidden_layers // 2 if args.mask_layer is None else args.mask_layer
         q, k = captured[n][layer]
         shown = {name: ms[layer] for name, ms in kept.items() if name != "dense"}
-        model_eval.plot_masks(shown, q, k, os.path.join(args.plots, "masks.png"), layer=layer, head=args.mask_head)
+        qg, kg = gate_in.get(n, {}).get(layer, (None, None))
+        model_eval.plot_masks(shown, q, k, os.path.join(args.plots, "masks.png"), layer=layer, head=args.mask_head,
+                              q_gate=qg, k_gate=kg)
         print(f"plots: {args.plots}/perplexity_density.png, {args.plots}/masks.png")
     if args.json:
         with open(args.json, "w") as fh:

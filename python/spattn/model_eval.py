@@ -127,7 +127,9 @@ def _passkey(model, tokenizer, text_ids, n, depths, seed, torch):
     return hits, outs
 
 
-def _real_recall(method_layers, captured, causal=True):
+def _real_recall(method_layers, captured, causal=True, gate_inputs=None):
+    """Per layer recall and density of the layer's estimator on the captured (q, k); methods
+    with gate inputs get the captured pre-RoPE q, k as ``q_gate``, ``k_gate`` when present."""
     recalls, densities = [], []
     for st in method_layers:
         q, k = captured[st.layer_idx]
@@ -135,7 +137,10 @@ def _real_recall(method_layers, captured, causal=True):
             recalls.append(1.0)
             densities.append(1.0)
             continue
-        mask = st.method.estimate(q, k, causal=causal)
+        kw = {}
+        if st.method.capabilities.gate_inputs and gate_inputs and st.layer_idx in gate_inputs:
+            kw = dict(zip(("q_gate", "k_gate"), gate_inputs[st.layer_idx]))
+        mask = st.method.estimate(q, k, causal=causal, **kw)
         recalls.append(float(np.nanmean(metrics.recall(q, k, mask, causal=causal))))
         densities.append(float(np.mean(metrics.density(mask, causal=causal, q_len=q.shape[2]))))
     return recalls, densities
@@ -147,7 +152,8 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                    fit_steps: int = 100, seed: int = 0, progress: bool = True,
                    skip: Sequence[str] = (),
                    keep_captured: Optional[Dict[int, Any]] = None,
-                   keep_methods: Optional[Dict[str, Any]] = None) -> List[ModelRecord]:
+                   keep_methods: Optional[Dict[str, Any]] = None,
+                   keep_gate_inputs: Optional[Dict[int, Any]] = None) -> List[ModelRecord]:
     """Evaluate `method_names` on `model` at each of `lengths` (see the module docstring).
 
     Parameters
@@ -165,6 +171,8 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
         prefill time come from the same forward and always run).
     keep_captured : if a dict, receives {n: {layer: (q, k)}} of the dense runs (for plots).
     keep_methods : if a dict, receives {method: [its Method instance per layer]} (fitted ones included).
+    keep_gate_inputs : if a dict, receives {n: {layer: (q_gate, k_gate)}}, the pre-RoPE q, k of the
+        dense runs, captured when a method takes gate inputs (SeerAttention); recall uses them.
 
     Returns
     -------
@@ -199,6 +207,7 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                 bar.update(1)
             dense_rec = None
             captured = None
+            gate_in: Dict[int, Any] = {}
             for name in names:
                 if bar is not None:
                     bar.set_postfix_str(f"n={n} {name}")
@@ -225,11 +234,15 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                     fitted[name] = [st.method for st in states]
                     rec.params = states[0].method.describe_params()
                 if name == "dense" and "recall" not in skip:
-                    with hf.capture(model) as store:
+                    want_gate = any(_methods.capabilities(m).gate_inputs for m in names)
+                    with hf.capture(model, gate_inputs=want_gate) as store:
                         ppl, t = _perplexity_and_time(model, ids, torch)
-                    captured = dict(store)
+                    captured = {i: v[:2] for i, v in store.items()}
+                    gate_in = {i: v[2:] for i, v in store.items() if len(v) == 4}
                     if keep_captured is not None:
                         keep_captured[n] = captured
+                    if keep_gate_inputs is not None and gate_in:
+                        keep_gate_inputs[n] = gate_in
                 else:
                     hf.stats(model, reset=True)
                     ppl, t = _perplexity_and_time(model, ids, torch)
@@ -244,7 +257,8 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                         calls[key] = calls.get(key, 0) + c
                 rec.calls = calls
                 if "recall" not in skip:
-                    rec.recall_per_layer, rec.density_per_layer = _real_recall(states, captured)
+                    rec.recall_per_layer, rec.density_per_layer = _real_recall(states, captured,
+                                                                               gate_inputs=gate_in)
                     rec.recall = float(np.mean(rec.recall_per_layer))
                     rec.density = float(np.mean(rec.density_per_layer))
                 if "passkey" not in skip:
@@ -349,9 +363,10 @@ def plot_perplexity_density(records: Sequence[ModelRecord], path: str) -> None:
 
 
 def plot_masks(model_layers_by_method: Dict[str, Any], q, k, path: str, *, layer: int, head: int,
-               block: int = 64) -> None:
+               block: int = 64, q_gate=None, k_gate=None) -> None:
     """PNG: the exact attention map of one real head (block-summed, log scale) next to each
-    method's mask on the same head."""
+    method's mask on the same head (``q_gate``, ``k_gate``: pre-RoPE q, k for methods with gate
+    inputs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -371,7 +386,8 @@ def plot_masks(model_layers_by_method: Dict[str, Any], q, k, path: str, *, layer
     nq = q.shape[2]
     for ax, name in zip(axes[1:], names):
         m = model_layers_by_method[name]
-        mask = m.estimate(q, k, causal=True)
+        kw = {"q_gate": q_gate, "k_gate": k_gate} if m.capabilities.gate_inputs else {}
+        mask = m.estimate(q, k, causal=True, **kw)
         if isinstance(mask, BlockMask):
             img = mask.blocks[0, head].astype(float)
             d = float(mask.density(causal=True)[0, head])

@@ -2,7 +2,9 @@
 // Sparse Attention in Your LLMs", 2024; microsoft/SeerAttention, prefill_sparse): block pooling
 // (ceil mode, partial block over its real rows), per-head projection without bias, rotate-half
 // RoPE at block starts, scores / sqrt(hidden), causal block mask, softmax per row.
-// Deviations: float32 where the official code runs bf16; plain rope_theta (no llama3 scaling).
+// The RoPE frequencies come from rope_theta or, when given, from SeerGate::inv_freq (the Python
+// side computes llama3-scaled ones from a model config, as the official block rotary embedding).
+// Deviations: float32 where the official code runs bf16.
 #include "spattn/learned/seer_gate.hpp"
 
 #include <cmath>
@@ -27,13 +29,15 @@ RowMat pool_concat(const float* x, int n, int d, int bs, const std::vector<PoolK
   return out;
 }
 
-// Rotate-half RoPE in place on rows of x (nb x hd), row i at position i * bs.
-void rope_blocks(RowMat& x, int bs, float theta) {
-  const int hd = int(x.cols()), half = hd / 2;
+// Rotate-half RoPE in place on rows of x (nb x hd), row i at position i * bs. Without inv_freq
+// all hd channels rotate with theta^(-2f/hd); with it, the first 2 * n_freq channels rotate with
+// inv_freq[f] (pairs f, f + n_freq) and the others pass unchanged.
+void rope_blocks(RowMat& x, int bs, float theta, const float* inv_freq, int n_freq) {
+  const int hd = int(x.cols()), half = inv_freq ? n_freq : hd / 2;
   for (int i = 0; i < x.rows(); ++i) {
     float* row = x.data() + size_t(i) * hd;
     for (int f = 0; f < half; ++f) {
-      const double inv = std::pow(double(theta), -2.0 * f / hd);
+      const double inv = inv_freq ? double(inv_freq[f]) : std::pow(double(theta), -2.0 * f / hd);
       const double ang = double(i) * bs * inv;
       const float c = float(std::cos(ang)), s = float(std::sin(ang));
       const float a = row[f], b = row[f + half];
@@ -55,7 +59,9 @@ void seer_gate_scores(const AttnArgs& a, const SeerGate& g, int bs, float* score
     throw std::invalid_argument("seerattention: wk must have Hq or Hkv heads");
   if (g.wq == nullptr && (g.q_pool.size() != 1 || g.hidden != s.D))
     throw std::invalid_argument("seerattention: identity q projection needs one q pooling and hidden == D");
-  if (g.rope_theta > 0.f && g.hidden % 2 != 0)
+  if (g.inv_freq && (g.n_freq < 1 || 2 * g.n_freq > g.hidden))
+    throw std::invalid_argument("seerattention: inv_freq must hold 1 .. hidden / 2 frequencies");
+  if (g.rope_theta > 0.f && !g.inv_freq && g.hidden % 2 != 0)
     throw std::invalid_argument("seerattention: RoPE needs an even gate hidden size");
   const int nb = ceil_div(s.Nq, bs), D = s.D, H = g.hidden;
   const int cq = int(g.q_pool.size()) * D, ck = int(g.k_pool.size()) * D;
@@ -71,8 +77,8 @@ void seer_gate_scores(const AttnArgs& a, const SeerGate& g, int bs, float* score
     const int wh = g.wk_heads == s.Hq ? h : hk;
     RowMat kg = kp * CMap(g.wk + size_t(wh) * ck * H, ck, H);
     if (g.rope_theta > 0.f) {
-      rope_blocks(qg, bs, g.rope_theta);
-      rope_blocks(kg, bs, g.rope_theta);
+      rope_blocks(qg, bs, g.rope_theta, g.inv_freq, g.n_freq);
+      rope_blocks(kg, bs, g.rope_theta, g.inv_freq, g.n_freq);
     }
     Eigen::Map<RowMat> S(scores + size_t(t) * nb * nb, nb, nb);
     S.noalias() = qg * kg.transpose() * inv_sqrt;

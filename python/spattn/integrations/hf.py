@@ -29,6 +29,13 @@ prompts, dense layers) reads the half-precision cache as stored (float32 accumul
 conversion); estimators and sparse kernels get k and v converted to float32 once per call; the
 output goes back to the model's dtype.
 
+Gate inputs: a method with ``capabilities.gate_inputs`` (SeerAttention) gets the layer's q / k
+*before* RoPE besides the rotated ones: :func:`use` hooks the attention module's ``q_proj`` /
+``k_proj`` (Llama-family modules: Llama, Mistral, Qwen2, SmolLM2; modules without them, or with a
+q/k norm between projection and RoPE, raise ValueError) and the attention function reshapes their
+outputs to (B, H, N, D). :func:`fit` trains such a method on ``(q, k, q_gate, k_gate)`` and hands
+it ``rope_config=model.config`` (the gate's RoPE theta and scaling, as in the official code).
+
 Masks: the registered mask function never builds an Nq x Nk mask. It hands the attention
 function the causal flag and the 2-D key padding mask; a padded batch row runs on its valid keys
 (left padding, the usual padding for generation, and right padding of a prompt both work; padded
@@ -123,6 +130,7 @@ class _ModelState:
     layers: Dict[int, LayerState]
     previous_implementation: Optional[str]
     capture: Optional[Dict[int, tuple]] = None
+    capture_gate: Optional[Dict[int, tuple]] = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +287,10 @@ def use(model, method: Union[str, Method, Sequence[Union[str, Method]]] = "flexp
         layers[i] = LayerState(layer_idx=i, method=m, decode_method=dm, dense=i in dense_layers,
                                min_prefill_tokens=int(min_prefill_tokens))
         mod._spattn_layer = layers[i]
+    for mod in mods:
+        _remove_gate_hooks(mod)
+        if layers[int(mod.layer_idx)].method.capabilities.gate_inputs:
+            _add_gate_hooks(mod, layers[int(mod.layer_idx)].method.name)
     old = getattr(model, "_spattn_state", None)
     previous = old.previous_implementation if old is not None else model.config._attn_implementation
     model._spattn_state = _ModelState(layers=layers, previous_implementation=previous)
@@ -288,6 +300,54 @@ def use(model, method: Union[str, Method, Sequence[Union[str, Method]]] = "flexp
     return model
 
 
+def _add_gate_hooks(mod, method_name: str) -> None:
+    """Keep the outputs of the module's q_proj / k_proj (q and k before RoPE) for the next
+    attention call of this module."""
+    import torch
+
+    for name in ("q_proj", "k_proj"):
+        if not isinstance(getattr(mod, name, None), torch.nn.Module):
+            raise ValueError(f"{method_name} needs the q/k before RoPE, which spattn takes from the attention module's "
+                             f"q_proj / k_proj (Llama-family models); {type(mod).__name__} has no {name}")
+    for name in ("q_norm", "k_norm"):
+        if getattr(mod, name, None) is not None:
+            raise ValueError(f"{method_name} needs the q/k before RoPE; {type(mod).__name__} applies {name} between "
+                             "the projection and RoPE, which the q_proj / k_proj hooks do not see (not supported)")
+    mod._spattn_pre_rope = {}
+
+    def keep(which):
+        def hook(_module, _inputs, output):
+            mod._spattn_pre_rope[which] = output.detach()
+        return hook
+
+    mod._spattn_gate_hooks = [mod.q_proj.register_forward_hook(keep("q")),
+                              mod.k_proj.register_forward_hook(keep("k"))]
+
+
+def _remove_gate_hooks(mod) -> None:
+    for h in getattr(mod, "_spattn_gate_hooks", ()):
+        h.remove()
+    for attr in ("_spattn_gate_hooks", "_spattn_pre_rope"):
+        if hasattr(mod, attr):
+            delattr(mod, attr)
+
+
+def _gate_inputs(module, q_shape, k_shape):
+    """(q_gate, k_gate) float32 (B, H, N, D) from the hooked q_proj / k_proj outputs of this call,
+    or None when the hooks hold nothing matching these shapes (e.g. keys from a cache)."""
+    pre = getattr(module, "_spattn_pre_rope", None)
+    if not pre or "q" not in pre or "k" not in pre:
+        return None
+    qp, kp = pre.pop("q"), pre.pop("k")
+    B, Hq, Nq, D = q_shape
+    _, Hkv, Nk, _ = k_shape
+    if qp.shape[:2] != (B, Nq) or kp.shape[:2] != (B, Nk) or qp.shape[-1] != Hq * D or kp.shape[-1] != Hkv * D:
+        return None
+    qg = as_float_array(qp.reshape(B, Nq, Hq, D).transpose(1, 2), "q_gate")
+    kg = as_float_array(kp.reshape(B, Nk, Hkv, D).transpose(1, 2), "k_gate")
+    return qg, kg
+
+
 def restore(model):
     """Switch `model` back to the attention implementation it had before :func:`use`."""
     state = getattr(model, "_spattn_state", None)
@@ -295,6 +355,7 @@ def restore(model):
         raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
     model.set_attn_implementation(state.previous_implementation or "sdpa")
     for mod in _attention_modules(model):
+        _remove_gate_hooks(mod)
         for attr in ("_spattn_layer", "_spattn_model"):
             if hasattr(mod, attr):
                 delattr(mod, attr)
@@ -330,18 +391,30 @@ def stats(model, reset: bool = False) -> List[Dict[str, Any]]:
 
 
 @contextmanager
-def capture(model):
+def capture(model, gate_inputs: bool = False):
     """Within the block, every attention call also stores this layer's float32 (q, k) in the
-    yielded dict {layer_idx: (q, k)} (the last call per layer), as numpy arrays (B, H, N, D)."""
+    yielded dict {layer_idx: (q, k)} (the last call per layer), as numpy arrays (B, H, N, D).
+
+    Layers whose method takes gate inputs (``capabilities.gate_inputs``), and every layer when
+    ``gate_inputs=True`` (then the q_proj / k_proj hooks are added for the block), store
+    ``(q, k, q_gate, k_gate)``, the gate inputs being q and k before RoPE."""
     state = getattr(model, "_spattn_state", None)
     if state is None:
         raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
+    added = []
+    if gate_inputs:
+        for mod in _attention_modules(model):
+            if not hasattr(mod, "_spattn_gate_hooks"):
+                _add_gate_hooks(mod, "capture(gate_inputs=True)")
+                added.append(mod)
     store: Dict[int, tuple] = {}
     state.capture = store
     try:
         yield store
     finally:
         state.capture = None
+        for mod in added:
+            _remove_gate_hooks(mod)
 
 
 def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, progress: bool = False,
@@ -349,7 +422,9 @@ def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, prog
     """Train every layer's learned method part on that layer's real (q, k) for `input_ids`.
 
     The model runs once with exact attention while (q, k) are captured per layer; then each
-    layer whose method is fittable calls ``method.fit([(q, k)], **fit_kwargs)``. Use a text the
+    layer whose method is fittable calls ``method.fit([(q, k)], **fit_kwargs)``, or, for a
+    method with ``capabilities.gate_inputs``, ``method.fit([(q, k, q_gate, k_gate)],
+    rope_config=model.config, **fit_kwargs)`` (q_gate, k_gate: q, k before RoPE). Use a text the
     evaluation does not use. Returns {layer: the trainer's result}.
     """
     torch, _ = _require_transformers()
@@ -375,8 +450,14 @@ def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, prog
     for i in it:
         m = states[i].method
         if m.capabilities.fittable:
-            q, k = store[i]
-            results[i] = m.fit([(q, k)], **fit_kwargs)
+            item = store[i]
+            if m.capabilities.gate_inputs:
+                if len(item) != 4:
+                    raise ValueError(f"layer {i}: the pre-RoPE q/k of {m.name}'s gate were not captured")
+                kw = {"rope_config": model.config, **fit_kwargs}
+                results[i] = m.fit([item], **kw)
+            else:
+                results[i] = m.fit([item[:2]], **fit_kwargs)
     return results
 
 
@@ -432,8 +513,10 @@ class _KV:
         return self.f32()
 
 
-def _run(state: LayerState, q: np.ndarray, kv: _KV, causal: bool, scale: Optional[float]) -> np.ndarray:
-    """One batch of unpadded rows: choose the path, run it, count it."""
+def _run(state: LayerState, q: np.ndarray, kv: _KV, causal: bool, scale: Optional[float],
+         gate: Optional[tuple] = None) -> np.ndarray:
+    """One batch of unpadded rows: choose the path, run it, count it. `gate`: (q_gate, k_gate)
+    for a method with gate inputs."""
     Nq, Nk = q.shape[2], kv.key.shape[2]
     if Nq == 1 and state.decode_method is not None and not state.dense:
         dm = state.decode_method
@@ -463,11 +546,17 @@ def _run(state: LayerState, q: np.ndarray, kv: _KV, causal: bool, scale: Optiona
                           RuntimeWarning, stacklevel=3)
         return _dense_attention(q, *kv.dense_operands(), causal=causal, scale=scale)
     state.count("sparse")
-    return _run_method(state, m, q, *kv.f32(), causal, scale)
+    return _run_method(state, m, q, *kv.f32(), causal, scale, gate)
 
 
-def _run_method(state: LayerState, m: Method, q, k, v, causal: bool, scale) -> np.ndarray:
-    mask = m.estimate(q, k, causal=causal, scale=scale)
+def _run_method(state: LayerState, m: Method, q, k, v, causal: bool, scale, gate=None) -> np.ndarray:
+    if m.capabilities.gate_inputs:
+        if gate is None:
+            raise ValueError(f"spattn layer {state.layer_idx}: {m.name} needs the q/k before RoPE, which were not "
+                             "captured for this call (q_proj / k_proj outputs do not match the attention inputs)")
+        mask = m.estimate(q, k, causal=causal, scale=scale, q_gate=gate[0], k_gate=gate[1])
+    else:
+        mask = m.estimate(q, k, causal=causal, scale=scale)
     out = sparse_attention(q, k, v, mask, causal=causal, scale=scale)
     if isinstance(mask, BlockMask):
         state.densities.append(float(np.mean(mask.density(causal=causal))))
@@ -525,8 +614,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     q = as_float_array(query, "q")
     kv = _KV(key, value, torch)
     scale = None if scaling is None else float(scaling)
+    gate = _gate_inputs(module, q.shape, key.shape) if hasattr(module, "_spattn_pre_rope") else None
     if km.key_valid is None:
-        out = _run(state, q, kv, km.causal, scale)
+        out = _run(state, q, kv, km.causal, scale, gate)
     else:
         k, v = kv.f32()
         valid = km.key_valid.detach().cpu().numpy().astype(bool)
@@ -539,17 +629,22 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
                 shift = Nk - Nq
                 qs, qe = max(0, s - shift), min(Nq, e - shift)
                 if e > s and qe > qs:
+                    gb = None if gate is None else (gate[0][b:b + 1, :, qs:qe], gate[1][b:b + 1, :, s:e])
                     out[b:b + 1, :, qs:qe] = _run(state, q[b:b + 1, :, qs:qe],
-                                                  _KV(k[b:b + 1, :, s:e], v[b:b + 1, :, s:e]), True, scale)
+                                                  _KV(k[b:b + 1, :, s:e], v[b:b + 1, :, s:e]), True, scale, gb)
             else:
                 idx = np.flatnonzero(valid[b])
                 if idx.size:
                     kb = k[b:b + 1, :, idx] if idx.size != Nk else k[b:b + 1]
                     vb = v[b:b + 1, :, idx] if idx.size != Nk else v[b:b + 1]
-                    out[b:b + 1] = _run(state, q[b:b + 1], _KV(kb, vb), False, scale)
+                    gb = None if gate is None else (gate[0][b:b + 1], gate[1][b:b + 1][:, :, idx])
+                    out[b:b + 1] = _run(state, q[b:b + 1], _KV(kb, vb), False, scale, gb)
     model_state = _model_state_of(module)
     if model_state is not None and model_state.capture is not None:
-        model_state.capture[state.layer_idx] = (np.array(q), np.array(kv.f32()[0]))
+        item = (np.array(q), np.array(kv.f32()[0]))
+        if gate is not None:
+            item += (np.array(gate[0]), np.array(gate[1]))
+        model_state.capture[state.layer_idx] = item
     res = torch.from_numpy(out).transpose(1, 2)
     res = res.to(out_dtype).contiguous() if out_dtype != torch.float32 else res.contiguous()
     state.seconds += time.perf_counter() - t0

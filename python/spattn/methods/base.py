@@ -58,6 +58,11 @@ class Capabilities:
         returns the full BlockMask so metrics apply).
     exact : bool
         Its output is exact attention.
+    gate_inputs : bool
+        ``estimate`` / ``__call__`` also take ``q_gate``, ``k_gate``: separate inputs of the
+        method's learned predictor (SeerAttention's gate sees the model's q/k *before* RoPE while
+        attention uses them after). The transformers backend then hands over the pre-RoPE q/k of
+        Llama-family attention modules. Other methods refuse gate inputs (TypeError).
     """
 
     causal: bool = True
@@ -71,6 +76,7 @@ class Capabilities:
     gqa_layouts: Tuple[str, ...] = ("grouped",)
     mask_format: str = "block"
     exact: bool = False
+    gate_inputs: bool = False
 
     def __post_init__(self):
         if not (self.causal or self.noncausal):
@@ -208,7 +214,8 @@ class Method:
         if not caps.supports_lengths(Nq, Nk):
             raise ValueError(f"{self.name} needs {caps.lengths_text()}; got Nq={Nq}, Nk={Nk}")
 
-    def estimate(self, q, k, *, causal: bool = False, scale: Optional[float] = None) -> Mask:
+    def estimate(self, q, k, *, causal: bool = False, scale: Optional[float] = None,
+                 q_gate=None, k_gate=None) -> Mask:
         """Return the mask this method selects for (q, k).
 
         Parameters
@@ -218,21 +225,32 @@ class Method:
             Bottom-right aligned causal attention.
         scale : float, optional
             Logit scale, default 1/sqrt(D).
+        q_gate, k_gate : array_like, optional
+            Only for methods with ``capabilities.gate_inputs``: the inputs of the learned
+            predictor, shaped as q and k (default q and k themselves).
         """
         q, k, _ = check_qkv(q, k)
         causal, scale = as_causal(causal), as_scale(scale)
         _core.check_shapes(q, k, None, scale)
         self.check_call(q, k, causal)
-        return self._estimate(q, k, causal, scale)
+        if not self.capabilities.gate_inputs:
+            if q_gate is not None or k_gate is not None:
+                raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
+                                "capabilities.gate_inputs do")
+            return self._estimate(q, k, causal, scale)
+        q_gate = q if q_gate is None else _check_gate_input(q_gate, q.shape, "q_gate")
+        k_gate = k if k_gate is None else _check_gate_input(k_gate, k.shape, "k_gate")
+        return self._estimate(q, k, causal, scale, q_gate=q_gate, k_gate=k_gate)
 
     def _estimate(self, q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float]) -> Mask:
         """The estimator proper, on checked float32 inputs; every registered method defines it."""
         raise TypeError(f"{type(self).__name__} must define _estimate()")  # abstract
 
     def __call__(self, q, k, v, *, causal: bool = False, scale: Optional[float] = None,
-                 return_lse: bool = False):
-        """Estimate the mask, then run the kernel of its format."""
-        mask = self.estimate(q, k, causal=causal, scale=scale)
+                 return_lse: bool = False, q_gate=None, k_gate=None):
+        """Estimate the mask (gate inputs passed through, see :meth:`estimate`), then run the
+        kernel of its format on (q, k, v)."""
+        mask = self.estimate(q, k, causal=causal, scale=scale, q_gate=q_gate, k_gate=k_gate)
         return sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
 
     def readouts(self) -> Dict[str, Any]:
@@ -285,6 +303,18 @@ class Method:
 
             self.fit(held_out_inputs(workload, seeds=seeds, max_len=max_len), steps=steps, progress=progress)
         return self
+
+
+def _check_gate_input(x, shape, name: str) -> np.ndarray:
+    """A gate input as C-contiguous float32 with the shape of its attention input."""
+    from .._validation import as_float_array
+
+    x = as_float_array(x, name)
+    if x.shape != tuple(shape):
+        raise ValueError(f"{name} must have the shape of its attention input {tuple(shape)}, got {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} holds NaN or inf")
+    return x
 
 
 def registered() -> List[Type[Method]]:
