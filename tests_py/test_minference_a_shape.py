@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import spattn
-from conftest import ATOL, RTOL, SHAPES, assert_matches, make_qkv, ref_attention, ref_probs
+from conftest import SHAPES, assert_matches, make_qkv, ref_attention, ref_probs
 
 
 def official_a_shape(nq, nk, n_init, n_local):

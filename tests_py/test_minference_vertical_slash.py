@@ -53,7 +53,7 @@ def official_convert(v, s, L, block=64):
     """convert_vertical_slash_indexes_kernel: per query block (block_offset list, column list)."""
     out = []
     for m in range((L + block - 1) // block):
-        start, end = m * block, m * block + block
+        end = m * block + block
         offsets, cols = [], []
         vi, si = 0, 0
         v_idx = v[vi] if len(v) else end + block
