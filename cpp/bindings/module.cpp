@@ -507,6 +507,29 @@ void bind_seerattention(py::module_& m) {
   }, py::arg("q"), py::arg("k"), py::arg("block_size"), py::arg("scale"));
 }
 
+void bind_tokenselect(py::module_& m) {
+  bind_params<TokenSelectParams>(m, "TokenSelectParams", "tokenselect",
+                                 "TokenSelect decode selection parameters (release-config defaults).");
+  m.def("estimate_tokenselect", [](const FArr& q, const FArr& k, int kv_len, const TokenSelectParams& p) {
+    AttnArgs a = make_args(q, k, nullptr, true, std::nullopt);
+    p.validate();
+    if (a.shape.Nq != 1) throw py::value_error("q must hold one query per head (Nq == 1), got shape " + shape_str(q));
+    if (kv_len < 0 || kv_len > a.shape.Nk)
+      throw py::value_error("kv_len must lie in [0, " + std::to_string(a.shape.Nk) + "] (the rows of k), got " +
+                            std::to_string(kv_len));
+    a.shape.kv_capacity = a.shape.Nk;
+    a.shape.Nk = kv_len;
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_tokenselect(a, p, &K);
+    }
+    return adopt(std::move(idx), {a.shape.B, a.shape.Hq, 1, K});
+  }, py::arg("q"), py::arg("k"), py::arg("kv_len"), py::arg("params"),
+     "TokenSelect's keys (B, Hq, 1, K) for q (B, Hq, 1, D) over the first kv_len rows of k (B, Hkv, capacity, D).");
+}
+
 void bind_quest(py::module_& m) {
   bind_params<QuestParams>(m, "QuestParams", "quest", "Quest decode page-selection parameters (official defaults).");
   // q (B, Hq, 1, D) against the page metadata kmin / kmax (B, Hkv, page_capacity, D) of a cache holding kv_len tokens.
@@ -714,6 +737,7 @@ PYBIND11_MODULE(_core, m) {
   bind_sea(m);
   bind_quest(m);
   bind_doublesparse(m);
+  bind_tokenselect(m);
   m.def("max_threads", []() { return omp_get_max_threads(); });
   m.def("build_info", []() {
     py::dict d;

@@ -94,6 +94,14 @@ class DoubleSparseParams(_Params):
     label_bits: int
     dense_layers: int
 
+class TokenSelectParams(_Params):
+    n_init: int
+    n_local: int
+    top_k: int
+    kernel_size: int
+    gqa_interleave: bool
+    dense_layers: int
+
 # ---------------------------------------------------------------------------- plans
 class BlockPlan:
     B: int
@@ -189,3 +197,4 @@ def estimate_quest(q: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, kv_len: in
                    params: QuestParams) -> np.ndarray: ...
 def estimate_doublesparse(q_label: np.ndarray, labels: np.ndarray, kv_len: int,
                           params: DoubleSparseParams) -> np.ndarray: ...
+def estimate_tokenselect(q: np.ndarray, k: np.ndarray, kv_len: int, params: TokenSelectParams) -> np.ndarray: ...
