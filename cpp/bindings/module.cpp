@@ -46,6 +46,23 @@ py::tuple run_attention(AttnArgs a, const Kernel& kernel) {
   return py::make_tuple(out, lse);
 }
 
+// The row log-sum-exp (B, Hq, Nq) of a pattern kernel run without values (Dv = 0): what recall
+// needs from the structured mask formats.
+template <class Kernel>
+py::object pattern_lse(AttnArgs a, const Kernel& kernel) {
+  a.v = nullptr;
+  a.shape.Dv = 0;
+  const py::tuple r = run_attention(a, kernel);
+  return py::object(r[1]);
+}
+
+// The shape a pattern's check_against reads for its mask helpers (no tensors involved).
+AttnShape pattern_shape(int B, int H, int len) {
+  AttnShape s;
+  s.B = B; s.Hq = H; s.Hkv = 1; s.Nq = s.Nk = len; s.D = 1; s.Dv = 0;
+  return s;
+}
+
 template <class Kernel>
 py::tuple run_attention(const FArr& q, const FArr& k, const FArr& v, bool causal, const OptScale& scale,
                         const Kernel& kernel) {
@@ -209,32 +226,23 @@ void bind_kernels(py::module_& m) {
 
   m.def("vertical_slash_lse", [](const FArr& q, const FArr& k, const IArr& vertical, const IArr& slash, int block,
                                  const OptScale& scale) {
-    AttnArgs a = make_args(q, k, nullptr, true, scale);
+    const AttnArgs a = make_args(q, k, nullptr, true, scale);
     const VerticalSlashView vs = vertical_slash_view(vertical, slash, block, a.shape.Nk);
-    a.v = nullptr;
-    a.shape.Dv = 0;
-    const py::tuple r = run_attention(a, [&](const AttnArgs& args) { vertical_slash_attention(args, vs); });
-    return py::object(r[1]);
+    return pattern_lse(a, [&](const AttnArgs& args) { vertical_slash_attention(args, vs); });
   }, py::arg("q"), py::arg("k"), py::arg("vertical"), py::arg("slash"), py::arg("block"), py::arg("scale"),
      "Row log-sum-exp (B, Hq, Nq) of the vertical-slash pattern's keys (no values read).");
 
   m.def("window_lse", [](const FArr& q, const FArr& k, long long sinks, long long left, long long right, bool causal,
                          const OptScale& scale) {
-    AttnArgs a = make_args(q, k, nullptr, causal, scale);
     const WindowSpec w{sinks, left, right};
     w.validate();
-    a.v = nullptr;
-    a.shape.Dv = 0;
-    const py::tuple r = run_attention(a, [&](const AttnArgs& args) { window_attention(args, w); });
-    return py::object(r[1]);
+    return pattern_lse(make_args(q, k, nullptr, causal, scale), [&](const AttnArgs& args) { window_attention(args, w); });
   }, py::arg("q"), py::arg("k"), py::arg("sinks"), py::arg("left"), py::arg("right"), py::arg("causal"),
      py::arg("scale"), "Row log-sum-exp (B, Hq, Nq) of the window pattern's keys (no values read).");
 
   m.def("vertical_slash_pairs", [](const IArr& vertical, const IArr& slash, int block, int len) {
     const VerticalSlashView vs = vertical_slash_view(vertical, slash, block, len);
-    AttnShape s;
-    s.B = vs.B; s.Hq = vs.H; s.Hkv = 1; s.Nq = s.Nk = len; s.D = 1; s.Dv = 0;
-    vs.check_against(s);
+    vs.check_against(pattern_shape(vs.B, vs.H, len));
     std::vector<double> pairs;
     {
       py::gil_scoped_release nogil;
@@ -246,9 +254,7 @@ void bind_kernels(py::module_& m) {
 
   m.def("vertical_slash_token_indices", [](const IArr& vertical, const IArr& slash, int block, int len) {
     const VerticalSlashView vs = vertical_slash_view(vertical, slash, block, len);
-    AttnShape s;
-    s.B = vs.B; s.Hq = vs.H; s.Hkv = 1; s.Nq = s.Nk = len; s.D = 1; s.Dv = 0;
-    vs.check_against(s);
+    vs.check_against(pattern_shape(vs.B, vs.H, len));
     int kmax = 0;
     std::vector<int32_t> idx;
     {
@@ -270,20 +276,15 @@ void bind_kernels(py::module_& m) {
 
   m.def("permuted_block_lse", [](const FArr& q, const FArr& k, const IArr& perm, const BArr& blocks, int block,
                                  const OptScale& scale) {
-    AttnArgs a = make_args(q, k, nullptr, true, scale);
     const PermutedBlocksView pb = permuted_view(perm, blocks, block);
-    a.v = nullptr;
-    a.shape.Dv = 0;
-    const py::tuple r = run_attention(a, [&](const AttnArgs& args) { permuted_block_attention(args, pb); });
-    return py::object(r[1]);
+    return pattern_lse(make_args(q, k, nullptr, true, scale),
+                       [&](const AttnArgs& args) { permuted_block_attention(args, pb); });
   }, py::arg("q"), py::arg("k"), py::arg("perm"), py::arg("blocks"), py::arg("block"), py::arg("scale"),
      "Row log-sum-exp (B, Hq, Nq) of the permuted-block pattern's keys (no values read).");
 
   m.def("permuted_block_pairs", [](const IArr& perm, const BArr& blocks, int block) {
     const PermutedBlocksView pb = permuted_view(perm, blocks, block);
-    AttnShape s;
-    s.B = pb.B; s.Hq = pb.H; s.Hkv = 1; s.Nq = s.Nk = pb.len; s.D = 1; s.Dv = 0;
-    pb.check_against(s);
+    pb.check_against(pattern_shape(pb.B, pb.H, pb.len));
     std::vector<double> pairs;
     {
       py::gil_scoped_release nogil;
@@ -295,9 +296,7 @@ void bind_kernels(py::module_& m) {
 
   m.def("permuted_block_token_indices", [](const IArr& perm, const BArr& blocks, int block) {
     const PermutedBlocksView pb = permuted_view(perm, blocks, block);
-    AttnShape s;
-    s.B = pb.B; s.Hq = pb.H; s.Hkv = 1; s.Nq = s.Nk = pb.len; s.D = 1; s.Dv = 0;
-    pb.check_against(s);
+    pb.check_against(pattern_shape(pb.B, pb.H, pb.len));
     int kmax = 0;
     std::vector<int32_t> idx;
     {

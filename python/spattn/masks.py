@@ -388,13 +388,16 @@ class VerticalSlashMask:
                 raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
             if a.ndim != 3:
                 raise ValueError(f"{name} must have shape (B, H, n), got {a.shape}")
-            arrs.append(np.ascontiguousarray(a, dtype=np.int32))
+            a = np.array(a, dtype=np.int32, order="C")  # an own copy, read-only: the counts below stay true
+            a.flags.writeable = False
+            arrs.append(a)
         self.vertical, self.slash = arrs
         if self.vertical.shape[:2] != self.slash.shape[:2]:
             raise ValueError(f"vertical and slash must agree on (B, H), got {self.vertical.shape} and {self.slash.shape}")
-        # sortedness and ranges are checked in C++ (ValueError naming the row)
+        # sortedness and ranges are checked in C++ (ValueError naming the row), which also counts the
+        # visible pairs the density needs
         from . import _core
-        _core.vertical_slash_pairs(self.vertical, self.slash, self.block, self.length)
+        self._pairs = _core.vertical_slash_pairs(self.vertical, self.slash, self.block, self.length)
 
     q_len = property(lambda self: self.length)
     kv_len = property(lambda self: self.length)
@@ -416,12 +419,9 @@ class VerticalSlashMask:
 
     def density(self, q_len: Optional[int] = None, causal: bool = True) -> np.ndarray:
         """Share of the causal (query, key) pairs the pattern computes, per (B, H)."""
-        from . import _core
         if q_len is not None and check_int(q_len, "q_len") != self.length:
             raise ValueError(f"q_len must be the pattern's length {self.length}, got {q_len}")
-        pairs = _core.vertical_slash_pairs(self.vertical, self.slash, self.block, self.length)
-        total = _total_visible(self.length, self.length, as_causal(causal))
-        return pairs / max(total, 1)
+        return self._pairs / max(_total_visible(self.length, self.length, as_causal(causal)), 1)
 
     def to_token_indices(self) -> TokenIndices:
         """The same keys as TokenIndices (group_size = block): per query block the keys of its runs
@@ -538,7 +538,7 @@ class PermutedBlockMask:
         self.perm = np.ascontiguousarray(arr, dtype=np.int32)
         self.blocks = blocks
         from . import _core
-        _core.permuted_block_pairs(self.perm, self.blocks.blocks.view(np.uint8), self.block)  # checks perm rows
+        _core.permuted_block_pairs(self.perm, self.blocks.blocks.view(np.uint8), self.block)  # checks the perm rows
 
     block = property(lambda self: self.blocks.block_q)
     length = property(lambda self: self.blocks.q_len)
@@ -561,9 +561,9 @@ class PermutedBlockMask:
 
     def density(self, q_len: Optional[int] = None, causal: bool = True) -> np.ndarray:
         """Share of the causal (query, key) pairs the pattern computes, per (B, H)."""
-        from . import _core
         if q_len is not None and check_int(q_len, "q_len") != self.length:
             raise ValueError(f"q_len must be the mask's length {self.length}, got {q_len}")
+        from . import _core  # counted on each call: the BlockMask may have been edited since
         pairs = _core.permuted_block_pairs(self.perm, self.blocks.blocks.view(np.uint8), self.block)
         return pairs / max(_total_visible(self.length, self.length, as_causal(causal)), 1)
 

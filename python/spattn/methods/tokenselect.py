@@ -51,8 +51,9 @@ class TokenSelect(CacheDecode, Method):
     position ``n_local`` before scoring (``QUERY_ROTATE``), then applies RoPE to the compacted
     key list inside FlashInfer (its length extrapolation); spattn receives post-RoPE q and k and
     scores and attends with them as they are. Scores in float32 (official bf16 output); ties to
-    the lower position (torch.topk leaves them unspecified). The selection cache of the paper is
-    disabled in the release code and not implemented.
+    the lower position (torch.topk leaves them unspecified). The paper's selection cache (reuse
+    the last top-k when the query fingerprint barely moved) is switched off in the official release
+    code, which this follows: every step selects anew.
     """
 
     name = "tokenselect"
