@@ -169,7 +169,8 @@ def test_dense_layers_prefill_and_per_layer_tables():
 
 def test_defaults_are_the_official_ones():
     assert spattn.methods.get("doublesparse").params == {
-        "heavy_const": 256, "group_factor": 2, "label_bits": 4, "dense_layers": 2, "channels": None}
+        "heavy_const": 256, "group_factor": 2, "label_bits": 4, "dense_layers": 2, "channels": None,
+        "statistical_topk": False, "layer_plan": None}
 
 
 def test_errors_name_the_parameter_or_argument():

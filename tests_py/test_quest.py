@@ -128,8 +128,8 @@ def test_page_scores_equal_the_official_sign_trick(case):
     q64 = q[:, :, 0].astype(np.float64)
     s = np.where(q64 > 0, 1.0, -1.0)[:, :, None, None, :]
     ref = np.einsum("bhd,bhpd->bhp", np.abs(q64), np.nanmax(kp * s, axis=3))  # sum |q_d| max_t s_d k_td
-    assert U.shape == (B, Hq, -(-N // P)) and U.dtype == np.float64
-    np.testing.assert_allclose(U, ref, rtol=1e-12, atol=1e-12)
+    assert U.shape == (B, Hq, -(-N // P)) and U.dtype == np.float32
+    np.testing.assert_allclose(U, ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("chunks", [(None,), (7, 1, 30), (1,)], ids=["one", "chunks", "tokens"])
@@ -234,7 +234,8 @@ def test_an_empty_layer_gives_zero_output_and_neg_inf_lse():
 
 def test_defaults_are_the_official_ones():
     p = spattn.methods.get("quest").params
-    assert p == {"page_size": 16, "token_budget": 512, "eval_selection": False, "dense_layers": 2}
+    assert p == {"page_size": 16, "token_budget": 512, "eval_selection": False, "dense_layers": 2,
+                 "statistical_topk": False, "layer_plan": None}
 
 
 def test_parameter_errors_name_the_parameter():

@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <string>
 #include <utility>
@@ -529,6 +530,58 @@ void bind_tokenselect(py::module_& m) {
      "TokenSelect's keys (B, Hq, 1, K) for q (B, Hq, 1, D) over the first kv_len rows of k (B, Hkv, capacity, D).");
 }
 
+void bind_tidaldecode(py::module_& m) {
+  bind_params<TidalDecodeParams>(m, "TidalDecodeParams", "tidaldecode",
+                                 "TidalDecode token-selection parameters (official defaults).");
+  m.def("estimate_tidaldecode", [](const FArr& q, const FArr& k, int kv_len, const TidalDecodeParams& p) {
+    AttnArgs a = make_args(q, k, nullptr, true, std::nullopt);
+    p.validate();
+    if (a.shape.Nq != 1) throw py::value_error("q must hold one query per head (Nq == 1), got shape " + shape_str(q));
+    if (kv_len < 0 || kv_len > a.shape.Nk)
+      throw py::value_error("kv_len must lie in [0, " + std::to_string(a.shape.Nk) + "] (the rows of k), got " +
+                            std::to_string(kv_len));
+    a.shape.kv_capacity = a.shape.Nk;
+    a.shape.Nk = kv_len;
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_tidaldecode(a, p, &K);
+    }
+    return adopt(std::move(idx), {a.shape.B, a.shape.Hq, 1, K});
+  }, py::arg("q"), py::arg("k"), py::arg("kv_len"), py::arg("params"),
+     "TidalDecode's per-head top-k positions (B, Hq, 1, K) for q (B, Hq, 1, D) over the first kv_len rows of k.");
+}
+
+void bind_statistical(py::module_& m) {
+  m.def("normal_quantile", &normal_quantile, py::arg("p"), "The standard normal quantile Phi^-1(p) (double).");
+  // Rows of x (..., n): theta per row, and the selection of each row as a bool mask.
+  m.def("statistical_topk", [](const FArr& x, int k) {
+    if (x.ndim() < 1) throw py::value_error("scores must have at least one dimension, got a scalar");
+    if (k < 0) throw py::value_error("k must be >= 0, got " + std::to_string(k));
+    const py::ssize_t n = x.shape(x.ndim() - 1);
+    const py::ssize_t rows = n == 0 ? 0 : x.size() / n;
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    py::array_t<bool> keep(shape);
+    std::vector<py::ssize_t> tshape(shape.begin(), shape.end() - 1);
+    py::array_t<double> theta(tshape);
+    bool* kp = keep.mutable_data();
+    double* tp = theta.mutable_data();
+    const float* xp = x.data();
+    {
+      py::gil_scoped_release nogil;
+      std::fill(kp, kp + x.size(), false);
+      for (py::ssize_t r = 0; r < rows; ++r) {
+        tp[r] = statistical_threshold(xp + r * n, int(n), k);
+        for (int i : statistical_select(xp + r * n, int(n), k)) kp[r * n + i] = true;
+      }
+      if (n == 0)
+        for (py::ssize_t r = 0; r < theta.size(); ++r) tp[r] = std::numeric_limits<double>::infinity();
+    }
+    return py::make_tuple(keep, theta);
+  }, py::arg("scores"), py::arg("k"));
+}
+
 void bind_quest(py::module_& m) {
   bind_params<QuestParams>(m, "QuestParams", "quest", "Quest decode page-selection parameters (official defaults).");
   // q (B, Hq, 1, D) against the page metadata kmin / kmax (B, Hkv, page_capacity, D) of a cache holding kv_len tokens.
@@ -551,8 +604,8 @@ void bind_quest(py::module_& m) {
                                            int page_size) {
     const auto [s, pv] = pages_shape(q, kmin, kmax, kv_len, page_size);
     const int np = kv_len == 0 ? 0 : (kv_len - 1) / page_size + 1;
-    py::array_t<double> U({s.B, s.Hq, np});
-    double* up = U.mutable_data();
+    FArr U({s.B, s.Hq, np});
+    float* up = U.mutable_data();
     {
       py::gil_scoped_release nogil;
       quest_page_scores(q.data(), s, pv, page_size, up);
@@ -737,6 +790,8 @@ PYBIND11_MODULE(_core, m) {
   bind_quest(m);
   bind_doublesparse(m);
   bind_tokenselect(m);
+  bind_tidaldecode(m);
+  bind_statistical(m);
   m.def("max_threads", []() { return omp_get_max_threads(); });
   m.def("build_info", []() {
     py::dict d;

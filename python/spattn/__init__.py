@@ -18,7 +18,9 @@ from .cache import KVCache
 from .evaluate import Record, evaluate
 from .kernels import (BlockPlan, attention, block_sparse_attention, merge_states, permuted_block_attention, plan,
                       sparse_attention, token_sparse_attention, vertical_slash_attention, window_attention)
+from .layer_plan import LayerPlan
 from .masks import BlockMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from .selection import gaussian_topk, normal_quantile, statistical_topk
 
 __version__ = "0.1.0"
 
@@ -44,6 +46,7 @@ __all__ = [
     "attention", "block_sparse_attention", "token_sparse_attention", "window_attention", "vertical_slash_attention",
     "permuted_block_attention", "sparse_attention", "merge_states", "plan", "BlockPlan",
     "BlockMask", "TokenIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask", "KVCache",
+    "LayerPlan", "statistical_topk", "gaussian_topk", "normal_quantile",
     "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
     "Record",
     "num_threads", "build_info", "__version__",

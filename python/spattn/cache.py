@@ -72,6 +72,9 @@ class KVCache:
     def __init__(self, *, initial_capacity: int = 256):
         self.initial_capacity = check_int(initial_capacity, "initial_capacity", lo=1)
         self._layers: Dict[int, LayerKV] = {}
+        # selections stored by "select" layers of a layer plan for the "reuse" layers above them:
+        # key -> (layer, kv_len, selection)
+        self._selections: Dict[Hashable, Tuple[int, int, Any]] = {}
 
     # ------------------------------------------------------------------ layers
     @property
@@ -119,8 +122,31 @@ class KVCache:
         return lk.k_buffer, lk.v_buffer, lk.length
 
     def clear(self) -> None:
-        """Drop every layer (buffers and method state)."""
+        """Drop every layer (buffers, method state and stored selections)."""
         self._layers.clear()
+        self._selections.clear()
+
+    def drop(self, layer: int) -> None:
+        """Drop `layer` (its buffers and method state); the next append starts it afresh."""
+        self._layers.pop(check_int(layer, "layer"), None)
+
+    # ------------------------------------------------------------------ selections shared by layers
+    def store_selection(self, key: Hashable, layer: int, selection: Any) -> None:
+        """Keep `selection` (made on `layer` at its current length) for the layers that reuse it."""
+        self._selections[key] = (check_int(layer, "layer"), self.length(layer), selection)
+
+    def stored_selection(self, key: Hashable, layer: int) -> Any:
+        """The selection stored under `key` by a lower layer at this decode step (the same cache
+        length as `layer`); ValueError when there is none."""
+        layer = check_int(layer, "layer")
+        item = self._selections.get(key)
+        n = self.length(layer)
+        if item is None or item[0] >= layer or item[1] != n:
+            found = "none" if item is None else f"one from layer {item[0]} at length {item[1]}"
+            raise ValueError(f"layer {layer} reuses a selection, but no lower 'select' layer stored one at this step "
+                             f"(cache length {n}; found {found}): run the layers of a step in order, the select "
+                             "layer first")
+        return item[2]
 
     # ------------------------------------------------------------------ append
     def append(self, layer: int, k, v) -> None:

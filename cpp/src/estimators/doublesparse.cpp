@@ -1,7 +1,7 @@
 // Double Sparsity token selection (see the header for the official behaviour it follows).
 //
 // The score reads r-channel labels (r = D / group_factor), one dot product per cached token and
-// query head: a matrix-vector product on the label cache, ranked and cut here.
+// query head: the SIMD decode product on the label cache (decode_scores), ranked and cut here.
 #include "spattn/estimators/doublesparse.hpp"
 
 #include <algorithm>
@@ -9,6 +9,8 @@
 #include <limits>
 #include <numeric>
 #include <string>
+
+#include "spattn/selection.hpp"
 
 namespace spattn {
 
@@ -26,40 +28,25 @@ std::vector<int32_t> estimate_doublesparse(const float* q_label, const float* la
   p.validate();
   if (s.Nq != 1)
     throw std::invalid_argument("doublesparse: decode selection needs Nq == 1, got Nq=" + std::to_string(s.Nq));
-  const int N = s.Nk, r = s.D;
-  const int width = std::min(N, p.heavy_const);
-  *K = width;
+  const int N = s.Nk;
   const long long heads = (long long)s.B * s.Hq;
-  std::vector<int32_t> out(size_t(heads) * width, -1);
-  if (width == 0) return out;
-  const bool all = N <= p.heavy_const;
-#pragma omp parallel
-  {
-    std::vector<double> score(static_cast<size_t>(all ? 0 : N));
-    std::vector<int> order(static_cast<size_t>(all ? 0 : N));
-#pragma omp for schedule(dynamic, 1)
-    for (long long bh = 0; bh < heads; ++bh) {
-      int32_t* row = out.data() + size_t(bh) * width;
-      if (all) {
-        std::iota(row, row + N, 0);
-        continue;
-      }
-      const int b = int(bh / s.Hq), h = int(bh % s.Hq);
-      const float* ql = q_label + s.q_index(b, h, 0);
-      const float* lab = labels + s.k_index(b, h / s.group(), 0);
-      for (int t = 0; t < N; ++t) {
-        double acc = 0.0;
-        for (int c = 0; c < r; ++c) acc += double(ql[c]) * double(lab[size_t(t) * r + c]);
-        score[size_t(t)] = std::isnan(acc) ? std::numeric_limits<double>::infinity() : acc;  // NaN first
-      }
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + width, order.end(), [&](int x, int y) {
-        return score[size_t(x)] > score[size_t(y)] || (score[size_t(x)] == score[size_t(y)] && x < y);
-      });
-      std::sort(order.begin(), order.begin() + width);
-      std::copy_n(order.begin(), width, row);
-    }
+  if (N <= p.heavy_const) {  // every token
+    *K = N;
+    std::vector<int32_t> out(size_t(heads) * N);
+    for (long long bh = 0; bh < heads; ++bh) std::iota(out.begin() + bh * N, out.begin() + (bh + 1) * N, 0);
+    return out;
   }
+  std::vector<float> score(size_t(heads) * N);
+  decode_scores(q_label, labels, s, 1.f, score.data());  // (B, Hq, N): the label products, unscaled
+  std::vector<std::vector<int>> chosen(static_cast<size_t>(heads));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (long long bh = 0; bh < heads; ++bh)
+    chosen[size_t(bh)] = select_top(score.data() + size_t(bh) * N, N, p.heavy_const, p.statistical_topk);
+  int width = 0;
+  for (const auto& c : chosen) width = std::max(width, int(c.size()));
+  *K = width;
+  std::vector<int32_t> out(size_t(heads) * width, -1);
+  for (long long bh = 0; bh < heads; ++bh) std::copy(chosen[size_t(bh)].begin(), chosen[size_t(bh)].end(), out.begin() + size_t(bh) * width);
   return out;
 }
 

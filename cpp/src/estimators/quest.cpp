@@ -1,7 +1,7 @@
 // Quest page scoring and selection (see the header for the official behaviour it follows).
 //
-// The score is not a Q.K^T over keys: it reads one Kmin / Kmax row per page (num_pages x D per
-// query head), so it is a plain loop here rather than a tile-engine pass.
+// The score reads one Kmin / Kmax row per page: U = q+ . Kmax + q- . Kmin, two decode products of
+// the SIMD layer over the page rows (decode_scores).
 #include "spattn/estimators/quest.hpp"
 
 #include <omp.h>
@@ -11,6 +11,8 @@
 #include <limits>
 #include <numeric>
 #include <string>
+
+#include "spattn/selection.hpp"
 
 namespace spattn {
 
@@ -29,9 +31,6 @@ void QuestParams::validate() const {
 namespace {
 
 int num_pages(int kv_len, int page_size) { return kv_len <= 0 ? 0 : (kv_len - 1) / page_size + 1; }
-
-// Ranking key: NaN above every number (torch.topk's order).
-double rank_value(double u) { return std::isnan(u) ? std::numeric_limits<double>::infinity() : u; }
 
 }  // namespace
 
@@ -54,26 +53,23 @@ QuestBudget quest_budget(int kv_len, const QuestParams& p) {
   return b;
 }
 
-void quest_page_scores(const float* q, const AttnShape& s, const QuestPagesView& pages, int page_size, double* U) {
-  const int np = num_pages(s.Nk, page_size);
-  const int D = s.D, G = s.group();
-  const long long heads = (long long)s.B * s.Hq;
-#pragma omp parallel for schedule(static)
-  for (long long bh = 0; bh < heads; ++bh) {
-    const int b = int(bh / s.Hq), h = int(bh % s.Hq), hk = h / G;
-    const float* qr = q + s.q_index(b, h, 0);
-    const size_t base = (size_t(b) * s.Hkv + hk) * size_t(pages.page_capacity) * D;
-    for (int p = 0; p < np; ++p) {
-      const float* mx = pages.kmax + base + size_t(p) * D;
-      const float* mn = pages.kmin + base + size_t(p) * D;
-      double u = 0.0;
-      for (int d = 0; d < D; ++d) {
-        const double qd = qr[d];
-        u += std::max(qd * double(mx[d]), qd * double(mn[d]));  // exact products: float x float fits a double
-      }
-      U[size_t(bh) * np + p] = u;
-    }
+void quest_page_scores(const float* q, const AttnShape& s, const QuestPagesView& pages, int page_size, float* U) {
+  // max(q_d Kmax_d, q_d Kmin_d) is q_d Kmax_d when q_d >= 0 and q_d Kmin_d otherwise (Kmax >= Kmin), so
+  // U = q+ . Kmax + q- . Kmin with q+ = max(q, 0), q- = min(q, 0): two decode products over the pages.
+  AttnShape ps = s;
+  ps.Nk = num_pages(s.Nk, page_size);
+  ps.kv_capacity = pages.page_capacity;
+  const size_t nq = size_t(s.B) * s.Hq * s.D;
+  std::vector<float> qpos(nq), qneg(nq);
+  for (size_t i = 0; i < nq; ++i) {
+    qpos[i] = q[i] > 0.f ? q[i] : 0.f;
+    qneg[i] = q[i] < 0.f ? q[i] : (std::isnan(q[i]) ? q[i] : 0.f);
   }
+  const size_t nu = size_t(s.B) * s.Hq * size_t(ps.Nk);
+  std::vector<float> lower(nu);
+  decode_scores(qpos.data(), pages.kmax, ps, 1.f, U);
+  decode_scores(qneg.data(), pages.kmin, ps, 1.f, lower.data());
+  for (size_t i = 0; i < nu; ++i) U[i] += lower[i];
 }
 
 std::vector<int32_t> estimate_quest(const float* q, const AttnShape& s, const QuestPagesView& pages,
@@ -86,45 +82,47 @@ std::vector<int32_t> estimate_quest(const float* q, const AttnShape& s, const Qu
     throw std::invalid_argument("quest: page metadata holds " + std::to_string(pages.page_capacity) +
                                 " pages, kv_len=" + std::to_string(N) + " needs " + std::to_string(np));
   const QuestBudget bud = quest_budget(N, p);
-  const int width = bud.dense ? N : std::min(N, (bud.pages + (bud.force_last ? 1 : 0)) * P);
+  int width = bud.dense ? N : std::min(N, (bud.pages + (bud.force_last ? 1 : 0)) * P);
   *K = width;
   const long long heads = (long long)s.B * s.Hq;
   std::vector<int32_t> out(size_t(heads) * width, -1);
   if (width == 0) return out;
-  std::vector<double> U;
+  std::vector<float> U;
   if (!bud.dense) {
     U.resize(size_t(heads) * np);
     quest_page_scores(q, s, pages, P, U.data());
   }
   const int candidates = bud.force_last ? np - 1 : np;
-#pragma omp parallel
-  {
-    std::vector<int> order(static_cast<size_t>(np));
-    std::vector<char> keep(static_cast<size_t>(np));
-#pragma omp for schedule(static)
+  std::vector<std::vector<int>> chosen(static_cast<size_t>(bud.dense ? 0 : heads));
+  if (!bud.dense) {
+#pragma omp parallel for schedule(static)
     for (long long bh = 0; bh < heads; ++bh) {
-      int32_t* row = out.data() + size_t(bh) * width;
-      if (bud.dense) {
-        std::iota(row, row + N, 0);
-        continue;
-      }
-      const double* u = U.data() + size_t(bh) * np;
-      std::fill(keep.begin(), keep.end(), 0);
-      order.resize(size_t(candidates));
-      std::iota(order.begin(), order.end(), 0);
-      const int take = std::min(bud.pages, candidates);
-      std::partial_sort(order.begin(), order.begin() + take, order.end(), [u](int x, int y) {
-        const double a = rank_value(u[x]), b = rank_value(u[y]);
-        return a > b || (a == b && x < y);  // descending, ties to the lower page
-      });
-      for (int t = 0; t < take; ++t) keep[size_t(order[size_t(t)])] = 1;
-      if (bud.force_last) keep[size_t(np - 1)] = 1;
-      int c = 0;
-      for (int pg = 0; pg < np; ++pg) {
-        if (!keep[size_t(pg)]) continue;
-        for (int j = pg * P; j < std::min(N, (pg + 1) * P); ++j) row[c++] = j;
-      }
+      std::vector<int> pick = select_top(U.data() + size_t(bh) * np, candidates, bud.pages, p.statistical_topk);
+      if (bud.force_last) pick.push_back(np - 1);
+      chosen[size_t(bh)] = std::move(pick);
     }
+    if (p.statistical_topk) {  // a variable number of pages per head: the widest sets the width
+      int w = 0;
+      for (const auto& pick : chosen) {
+        int t = 0;
+        for (int pg : pick) t += std::min(N, (pg + 1) * P) - pg * P;
+        w = std::max(w, t);
+      }
+      width = w;
+      *K = width;
+      out.assign(size_t(heads) * width, -1);
+    }
+  }
+#pragma omp parallel for schedule(static)
+  for (long long bh = 0; bh < heads; ++bh) {
+    int32_t* row = out.data() + size_t(bh) * width;
+    if (bud.dense) {
+      std::iota(row, row + N, 0);
+      continue;
+    }
+    int c = 0;
+    for (int pg : chosen[size_t(bh)])
+      for (int j = pg * P; j < std::min(N, (pg + 1) * P); ++j) row[c++] = j;
   }
   return out;
 }

@@ -1,7 +1,6 @@
 // TokenSelect selection (see the header for the official behaviour it follows). The per-head
-// softmax over the candidates is the exact vertical-sums statistics pass (one query row per head,
-// causal limit past every candidate) on a view of the candidate rows of K, with scale 1 (the
-// official criticality is unscaled); the votes are its column sums added over the heads.
+// criticality q_h . k_t over the candidates is the SIMD decode product (decode_scores, unscaled as
+// official, K read once per GQA group), then a softmax per head; the votes add them over the heads.
 #include "spattn/estimators/tokenselect.hpp"
 
 #include <algorithm>
@@ -10,7 +9,7 @@
 #include <numeric>
 
 #include "spattn/selection.hpp"
-#include "spattn/statistics.hpp"
+#include "../simd/simd.hpp"
 
 namespace spattn {
 
@@ -52,19 +51,29 @@ std::vector<int32_t> estimate_tokenselect(const AttnArgs& a, const TokenSelectPa
       }
     c.q = qperm.data();
   }
-  c.k = a.k + size_t(c0) * s.D;  // rows [n_init, n_init + nc) of every kv head
-  c.shape.Nk = nc;
-  c.shape.kv_capacity = s.kv_rows();
-  c.scale = 1.f;
-  c.causal = true;  // one query row: its causal limit lies past every candidate
-  c.lse = nullptr;
-  std::vector<float> vert(size_t(heads) * nc), slash(vert.size());
-  vertical_slash_sums(c, vert.data(), slash.data());
+  // Scores of the candidate rows [n_init, n_init + nc) of every kv head: one decode product per
+  // GQA group (K read once), then a softmax per head, summed over the heads below.
+  AttnShape cs = s;
+  cs.Nk = nc;
+  cs.kv_capacity = s.kv_rows();
+  std::vector<float> vert(size_t(heads) * nc);
+  decode_scores(c.q, a.k + size_t(c0) * s.D, cs, 1.f, vert.data());
+  const simd::Kernels& kern = simd::kernels();
+#pragma omp parallel for schedule(static)
+  for (long long bh = 0; bh < heads; ++bh) {
+    float* x = vert.data() + size_t(bh) * nc;
+    const float mx = kern.max(x, nc);
+    if (std::isnan(mx) || mx == std::numeric_limits<float>::infinity()) {  // as torch.softmax: NaN row
+      std::fill(x, x + nc, std::numeric_limits<float>::quiet_NaN());
+      continue;
+    }
+    const float inv = 1.f / kern.exp_shift_sum(x, nc, mx);
+    for (int t = 0; t < nc; ++t) x[t] *= inv;
+  }
   const int pad = p.kernel_size > 0 ? (p.kernel_size - 1) / 2 : 0;
   const int nscore = p.kernel_size > 0 ? nc + 2 * pad - p.kernel_size + 1 : nc;
   const int take = std::min(p.top_k, nscore);
-  *K = p.n_init + take + p.n_local;
-  out.assign(size_t(heads) * *K, -1);
+  std::vector<std::vector<int32_t>> per_batch(static_cast<size_t>(s.B));
   std::vector<float> vote(static_cast<size_t>(nc)), score(static_cast<size_t>(std::max(nscore, 0)));
   for (int b = 0; b < s.B; ++b) {
     std::fill(vote.begin(), vote.end(), 0.f);
@@ -83,14 +92,20 @@ std::vector<int32_t> estimate_tokenselect(const AttnArgs& a, const TokenSelectPa
     }
     for (float& x : score)
       if (std::isnan(x)) x = -std::numeric_limits<float>::infinity();
-    std::vector<int> top = topk_select(score.data(), nscore, take);
-    std::sort(top.begin(), top.end());
+    std::vector<int> top = select_top(score.data(), nscore, take, p.statistical_topk);
     keys.clear();
     for (int j = 0; j < p.n_init; ++j) keys.push_back(j);
     for (int t : top) keys.push_back(c0 + t);
     for (int j = N - p.n_local; j < N; ++j) keys.push_back(j);
-    for (int h = 0; h < s.Hq; ++h) std::copy(keys.begin(), keys.end(), out.begin() + (size_t(b) * s.Hq + h) * *K);
+    per_batch[size_t(b)] = keys;
   }
+  int width = 0;  // n_init + take + n_local, or the widest statistical selection
+  for (const auto& kb : per_batch) width = std::max(width, int(kb.size()));
+  *K = width;
+  out.assign(size_t(heads) * width, -1);
+  for (int b = 0; b < s.B; ++b)
+    for (int h = 0; h < s.Hq; ++h)
+      std::copy(per_batch[size_t(b)].begin(), per_batch[size_t(b)].end(), out.begin() + (size_t(b) * s.Hq + h) * width);
   return out;
 }
 

@@ -26,6 +26,7 @@ MASK_FORMATS = ("block", "token", "vertical_slash", "window", "permuted", "none"
 GQA_LAYOUTS = ("grouped", "interleaved")
 
 _REGISTRY: Dict[str, Type["Method"]] = {}
+_ALIASES: Dict[str, str] = {}  # other names a method is found by (the issue / paper spelling)
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,13 @@ def register(cls: Type["Method"]) -> Type["Method"]:
         raise ValueError(f"{cls.__name__} must declare a name")
     if not isinstance(cls.__dict__.get("capabilities"), Capabilities):
         raise TypeError(f"{cls.__name__} must declare capabilities = Capabilities(...)")
-    if cls.name in _REGISTRY:
+    if cls.name in _REGISTRY or cls.name in _ALIASES:
         raise ValueError(f"method {cls.name!r} is already registered")
     _REGISTRY[cls.name] = cls
+    for alias in cls.__dict__.get("aliases", ()):
+        if alias in _REGISTRY or alias in _ALIASES:
+            raise ValueError(f"method alias {alias!r} is already registered")
+        _ALIASES[alias] = cls.name
     return cls
 
 
@@ -137,6 +142,7 @@ class Method:
     """
 
     name: ClassVar[str] = ""
+    aliases: ClassVar[Tuple[str, ...]] = ()  # other registry names (lookup / get only)
     paper: ClassVar[str] = ""
     pattern: ClassVar[str] = ""
     params_struct: ClassVar[Optional[type]] = None
@@ -324,6 +330,7 @@ def registered() -> List[Type[Method]]:
 
 def lookup(name: str) -> Type[Method]:
     """The Method class registered under `name` (ValueError listing the names otherwise)."""
+    name = _ALIASES.get(name, name) if isinstance(name, str) else name
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; available: {sorted(_REGISTRY)}")
     return _REGISTRY[name]

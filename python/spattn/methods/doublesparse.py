@@ -162,10 +162,16 @@ class DoubleSparse(CacheDecode, Method):
     channels : None, int array (H, >= r) or dict {layer: array}
         Channel ranking per head, H = Hq (official) or Hkv (one table per kv head, an extension);
         a dict gives one table per layer (calls over a cache). ``None``: grouped-mean labels.
+    statistical_topk : bool, default False
+        Select by the statistical top-k threshold (:func:`spattn.statistical_topk`; Spark
+        Transformer) instead of the exact top-k: a variable count per head. Not official.
+    layer_plan : spattn.LayerPlan or dict, optional
+        The role of each layer (default: the first ``dense_layers`` dense, the others sparse);
+        e.g. ``LayerPlan.tidal()`` selects at two layers and reuses their positions elsewhere.
 
     Notes
     -----
-    Deviations: float32 labels and quantization (official: fp16), scores summed in float64
+    Deviations: float32 labels and quantization (official: fp16), scores are float32 SIMD products
     without the 1/sqrt(r) factor (order unchanged); ties go to the lower token index (torch.sort
     leaves them unspecified); a NaN score ranks first (as torch.sort descending). Channel tables
     come from :func:`calibrate_channels` on activations the caller captures (spattn ships no
@@ -173,13 +179,15 @@ class DoubleSparse(CacheDecode, Method):
     """
 
     name = "doublesparse"
+    aliases = ("double_sparsity",)
     paper = "Yang et al., Double Sparsity, 2024"
     pattern = "decode: top tokens by an r-channel (outlier channels or grouped means) label score per query head"
     params_struct = _core.DoubleSparseParams
-    extra_defaults = {"channels": None}
+    extra_defaults = {"channels": None, "layer_plan": None}
     capabilities = Capabilities(mask_format="token")
 
     def _check_params(self) -> None:
+        super()._check_params()
         ch = self.params["channels"]
         tables = ch.values() if isinstance(ch, dict) else [] if ch is None else [ch]
         if isinstance(ch, dict):

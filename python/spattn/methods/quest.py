@@ -98,12 +98,18 @@ class Quest(CacheDecode, Method):
         Use the eval path's selection instead of the kernel path's.
     dense_layers : int, default 2
         Dense layers at the bottom of the model.
+    statistical_topk : bool, default False
+        Select by the statistical top-k threshold (:func:`spattn.statistical_topk`; Spark
+        Transformer) instead of the exact top-k: a variable count per head. Not official.
+    layer_plan : spattn.LayerPlan or dict, optional
+        The role of each layer (default: the first ``dense_layers`` dense, the others sparse);
+        e.g. ``LayerPlan.tidal()`` selects at two layers and reuses their positions elsewhere.
 
     Notes
     -----
     Deviations: ties between equal page scores go to the lower page index (the official
-    torch.topk / RAFT select_k leave them unspecified); scores are summed in float64 from the
-    float32 metadata (official: model dtype, fp16); with one page the kernel path runs dense
+    torch.topk / RAFT select_k leave them unspecified); scores are float32 SIMD products
+    ``q+ . Kmax + q- . Kmin`` of the float32 metadata (official: model dtype, fp16); with one page the kernel path runs dense
     (the official controller asserts two pages); a NaN score ranks first (as torch.topk).
     """
 
@@ -111,6 +117,7 @@ class Quest(CacheDecode, Method):
     paper = "Tang et al., Quest, ICML 2024"
     pattern = "decode: pages ranked by a min/max-key upper bound of q.k, top pages (+ last page) per query head"
     params_struct = _core.QuestParams
+    extra_defaults = {"layer_plan": None}
     capabilities = Capabilities(mask_format="token")
 
     # ------------------------------------------------------------------ plain arrays

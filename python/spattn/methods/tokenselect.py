@@ -44,6 +44,12 @@ class TokenSelect(CacheDecode, Method):
     gqa_interleave : bool, default False
         Score query head h against kv head h % Hkv, as the official Triton kernel does.
     dense_layers : int, default 0
+    statistical_topk : bool, default False
+        Select by the statistical top-k threshold (:func:`spattn.statistical_topk`; Spark
+        Transformer) instead of the exact top-k: a variable count per head. Not official.
+    layer_plan : spattn.LayerPlan or dict, optional
+        The role of each layer (default: the first ``dense_layers`` dense, the others sparse);
+        e.g. ``LayerPlan.tidal()`` selects at two layers and reuses their positions elsewhere.
 
     Notes
     -----
@@ -60,6 +66,7 @@ class TokenSelect(CacheDecode, Method):
     paper = "Wu et al., TokenSelect, 2024"
     pattern = "decode: per-head softmax of q.k over the middle keys, summed over heads, top-k + sinks + local"
     params_struct = _core.TokenSelectParams
+    extra_defaults = {"layer_plan": None}
     capabilities = Capabilities(mask_format="token", gqa_layouts=("grouped", "interleaved"))
 
     def _estimate(self, q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float]) -> TokenIndices:

@@ -11,7 +11,7 @@
 //
 // The labels are built by the decode cache's state (python/spattn/methods/doublesparse.py); this
 // estimator ranks them. Deviations: the 1 / sqrt(r) factor is left out (it does not change the
-// order); scores are summed in float64 (official: fp16 matmul); ties go to the lower token index
+// order); scores are float32 SIMD products (official: fp16 matmul); ties go to the lower token index
 // (torch.sort leaves them unspecified); a NaN score ranks first (as torch.sort descending).
 #pragma once
 
@@ -28,6 +28,7 @@ struct DoubleSparseParams {
   int group_factor = 2;
   int label_bits = 4;
   int dense_layers = 2;
+  bool statistical_topk = false;
 
   void validate() const;
   template <class V>
@@ -41,6 +42,10 @@ struct DoubleSparseParams {
       "official LongBench path runs (convert_kvcache_llama_heavy_recent drops --q_bits when it recurses).");
     v("dense_layers", &DoubleSparseParams::dense_layers,
       "Layers 0 .. dense_layers - 1 run dense (official: 2); read by the decode call over a KV cache.");
+    v("statistical_topk", &DoubleSparseParams::statistical_topk,
+      "Keep the tokens above the statistical top-k threshold (mean + std Phi^-1(1 - heavy_const / N) of the "
+      "label scores, Spark Transformer; a variable count per head) instead of the exact top heavy_const. "
+      "Not official.");
   }
 };
 

@@ -20,8 +20,8 @@
 // One selection per query head (no sharing inside a GQA group, as both official paths: the eval
 // path repeats K per query head, the kernel path has Hq == Hkv); query head h reads kv head
 // h / (Hq / Hkv). Deviations: ties in the top-k go to the lower page index (torch.topk / RAFT
-// select_k leave them unspecified); scores are summed in float64 (the official code in the model
-// dtype); a NaN score ranks above every number (as torch.topk); the kernel path with a single
+// select_k leave them unspecified); scores in float32 (the official code in the model
+// dtype, fp16); a NaN score ranks above every number (as torch.topk); the kernel path with a single
 // page runs dense instead of asserting (it requires two pages).
 #pragma once
 
@@ -38,6 +38,7 @@ struct QuestParams {
   int token_budget = 512;
   bool eval_selection = false;
   int dense_layers = 2;
+  bool statistical_topk = false;
 
   void validate() const;
   template <class V>
@@ -54,6 +55,9 @@ struct QuestParams {
     v("dense_layers", &QuestParams::dense_layers,
       "Layers 0 .. dense_layers - 1 run dense (official: 2, both paths); read by the decode call over a "
       "KV cache.");
+    v("statistical_topk", &QuestParams::statistical_topk,
+      "Pick pages by the statistical top-k threshold (mean + std Phi^-1(1 - budget / candidates) of the page "
+      "scores, Spark Transformer; a variable number of pages per head) instead of the exact top-k. Not official.");
   }
 };
 
@@ -75,7 +79,7 @@ struct QuestBudget {
 QuestBudget quest_budget(int kv_len, const QuestParams& p);
 
 // Page scores U (B, Hq, num_pages) of the queries q (B, Hq, 1, D) (shape: Nq = 1, Nk = kv_len).
-void quest_page_scores(const float* q, const AttnShape& s, const QuestPagesView& pages, int page_size, double* U);
+void quest_page_scores(const float* q, const AttnShape& s, const QuestPagesView& pages, int page_size, float* U);
 
 // Selected key positions per query head, (B, Hq, 1, K) ascending and -1 padded, K written to *K.
 std::vector<int32_t> estimate_quest(const float* q, const AttnShape& s, const QuestPagesView& pages,

@@ -33,6 +33,7 @@ struct TokenSelectParams {
   int kernel_size = 0;
   bool gqa_interleave = false;
   int dense_layers = 0;
+  bool statistical_topk = false;
 
   void validate() const;
   template <class V>
@@ -48,6 +49,9 @@ struct TokenSelectParams {
     v("dense_layers", &TokenSelectParams::dense_layers,
       "Layers 0 .. dense_layers - 1 run dense (official: 0, every layer selects); read by the decode call over "
       "a KV cache.");
+    v("statistical_topk", &TokenSelectParams::statistical_topk,
+      "Keep the candidates above the statistical top-k threshold (mean + std Phi^-1(1 - top_k / candidates) of "
+      "the voted scores, Spark Transformer; a variable count) instead of the exact top_k. Not official.");
   }
 };
 
