@@ -392,3 +392,51 @@ def test_capture_can_add_gate_inputs_for_any_method(model):
     with hf.capture(model) as store:
         logits(model, ids)
     assert len(store[1]) == 2
+
+
+def _decode_caches(model):
+    return model._spattn_state.decode_caches
+
+
+def test_decode_methods_over_a_mirrored_cache_keep_state_and_layer_plan():
+    """Decode methods over a KV cache run on a mirror of the model's cache extended by the new
+    rows only (method state updated incrementally, the layer plan keyed by layer index)."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(num_hidden_layers=4)).eval()
+    ids = ids_of(1, 90)
+    gen_ref = model.generate(ids, max_new_tokens=6, do_sample=False)
+    # TidalDecode with a budget above the length equals dense decoding
+    hf.use(model, method="dense", decode_method=spattn.methods.get("tidaldecode", top_k=4096, sparse_layer_start=1,
+                                                                   correction_layer=3))
+    assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False), gen_ref)
+    st = hf.stats(model, reset=True)
+    assert all(s["calls"].get("decode_method", 0) == 5 for s in st)
+    # a small budget: the reuse layers attend layer 1's / layer 3's per-head top-8
+    hf.use(model, method="dense", decode_method=spattn.methods.get("tidaldecode", top_k=8, sparse_layer_start=1,
+                                                                   correction_layer=3))
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids, cache=cache, use_cache=True)
+        tok = ids[:, -1:]
+        for _ in range(4):
+            tok = model(tok, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+    mirror = _decode_caches(model)[None]
+    for layer in range(4):
+        assert mirror.length(layer) == 94
+        np.testing.assert_array_equal(mirror.keys(layer), cache.layers[layer].keys.numpy())
+        assert mirror.layer(layer).reallocations <= 1
+    dens = {s["layer"]: s["density"] for s in hf.stats(model)}
+    assert dens[0] == 1.0 and dens[1] == 1.0 and dens[3] == 1.0     # dense, select, select (attend all)
+    assert dens[2] < 0.2                                             # reuse: 8 of ~92 keys
+    # Quest: its page metadata is one state object, updated in place across the steps
+    hf.use(model, method="dense", decode_method=spattn.methods.get("quest", page_size=4, token_budget=16))
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids, cache=cache, use_cache=True)
+        model(ids[:, -1:], cache=cache, use_cache=True)
+        pages = _decode_caches(model)[None].layer(2).states[("quest", 4)]
+        model(ids[:, -2:-1], cache=cache, use_cache=True)
+        assert _decode_caches(model)[None].layer(2).states[("quest", 4)] is pages and pages.kv_len == 92
+        model(ids[:, :50], use_cache=True)  # a new prompt (no cache): the mirror restarts at its decode
+    assert _decode_caches(model)[None].length(2) == 0
+    hf.restore(model)

@@ -15,7 +15,13 @@ What runs where, per call of a layer:
 - a layer in ``dense_layers``, the method ``"dense"``, or fewer than ``min_prefill_tokens`` keys
   (a short prompt): exact attention (:func:`spattn.attention`);
 - one query (a decode step): ``decode_method`` when given, else exact attention (the split-KV
-  decode kernel);
+  decode kernel). A decode method over a KV cache (Quest, Double Sparsity, TokenSelect,
+  TidalDecode, ...) runs as standalone: on a float32 mirror of the model's cache (a
+  :class:`spattn.KVCache` per model, and per batch row of a padded batch) that each step extends
+  by the new rows only, so the method's state (Quest's page min/max, Double Sparsity's labels)
+  is updated incrementally and its layer plan (dense, select, reuse layers, keyed by layer index)
+  applies; the mirror restarts at the first decode step after a prefill call (one copy of the
+  prompt's keys) and when the model's cache no longer continues it;
 - otherwise (prefill, Nq == Nk, and chunked prefill, Nq < Nk): the method's estimator, then the
   kernel of its mask format. A call whose shape the method's capabilities exclude (e.g.
   chunked prefill for a method defined for Nq == Nk only) runs exact attention; the reason is
@@ -60,7 +66,9 @@ from .. import methods as _methods
 from .._validation import as_float_array
 from ..kernels import attention as _dense_attention
 from ..kernels import sparse_attention
+from ..cache import KVCache
 from ..masks import BlockMask
+from ..methods._decode import CacheDecode
 from ..methods.base import Method
 
 NAME = "spattn"
@@ -131,6 +139,31 @@ class _ModelState:
     previous_implementation: Optional[str]
     capture: Optional[Dict[int, tuple]] = None
     capture_gate: Optional[Dict[int, tuple]] = None
+    # decode methods over a KV cache: a float32 mirror of the model's cache per batch row run
+    # (None: the whole batch), kept in step by appending the new rows of each call
+    decode_caches: Dict[Optional[int], KVCache] = field(default_factory=dict)
+
+    def decode_cache(self, row: Optional[int]) -> KVCache:
+        cache = self.decode_caches.get(row)
+        if cache is None:
+            cache = self.decode_caches[row] = KVCache()
+        return cache
+
+
+def _sync_cache(cache: KVCache, layer: int, key, value, Nq: int) -> None:
+    """Bring `layer` of the mirror `cache` to the model's keys / values (B, Hkv, Nk, D): append
+    the rows past its length when the call continues the sequence it holds (Nk == length + Nq and
+    the last mirrored key row unchanged), else start the layer afresh from every row."""
+    Nk = key.shape[2]
+    n = cache.length(layer)
+    if 0 < n and Nk == n + Nq:
+        kb, _, _ = cache.buffers(layer)
+        last = as_float_array(key[:, :, n - 1:n], "key")
+        if last.shape[:2] == kb.shape[:2] and last.shape[3] == kb.shape[3] and np.array_equal(last, kb[:, :, n - 1:n]):
+            cache.append(layer, as_float_array(key[:, :, n:], "key"), as_float_array(value[:, :, n:], "value"))
+            return
+    cache.drop(layer)
+    cache.append(layer, as_float_array(key, "key"), as_float_array(value, "value"))
 
 
 @dataclass(frozen=True)
@@ -354,6 +387,7 @@ def restore(model):
     if state is None:
         raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
     model.set_attn_implementation(state.previous_implementation or "sdpa")
+    state.decode_caches.clear()
     for mod in _attention_modules(model):
         _remove_gate_hooks(mod)
         for attr in ("_spattn_layer", "_spattn_model"):
@@ -514,12 +548,24 @@ class _KV:
 
 
 def _run(state: LayerState, q: np.ndarray, kv: _KV, causal: bool, scale: Optional[float],
-         gate: Optional[tuple] = None) -> np.ndarray:
+         gate: Optional[tuple] = None, model_state: Optional[_ModelState] = None,
+         row: Optional[int] = None) -> np.ndarray:
     """One batch of unpadded rows: choose the path, run it, count it. `gate`: (q_gate, k_gate)
-    for a method with gate inputs."""
+    for a method with gate inputs; `row`: the batch row of a padded batch (None: the batch)."""
     Nq, Nk = q.shape[2], kv.key.shape[2]
+    if Nq > 1 and model_state is not None and model_state.decode_caches:  # a new prompt or chunk: the
+        for cache in model_state.decode_caches.values():                 # mirror restarts at decode
+            cache.drop(state.layer_idx)
     if Nq == 1 and state.decode_method is not None and not state.dense:
         dm = state.decode_method
+        if isinstance(dm, CacheDecode) and model_state is not None:
+            state.count("decode_method")
+            cache = model_state.decode_cache(row)
+            _sync_cache(cache, state.layer_idx, kv.key, kv.value, Nq)
+            out = dm(q, cache, layer=state.layer_idx, causal=causal, scale=scale)
+            sel = dm.last_selection
+            state.densities.append(1.0 if sel is None else float(np.mean((sel.indices >= 0).sum(-1))) / max(Nk, 1))
+            return out
         if dm.capabilities.supports(causal=causal, q_len=Nq, kv_len=Nk):
             state.count("decode_method")
             return _run_method(state, dm, q, *kv.f32(), causal, scale)
@@ -615,8 +661,9 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     kv = _KV(key, value, torch)
     scale = None if scaling is None else float(scaling)
     gate = _gate_inputs(module, q.shape, key.shape) if hasattr(module, "_spattn_pre_rope") else None
+    model_state = _model_state_of(module)
     if km.key_valid is None:
-        out = _run(state, q, kv, km.causal, scale, gate)
+        out = _run(state, q, kv, km.causal, scale, gate, model_state)
     else:
         k, v = kv.f32()
         valid = km.key_valid.detach().cpu().numpy().astype(bool)
@@ -631,15 +678,15 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
                 if e > s and qe > qs:
                     gb = None if gate is None else (gate[0][b:b + 1, :, qs:qe], gate[1][b:b + 1, :, s:e])
                     out[b:b + 1, :, qs:qe] = _run(state, q[b:b + 1, :, qs:qe],
-                                                  _KV(k[b:b + 1, :, s:e], v[b:b + 1, :, s:e]), True, scale, gb)
+                                                  _KV(k[b:b + 1, :, s:e], v[b:b + 1, :, s:e]), True, scale, gb,
+                                                  model_state, b)
             else:
                 idx = np.flatnonzero(valid[b])
                 if idx.size:
                     kb = k[b:b + 1, :, idx] if idx.size != Nk else k[b:b + 1]
                     vb = v[b:b + 1, :, idx] if idx.size != Nk else v[b:b + 1]
                     gb = None if gate is None else (gate[0][b:b + 1], gate[1][b:b + 1][:, :, idx])
-                    out[b:b + 1] = _run(state, q[b:b + 1], _KV(kb, vb), False, scale, gb)
-    model_state = _model_state_of(module)
+                    out[b:b + 1] = _run(state, q[b:b + 1], _KV(kb, vb), False, scale, gb, model_state, b)
     if model_state is not None and model_state.capture is not None:
         item = (np.array(q), np.array(kv.f32()[0]))
         if gate is not None:

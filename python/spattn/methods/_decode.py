@@ -24,6 +24,9 @@ from ..masks import TokenIndices
 class CacheDecode:
     """Mixin placed before :class:`Method` in a decode method's bases."""
 
+    #: the positions the last call over a cache attended (None: every key)
+    last_selection: Optional[TokenIndices] = None
+
     @staticmethod
     def _dense_indices(B: int, Hq: int, Nq: int, Nk: int) -> TokenIndices:
         """Every key for one group of all Nq queries (prefill and dense layers run dense; the
@@ -117,6 +120,7 @@ class CacheDecode:
         q = self._check_cache_query(q, cache, layer)
         kb, vb, n = cache.buffers(layer)
         idx = None if q.shape[2] != 1 else self._plan_step(q, cache, layer)
+        self.last_selection = idx
         if idx is None:
             return attention(q, kb, vb, kv_len=n, causal=causal, scale=scale, return_lse=return_lse)
         return token_sparse_attention(q, kb, vb, idx, kv_len=n, scale=scale, return_lse=return_lse)
