@@ -84,3 +84,37 @@ def test_dense_layers_and_prefill_run_dense():
 def test_bad_parameters(params, err, match):
     with pytest.raises(err, match=match):
         spattn.methods.get("tokenselect", **params)
+
+
+def test_selection_cache_reuses_the_top_k_while_the_query_barely_moves():
+    """The paper's selection cache: reuse the last candidates while cos(fingerprint) >= 0.9,
+    recompute (and store) otherwise; sinks and the local window follow the current length."""
+    B, Hq, Hkv, N, D = 1, 4, 2, 600, 64
+    rng = np.random.default_rng(5)
+    k = rng.standard_normal((B, Hkv, N + 3, D)).astype(np.float32)
+    v = rng.standard_normal((B, Hkv, N + 3, D)).astype(np.float32)
+    q0 = rng.standard_normal((B, Hq, 1, D)).astype(np.float32)
+    params = dict(n_init=4, n_local=16, top_k=40)
+    m = spattn.methods.get("tokenselect", selection_cache=True, **params)
+    plain = spattn.methods.get("tokenselect", **params)
+    cache = spattn.KVCache()
+    cache.append(0, k[:, :, :N], v[:, :, :N])
+    first = m.select(q0, cache, layer=0).indices
+    np.testing.assert_array_equal(first, plain.select(q0, cache, layer=0).indices)
+    cache.append(0, k[:, :, N:N + 1], v[:, :, N:N + 1])
+    q1 = q0 + 0.05 * rng.standard_normal(q0.shape).astype(np.float32)     # cos ~ 0.999: reuse
+    second = m.select(q1, cache, layer=0).indices[0, 0, 0]
+    assert m.last_info == {"reused": 1, "computed": 0}
+    np.testing.assert_array_equal(second[4:44], first[0, 0, 0, 4:44])     # the cached candidates
+    np.testing.assert_array_equal(second[44:], np.arange(N + 1 - 16, N + 1))
+    cache.append(0, k[:, :, N + 1:N + 2], v[:, :, N + 1:N + 2])
+    q2 = rng.standard_normal(q0.shape).astype(np.float32)                 # unrelated query: recompute
+    third = m.select(q2, cache, layer=0).indices
+    assert m.last_info == {"reused": 0, "computed": 1}
+    np.testing.assert_array_equal(third, plain.select(q2, cache, layer=0).indices)
+    out = m(q2, cache, layer=0)
+    assert out.shape == (B, Hq, 1, D)
+    with pytest.raises(ValueError, match="similarity_threshold"):
+        spattn.methods.get("tokenselect", similarity_threshold=2.0)
+    with pytest.raises(TypeError, match="selection_cache"):
+        spattn.methods.get("tokenselect", selection_cache="yes")
