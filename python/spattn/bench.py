@@ -138,9 +138,11 @@ def _bench_methods(args, torch) -> List[Dict[str, Any]]:
 
 def _bench_decode_methods(args, torch) -> List[Dict[str, Any]]:
     """One decode step of each decode method over a spattn.KVCache holding the synthetic structured
-    workload's keys (a layer the method runs sparse): selection + attention time against dense
-    decode over the same cache and torch SDPA, the append (cache state update) of one token, the
-    keys read per head and the recall of the selection."""
+    workload's keys (the first layer the method's plan runs sparse; for a select / reuse plan, the
+    first reuse layer, after its select layer ran at the same step): selection + attention time
+    (for a reuse plan, "select" is the select layer's whole call) against dense decode over the
+    same cache and torch SDPA, the append (cache state update) of one token, the keys read per
+    head and the recall of the selection."""
     import spattn
     from .synthetic import structured_qkv
 
@@ -154,12 +156,21 @@ def _bench_decode_methods(args, torch) -> List[Dict[str, Any]]:
         dense_s = None
         for name in args.decode_methods:
             m = spattn.methods.get(name, **params.get(name, {}))
-            layer = int(m.params.get("dense_layers", 0))  # the first layer the method runs sparse
+            roles = [m.layer_plan().role(i) for i in range(64)]
+            if "sparse" in roles:  # the first layer the method runs sparse
+                layer, sel_layer = roles.index("sparse"), None
+            else:  # a reuse layer, after the select layer whose selection it attends (TidalDecode)
+                layer = roles.index("reuse")
+                sel_layer = max(i for i in range(layer) if roles[i] == "select")
+            layers = [layer] if sel_layer is None else [sel_layer, layer]
             cache = spattn.KVCache()
-            cache.append(layer, w.k[:, :, :-8], w.v[:, :, :-8])
-            m.select(q, cache, layer=layer)  # registers the method's cache state
+            for li in layers:
+                cache.append(li, w.k[:, :, :-8], w.v[:, :, :-8])
+                m.select(q, cache, layer=li)  # registers the method's cache state
             times = []
             for j in range(Nk - 8, Nk):  # 8 single-token appends: K/V + state update (growth amortised)
+                for li in layers[:-1]:
+                    cache.append(li, w.k[:, :, j:j + 1], w.v[:, :, j:j + 1])
                 t0 = time.perf_counter()
                 cache.append(layer, w.k[:, :, j:j + 1], w.v[:, :, j:j + 1])
                 times.append(time.perf_counter() - t0)
@@ -168,7 +179,10 @@ def _bench_decode_methods(args, torch) -> List[Dict[str, Any]]:
             if dense_s is None:
                 dense_s = _best(lambda: spattn.attention(q, kb, vb, kv_len=n, causal=True), 5)
                 torch_s = _best(torch_sdpa_call(torch, q, w.k, w.v, False), 5) if torch is not None else None
-            sel_s = _best(lambda: m.select(q, cache, layer=layer), 5)
+            if sel_layer is None:
+                sel_s = _best(lambda: m.select(q, cache, layer=layer), 5)
+            else:  # the select layer's whole call: dense attention + the selection it stores
+                sel_s = _best(lambda: m(q, cache, layer=sel_layer), 5)
             tot_s = _best(lambda: m(q, cache, layer=layer), 5)
             idx = m.select(q, cache, layer=layer)
             kept = float(np.mean((idx.indices >= 0).sum(-1)))
@@ -177,7 +191,9 @@ def _bench_decode_methods(args, torch) -> List[Dict[str, Any]]:
                    "select_s": sel_s, "total_s": tot_s, "dense_s": dense_s, "speedup_vs_dense": dense_s / tot_s,
                    "torch_s": torch_s, "speedup_vs_torch": None if torch_s is None else torch_s / tot_s}
             rows.append(row)
-            print(f"Nk={Nk:>7} {name:<13} keys/head {kept:8.0f} ({kept / Nk:.3f}) recall {rec:.3f} | select "
+            row["select_layer"] = sel_layer
+            print(f"Nk={Nk:>7} {name:<13} keys/head {kept:8.0f} ({kept / Nk:.3f}) recall {rec:.3f} | "
+                  f"{'select' if sel_layer is None else 'select layer (dense + top-k)'} "
                   f"{sel_s * 1e3:.2f} ms, step {tot_s * 1e3:.2f} ms, append {t_app * 1e3:.2f} ms | dense {dense_s * 1e3:.2f} ms "
                   f"({dense_s / tot_s:.2f}x)" + (f" | torch {torch_s * 1e3:.2f} ms ({torch_s / tot_s:.2f}x)"
                                                   if torch_s is not None else ""))

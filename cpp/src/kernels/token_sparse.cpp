@@ -7,27 +7,65 @@
 #include "engine.hpp"
 #include "spattn/kernels.hpp"
 
+#include <algorithm>
+
 namespace spattn {
 
 
 namespace {
 
+// Whether the query heads of every GQA group hold the same index rows (TokenSelect's one list per
+// layer, or any selection shared by a group): their work items are then stacked like the dense
+// kernel's, so each listed K/V row is gathered once per kv head instead of once per query head.
+bool rows_shared_by_groups(const AttnShape& s, const TokenIndicesView& ix) {
+  const int G = s.group();
+  if (G == 1) return false;
+  const size_t row = size_t(ix.G) * ix.K;
+  for (int b = 0; b < s.B; ++b)
+    for (int hk = 0; hk < s.Hkv; ++hk) {
+      const int32_t* first = ix.row(b, hk * G, 0);
+      for (int g = 1; g < G; ++g)
+        if (!std::equal(first, first + row, ix.row(b, hk * G + g, 0))) return false;
+    }
+  return true;
+}
+
 struct TokenVariant : detail::TokenItems {
   const AttnArgs& a;
   int splits = 1;
+  int stack = 1;  // query heads per work item: the group size when the group shares its rows
   detail::SplitStates* st = nullptr;
   TokenVariant(const AttnArgs& a_, const TokenIndicesView& ix_) : TokenItems{a_.shape, ix_}, a(a_) {}
   using Local = detail::GatheredKeys;
-  long long items() const { return TokenItems::items() * splits; }
+  long long items() const { return TokenItems::items() / stack * splits; }
   detail::WorkItem item(long long it) const {
-    detail::WorkItem w = TokenItems::item(it / splits);
+    const long long base = it / splits;
+    detail::WorkItem w;
+    if (stack == 1) {
+      w = TokenItems::item(base);
+    } else {  // (b, kv head, query group), the group's heads stacked
+      const int g = int(base % ix.G);
+      w.hk = int((base / ix.G) % s.Hkv);
+      w.b = int(base / ((long long)ix.G * s.Hkv));
+      w.stack = stack;
+      w.h0 = w.hk * stack;
+      w.i0 = g * ix.group_size;
+      w.i1 = std::min(s.Nq, w.i0 + ix.group_size);
+    }
     w.part = int(it % splits);
     return w;
   }
-  Local local() const { return Local(ix.K, s.D, s.Dv, std::min(ix.group_size, s.Nq)); }
+  int rows() const { return stack * std::min(ix.group_size, s.Nq); }
+  Local local() const { return Local(ix.K, s.D, s.Dv, rows()); }
+  // The listed keys of the item's part, gathered and run a few key tiles at a time, so the gathered
+  // K/V stay in cache between the copy and the products.
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& gk) const {
     const auto [lo, hi] = detail::split_range(0, ix.K, w.part, splits);
-    gk.run(t, w.rows(), gather(gk, a, w, int(lo), int(hi)), s.Dv, a.causal, detail::OnlineSoftmax{});
+    const int chunk = 4 * t.bk;
+    for (int c = int(lo); c < int(hi); c += chunk) {
+      const int n = gather(gk, a, w, c, std::min(int(hi), c + chunk));
+      if (n > 0) gk.run(t, w.rows(), n, s.Dv, a.causal, detail::OnlineSoftmax{});
+    }
   }
   void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
     if (st != nullptr) st->store(t, a.shape, w);
@@ -43,7 +81,8 @@ void token_sparse_attention(const AttnArgs& a, const TokenIndicesView& ix) {
   ix.check_against(s);
   if (s.Nq == 0) return;
   TokenVariant var(a, ix);
-  const int rows = std::min(ix.group_size, s.Nq);
+  if (rows_shared_by_groups(s, ix)) var.stack = s.group();
+  const int rows = var.rows();
   const int splits = detail::use_transposed_k(rows) ? 1 : detail::kv_splits(var.items(), ix.K);
   if (splits == 1) {
     detail::run_tiles(a, var, rows, s.Dv);
