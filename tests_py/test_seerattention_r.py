@@ -71,13 +71,13 @@ def ref_pool(k, bs, kinds):
 class RefGate:
     """AttnGate (attn_gate_inf.py) with the weights of a SeerRGate, layout (b, s, h, d)."""
 
-    def __init__(self, g: SeerRGate, theta=10000.0):
+    def __init__(self, g: SeerRGate):
         self.g, self.bs, self.hid = g, g.block_size, g.hidden
         self.wk = g.wk.astype(np.float64)
         self.wq = None if g.wq is None else g.wq.astype(np.float64)
         self.qn = None if g.q_norm is None else g.q_norm.astype(np.float64)
         self.kn = None if g.k_norm is None else g.k_norm.astype(np.float64)
-        self.theta = theta
+        self.theta, self.rope_dim = g.rope_theta, g.rope_dim or g.hidden
         self.Hkv = g.kv_heads
 
     def linear_k(self, x):  # MultiHeadLinear.forward, 4-d: einsum('bshi,hio->bsho')
@@ -86,7 +86,7 @@ class RefGate:
     def rope(self, x, positions):  # apply_rotary_pos_emb_single(x, cos, sin, unsqueeze_dim=2)
         if not self.g.use_rope:
             return x
-        cos, sin = ref_cos_sin(positions, self.theta, self.hid)
+        cos, sin = ref_cos_sin(positions, self.theta, self.rope_dim)
         return ref_apply_rotary_pos_emb_single(x, cos[None, :, None, :], sin[None, :, None, :])
 
     # ---- KCompressionCache + AttnGate.forward prefill branch (k.shape[1] > 1)
@@ -183,6 +183,7 @@ def inputs(B, Hq, Hkv, L, D, seed=0):
 
 CASES = [  # B, Hq, Hkv, L, D, q_pooling
     (1, 8, 2, 1000, 64, "Qproj"),
+    (1, 8, 2, 777, 128, "Qproj-partial-rope"),
     (2, 4, 4, 517, 80, "Qproj"),
     (1, 4, 1, 1025, 128, "Qavgproj"),
     (1, 8, 2, 640, 64, "Qavg"),
@@ -198,7 +199,11 @@ CASES = [  # B, Hq, Hkv, L, D, q_pooling
 def test_selection_equals_the_official_gate_and_the_output_is_exact(case, mode, prompt_cut):
     B, Hq, Hkv, L, D, qp = case
     q, k, v = inputs(B, Hq, Hkv, L, D, seed=L)
-    g = make_gate(D, Hq, Hkv, q_pooling=qp, seed=D, use_qk_norm=qp != "Qavg")
+    rope = {}
+    if qp.endswith("-partial-rope"):  # a Qwen3-like config: head_dim 128 rotary channels of a 256-wide gate
+        qp, rope = qp.split("-")[0], dict(hidden=256, rope_config={"head_dim": 128, "rope_theta": 1e6})
+    g = make_gate(D, Hq, Hkv, q_pooling=qp, seed=D, use_qk_norm=qp != "Qavg", **rope)
+    assert not rope or (g.rope_dim == 128 and g.rope_theta == 1e6)
     kw = dict(token_budget=256) if mode == "budget" else dict(threshold=0.05)
     m = spattn.methods.get("seerattention_r", gate=g, **kw)
     # official: prefill of L - 1 tokens, then the decode step appending token L - 1
@@ -325,7 +330,7 @@ def test_gate_inputs_are_separate_from_attention_inputs():
 
 
 # ---------------------------------------------------------------------------- training
-def ref_training_loss(g: SeerRGate, q, k, ratio=0.5, scale_loss=10.0, theta=10000.0):
+def ref_training_loss(g: SeerRGate, q, k, ratio=0.5, scale_loss=10.0):
     """The official training path for one sequence (modeling_qwen3_seerattn_training.py with
     attn_gate_training.py), float64: gate logits of every row (q pooled over the group, RMSNorm,
     RoPE at the row position; k block-pooled, projected, RMSNorm, RoPE at the block start), the
@@ -333,7 +338,7 @@ def ref_training_loss(g: SeerRGate, q, k, ratio=0.5, scale_loss=10.0, theta=1000
     truth = attn_pooling_qkv_varlen (causal probabilities max-pooled per key block), max_pool3d
     over the group, masked to 0, / (sum + 1e-9); KLDivLoss (mean) of log_softmax over rows
     int(N * ratio) .. N - 1, x gate_loss_scale."""
-    ref = RefGate(g, theta)
+    ref = RefGate(g)
     qb = np.asarray(q, np.float64).transpose(0, 2, 1, 3)  # (b, N, Hq, D)
     kb = np.asarray(k, np.float64).transpose(0, 2, 1, 3)
     B, N, Hq, D = qb.shape
@@ -454,6 +459,16 @@ def test_npz_round_trip(tmp_path):
     q, k, _ = inputs(1, 8, 2, 700, 64)
     sel = lambda g: spattn.methods.get("seerattention_r", gate=g, token_budget=128).estimate(q, k).indices
     np.testing.assert_array_equal(sel(gates[0]), sel(back[0]))
+
+
+def test_gate_rope_follows_the_official_block_rotary_embedding():
+    from spattn.methods.seerattention_r import gate_rope_from_config
+
+    qwen3 = {"head_dim": 128, "rope_theta": 1e6, "hidden_size": 2560, "num_attention_heads": 32}
+    qwen2 = {"rope_theta": 1e6, "hidden_size": 5120, "num_attention_heads": 40}
+    assert gate_rope_from_config(qwen3, 128) == {"rope_theta": 1e6, "rope_scaling": None, "rope_dim": None}
+    assert gate_rope_from_config(qwen3, 256)["rope_dim"] == 128  # the config's head_dim rotates
+    assert gate_rope_from_config(qwen2, 64)["rope_dim"] is None   # no head_dim: the gate hidden size
 
 
 def test_official_weights_layout_loads():

@@ -117,6 +117,19 @@ def _rms_norm_backward(dy: np.ndarray, x: np.ndarray, r: np.ndarray, w: np.ndarr
     return dx, dw
 
 
+def gate_rope_from_config(config, hidden: int) -> Dict[str, Any]:
+    """The decode gate's RoPE from a model config: ``{"rope_theta", "rope_scaling", "rope_dim"}``.
+
+    The official gate rotary embedding is the model's, built from a copy of the config whose
+    hidden_size is ``gate_hidden * num_attention_heads``: its rotary size is the config's
+    ``head_dim`` when the config has one (Qwen3), else the gate hidden size (Qwen2). rope_dim None
+    means all `hidden` channels."""
+    r = rope_from_config(config)
+    head_dim = config.get("head_dim") if isinstance(config, Mapping) else getattr(config, "head_dim", None)
+    rd = None if head_dim is None or int(head_dim) == hidden else int(head_dim)
+    return {"rope_theta": r["rope_theta"], "rope_scaling": r["rope_scaling"], "rope_dim": rd}
+
+
 # ---------------------------------------------------------------------------- the gate
 @dataclass
 class SeerRGate:
@@ -233,7 +246,8 @@ class SeerRGate:
         """A fresh gate: projections normal(0, init_std) (the official ``_init_weights``), norm
         weights 1. Defaults are ``run_distillation_decode.sh``'s: Qproj, Kmaxminavg, hidden 128,
         block 64, qk norm on, RoPE on. ``rope_config`` (a model config) sets rope_theta,
-        rope_scaling and rope_dim as :func:`rope_from_config` reads them."""
+        rope_scaling and rope_dim as :func:`gate_rope_from_config` reads them. With "Qavg" the
+        hidden size is the head dim (no q projection)."""
         head_dim, q_heads, kv_heads = (check_positive_int(head_dim, "head_dim"), check_positive_int(q_heads, "q_heads"),
                                        check_positive_int(kv_heads, "kv_heads"))
         if q_heads % kv_heads:
@@ -242,9 +256,8 @@ class SeerRGate:
         if q_pooling == "Qavg":
             hidden = head_dim
         if rope_config is not None:
-            r = rope_from_config(rope_config)
-            rope_theta, rope_scaling = r["rope_theta"], r["rope_scaling"]
-            rope_dim = r["rope_dim"] if r["rope_dim"] is not None and r["rope_dim"] != hidden else None
+            r = gate_rope_from_config(rope_config, hidden)
+            rope_theta, rope_scaling, rope_dim = r["rope_theta"], r["rope_scaling"], r["rope_dim"]
         k_pool = _check_pool(k_pool, "k_pool")
         G = q_heads // kv_heads
         rng = np.random.default_rng(seed)
@@ -664,7 +677,6 @@ def load_official_gates(source, *, config: Optional[Mapping] = None) -> List[See
     k_pool = parse_k_pooling(cfg.get("seerattn_k_seq_pooling_type", "Kmaxminavg"))
     block_size = int(cfg.get("seerattn_gate_block_size", DEFAULT_BLOCK))
     use_rope = bool(cfg.get("seerattn_use_rope", True))
-    rope = rope_from_config(cfg) if cfg else {"rope_theta": 10000.0, "rope_scaling": None, "rope_dim": None}
     key = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.attn_gate\.(" + "|".join(_OFFICIAL_PARTS) + r")\.weight$")
     per_layer: Dict[int, Dict[str, np.ndarray]] = {}
     for name, val in state.items():
@@ -681,11 +693,11 @@ def load_official_gates(source, *, config: Optional[Mapping] = None) -> List[See
         w = per_layer[i]
         if "wk" not in w:
             raise ValueError(f"source: layer {i} has no attngate_linear_k.weight")
-        hidden = w["wk"].shape[-1]
-        rd = rope["rope_dim"]
+        hidden = int(np.shape(w["wk"])[-1])
+        rope = gate_rope_from_config(cfg, hidden) if cfg else {"rope_theta": 10000.0, "rope_scaling": None,
+                                                               "rope_dim": None}
         gates.append(SeerRGate(w["wk"], w.get("wq"), w.get("q_norm"), w.get("k_norm"), q_pooling, k_pool, block_size,
-                               use_rope, rope["rope_theta"], rope["rope_scaling"],
-                               None if rd is None or rd == hidden else rd))
+                               use_rope, rope["rope_theta"], rope["rope_scaling"], rope["rope_dim"]))
     return gates
 
 
@@ -877,5 +889,6 @@ class SeerAttentionR(CacheDecode, Method):
         return res
 
 
-__all__ = ["SeerAttentionR", "SeerRGate", "SeerRBlocks", "TrainResult", "ground_truth", "gate_loss_and_grads",
-           "load_gates", "load_official_gates", "pool_blocks", "save_gates", "train_gate", "parse_k_pooling"]
+__all__ = ["SeerAttentionR", "SeerRGate", "SeerRBlocks", "TrainResult", "gate_loss_and_grads", "gate_rope_from_config",
+           "ground_truth", "load_gates", "load_official_gates", "parse_k_pooling", "pool_blocks", "save_gates",
+           "train_gate"]
