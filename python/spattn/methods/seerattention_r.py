@@ -47,8 +47,13 @@ state is then the same whether built by appends or from scratch; the official
 ``seerattn_sliding_window_size`` is read by the model but not by the gate, and is not offered;
 the official config's default selection is ``threshold`` 0.0 (which keeps every block), spattn's
 default is the README's token budget 4096; ties in the top-k go to the lower block; the ground
-truth for training is computed on the rows used by the loss only; a training item's batch rows
-share one length (no varlen packing); ``loss_slice_ratio`` is applied to the item's own length N.
+truth for training is computed on the rows used by the loss only, from exact float32
+probabilities (official: bf16 Triton kernel); a training item's batch rows share one length (no
+varlen packing); ``loss_slice_ratio`` is applied to the item's own length N (a decode pair, q of
+one row, always keeps its row); the training schedule decays to 0 (official cosine_with_min_lr to
+1e-5); the official gate-only model config defaults ``seerattn_use_qk_norm`` to False while its
+training script (and so the released gates) turns it on: spattn's fresh gate follows the script;
+without a model config the gate's RoPE theta is 10000 over the whole hidden size.
 """
 
 from __future__ import annotations
@@ -131,7 +136,7 @@ def gate_rope_from_config(config, hidden: int) -> Dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the gate
-@dataclass
+@dataclass(eq=False)
 class SeerRGate:
     """Weights and configuration of one layer's SeerAttention-R decode gate.
 
@@ -361,7 +366,10 @@ class SeerRBlocks:
     aligned at position 0; the last one possibly partial, pooled over its real rows). Registered on
     a :class:`spattn.KVCache` it is updated on every append: only the blocks holding the new rows
     are recomputed, from the keys in the cache. :meth:`gate_keys` keeps the projected (normed,
-    rotated) keys of the full blocks for one gate and extends them as blocks fill."""
+    rotated) keys of the full blocks for each gate in use (the last few) and extends them as
+    blocks fill."""
+
+    MAX_GATES = 4  # projected keys kept for this many gates (methods sharing the cache)
 
     def __init__(self, block_size: int, k_pool: Sequence[str] = ("max", "min", "avg")):
         self.block_size = check_positive_int(block_size, "block_size")
@@ -369,9 +377,7 @@ class SeerRBlocks:
         self.pooled: Optional[np.ndarray] = None
         self.num_blocks = 0
         self.kv_len = 0
-        self._proj: Optional[np.ndarray] = None
-        self._proj_version: Any = None
-        self._proj_blocks = 0
+        self._proj: Dict[Any, List] = {}  # gate version -> [projected keys (B, Hkv, cap, hidden), blocks done]
 
     @property
     def full_blocks(self) -> int:
@@ -392,7 +398,7 @@ class SeerRBlocks:
                 new[:, :, :keep] = self.pooled[:, :, :keep]
             self.pooled = new
         if start == 0:
-            self._proj, self._proj_version, self._proj_blocks = None, None, 0
+            self._proj.clear()
         if stop > start:
             b0 = start // bs
             self.pooled[:, :, b0:nb] = pool_blocks(k_buffer, bs, self.k_pool, b0, stop)
@@ -405,20 +411,24 @@ class SeerRBlocks:
             raise ValueError(f"gate (block_size {gate.block_size}, k_pool {gate.k_pool}) does not match the cache "
                              f"state (block_size {self.block_size}, k_pool {self.k_pool})")
         nf = self.full_blocks
-        if self._proj_version is not gate.version:
-            self._proj, self._proj_version, self._proj_blocks = None, gate.version, 0
-        if self._proj is None or self._proj.shape[2] < nf:
+        entry = self._proj.pop(gate.version, None)
+        if entry is None:
+            entry = [None, 0]
+        while len(self._proj) >= self.MAX_GATES:  # keep the most recently used gates' keys
+            self._proj.pop(next(iter(self._proj)))
+        self._proj[gate.version] = entry
+        proj, done = entry
+        if proj is None or proj.shape[2] < nf:
             B, H = self.pooled.shape[:2]
-            cap = max(nf, 16 if self._proj is None else 2 * self._proj.shape[2])
+            cap = max(nf, 16 if proj is None else 2 * proj.shape[2])
             new = np.empty((B, H, cap, gate.hidden), np.float64)
-            if self._proj is not None:
-                new[:, :, :self._proj_blocks] = self._proj[:, :, :self._proj_blocks]
-            self._proj = new
-        if self._proj_blocks < nf:
-            a = self._proj_blocks
-            self._proj[:, :, a:nf] = gate.project_keys(self.pooled[:, :, a:nf], a)[0]
-            self._proj_blocks = nf
-        return self._proj[:, :, :nf]
+            if proj is not None:
+                new[:, :, :done] = proj[:, :, :done]
+            proj = entry[0] = new
+        if done < nf:
+            proj[:, :, done:nf] = gate.project_keys(self.pooled[:, :, done:nf], done)[0]
+            entry[1] = nf
+        return proj[:, :, :nf]
 
 
 # ---------------------------------------------------------------------------- ground truth, loss
@@ -740,12 +750,22 @@ class SeerAttentionR(CacheDecode, Method):
 
     Notes
     -----
-    Deviations from the official code: float32/float64 arithmetic (official bf16); every block's
-    key is rotated at its start position, also for blocks that fill during generation (official:
-    at the position of the completing token), so the state does not depend on how the cache was
-    filled; default selection is the README's token budget 4096 (the config's default is
-    threshold 0.0, which keeps every block); ties in the top-k go to the lower block; no
-    sliding-window option (read by the official model, unused by its gate).
+    Deviations from the official code:
+
+    * float32 storage / float64 gate arithmetic (official bf16);
+    * every block's key is rotated at its start position, also for blocks that fill during
+      generation (official: at the position of the completing token, the decode step's
+      ``position_embeddings``), so the state does not depend on how the cache was filled;
+    * default selection is the README's token budget 4096 (the config's default is threshold
+      0.0, which keeps every block); ties in the top-k go to the lower block (torch.topk leaves
+      them unspecified);
+    * no sliding-window option (``seerattn_sliding_window_size`` is read by the official model
+      but not used by its gate) and no "Qorig" q pooling (refused by the official config);
+    * under the transformers backend as ``decode_method`` the gate sees the post-RoPE q / k the
+      backend hands to decode methods and rebuilds the block state at every step (as Quest);
+      the pre-RoPE inputs reach it only through ``q_gate`` / ``gate_cache`` in standalone use;
+    * training: see :func:`train_gate` (cosine schedule to 0 instead of min_lr 1e-5; items are
+      captured arrays instead of packed 32k-token sequences).
     """
 
     name = "seerattention_r"
