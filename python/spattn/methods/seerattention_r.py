@@ -144,6 +144,10 @@ class SeerRGate:
     wq : (Hkv, G, D, hidden) for "Qproj" (``HeadPoolingLinear``), (Hkv, D, hidden) for
         "Qavgproj", None for "Qavg" (``attngate_linear_q``)
     q_norm, k_norm : (hidden,) float32 or None (``attngate_qnorm`` / ``attngate_knorm``)
+
+    Treat a gate as immutable: the cache state keeps its projected block keys under the gate's
+    identity (``version``), so new weights go into a new gate (:meth:`with_params`, as
+    :func:`train_gate` does).
     """
 
     wk: np.ndarray
