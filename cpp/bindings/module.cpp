@@ -628,6 +628,28 @@ void bind_quest(py::module_& m) {
      "Quest's selected key positions (B, Hq, 1, K), ascending, -1 padded.");
 }
 
+void bind_seerattention_r(py::module_& m) {
+  bind_params<SeerAttentionRParams>(m, "SeerAttentionRParams", "seerattention_r",
+                                    "SeerAttention-R decode block-selection parameters (official defaults).");
+  m.def("seer_r_select", [](const FArr& probs, int q_heads, int block_size, int kv_len, const SeerAttentionRParams& p) {
+    p.validate();
+    need_ndim(probs, 3, "probs");
+    const int B = dim(probs, 0, "probs"), Hkv = dim(probs, 1, "probs"), nb = dim(probs, 2, "probs");
+    if (q_heads < 1 || Hkv < 1 || q_heads % Hkv != 0)
+      throw py::value_error("q_heads must be a positive multiple of Hkv=" + std::to_string(Hkv) + ", got " +
+                            std::to_string(q_heads));
+    need_positive(block_size, "block_size");
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = seer_r_select(probs.data(), B, Hkv, q_heads, nb, block_size, kv_len, p, &K);
+    }
+    return adopt(std::move(idx), {B, q_heads, 1, K});
+  }, py::arg("probs"), py::arg("q_heads"), py::arg("block_size"), py::arg("kv_len"), py::arg("params"),
+     "SeerAttention-R's keys (B, Hq, 1, K), ascending, -1 padded, from the gate probabilities probs (B, Hkv, nb).");
+}
+
 void bind_doublesparse(py::module_& m) {
   bind_params<DoubleSparseParams>(m, "DoubleSparseParams", "doublesparse",
                                   "Double Sparsity decode token-selection parameters (official defaults).");
@@ -792,6 +814,7 @@ PYBIND11_MODULE(_core, m) {
   bind_tokenselect(m);
   bind_tidaldecode(m);
   bind_statistical(m);
+  bind_seerattention_r(m);
   m.def("max_threads", []() { return omp_get_max_threads(); });
   m.def("build_info", []() {
     py::dict d;

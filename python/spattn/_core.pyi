@@ -94,6 +94,12 @@ class DoubleSparseParams(_Params):
     label_bits: int
     dense_layers: int
 
+class SeerAttentionRParams(_Params):
+    token_budget: int
+    threshold: Optional[float]
+    dense_layers: int
+    seed: int
+
 class TokenSelectParams(_Params):
     n_init: int
     n_local: int
@@ -198,3 +204,5 @@ def estimate_quest(q: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, kv_len: in
 def estimate_doublesparse(q_label: np.ndarray, labels: np.ndarray, kv_len: int,
                           params: DoubleSparseParams) -> np.ndarray: ...
 def estimate_tokenselect(q: np.ndarray, k: np.ndarray, kv_len: int, params: TokenSelectParams) -> np.ndarray: ...
+def seer_r_select(probs: np.ndarray, q_heads: int, block_size: int, kv_len: int,
+                  params: SeerAttentionRParams) -> np.ndarray: ...
