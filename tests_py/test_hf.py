@@ -440,3 +440,34 @@ def test_decode_methods_over_a_mirrored_cache_keep_state_and_layer_plan():
         model(ids[:, :50], use_cache=True)  # a new prompt (no cache): the mirror restarts at its decode
     assert _decode_caches(model)[None].length(2) == 0
     hf.restore(model)
+
+
+def test_seerattention_r_decode_gate_reads_pre_rope_inputs():
+    """seerattention_r as decode_method: its gate gets the pre-RoPE q and keys from q_proj /
+    k_proj (the prompt's kept from prefill, one row per step), on mirrors kept in step."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(num_hidden_layers=2)).eval()
+    ids = ids_of(1, 150)
+    dm = spattn.methods.get("seerattention_r", token_budget=64, dense_layers=1)  # layer 0 exact: kpre below
+    hf.use(model, method="dense", decode_method=dm)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids[:, :140], cache=cache, use_cache=True)
+        for t in range(140, 143):
+            model(ids[:, t:t + 1], cache=cache, use_cache=True)
+    st = hf.stats(model)
+    assert all(s["calls"] == {"dense": 1, "decode_method": 3} for s in st), st
+    assert [s["density"] for s in st][0] == 1.0 and st[1]["density"] < 1.0
+    caches = model._spattn_state.decode_caches
+    gate_mirror = caches[("gate", None)]
+    layer = model.model.layers[1].self_attn
+    with torch.no_grad():  # the pre-RoPE keys of the 143 tokens, recomputed
+        h = model.model.embed_tokens(ids[:, :143])
+        h = model.model.layers[0](h, position_embeddings=model.model.rotary_emb(h, torch.arange(143)[None]),
+                                  attention_mask=None)
+        h = h[0] if isinstance(h, tuple) else h
+        kpre = layer.k_proj(model.model.layers[1].input_layernorm(h)).view(1, 143, 2, 16).transpose(1, 2)
+    assert gate_mirror.length(1) == 143 and caches[None].length(1) == 143
+    np.testing.assert_allclose(gate_mirror.keys(1), kpre.numpy(), atol=2e-5)
+    sel = hf.layers(model)[1].decode_method.last_selection   # use() copies the instance per layer
+    assert sel is not None and (sel.indices >= 0).sum(-1).max() < 143

@@ -87,12 +87,14 @@ class QuestParams(_Params):
     token_budget: int
     eval_selection: bool
     dense_layers: int
+    statistical_topk: bool
 
 class DoubleSparseParams(_Params):
     heavy_const: int
     group_factor: int
     label_bits: int
     dense_layers: int
+    statistical_topk: bool
 
 class SeerAttentionRParams(_Params):
     token_budget: int
@@ -107,6 +109,13 @@ class TokenSelectParams(_Params):
     kernel_size: int
     gqa_interleave: bool
     dense_layers: int
+    statistical_topk: bool
+
+class TidalDecodeParams(_Params):
+    top_k: int
+    sparse_layer_start: int
+    correction_layer: int
+    statistical_topk: bool
 
 # ---------------------------------------------------------------------------- plans
 class BlockPlan:
@@ -204,5 +213,8 @@ def estimate_quest(q: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, kv_len: in
 def estimate_doublesparse(q_label: np.ndarray, labels: np.ndarray, kv_len: int,
                           params: DoubleSparseParams) -> np.ndarray: ...
 def estimate_tokenselect(q: np.ndarray, k: np.ndarray, kv_len: int, params: TokenSelectParams) -> np.ndarray: ...
+def estimate_tidaldecode(q: np.ndarray, k: np.ndarray, kv_len: int, params: TidalDecodeParams) -> np.ndarray: ...
+def normal_quantile(p: float) -> float: ...
+def statistical_topk(scores: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]: ...
 def seer_r_select(probs: np.ndarray, q_heads: int, block_size: int, kv_len: int,
                   params: SeerAttentionRParams) -> np.ndarray: ...

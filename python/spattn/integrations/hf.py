@@ -322,8 +322,11 @@ def use(model, method: Union[str, Method, Sequence[Union[str, Method]]] = "flexp
         mod._spattn_layer = layers[i]
     for mod in mods:
         _remove_gate_hooks(mod)
-        if layers[int(mod.layer_idx)].method.capabilities.gate_inputs:
-            _add_gate_hooks(mod, layers[int(mod.layer_idx)].method.name)
+        st = layers[int(mod.layer_idx)]
+        if st.method.capabilities.gate_inputs:
+            _add_gate_hooks(mod, st.method.name)
+        elif st.decode_method is not None and st.decode_method.capabilities.gate_inputs:
+            _add_gate_hooks(mod, st.decode_method.name)
     old = getattr(model, "_spattn_state", None)
     previous = old.previous_implementation if old is not None else model.config._attn_implementation
     model._spattn_state = _ModelState(layers=layers, previous_implementation=previous)
@@ -367,18 +370,37 @@ def _remove_gate_hooks(mod) -> None:
 
 def _gate_inputs(module, q_shape, k_shape):
     """(q_gate, k_gate) float32 (B, H, N, D) from the hooked q_proj / k_proj outputs of this call,
-    or None when the hooks hold nothing matching these shapes (e.g. keys from a cache)."""
+    k_gate holding every key (Nk rows) or only the call's new ones (Nq rows: keys from a cache);
+    None when the hooks hold nothing matching these shapes."""
     pre = getattr(module, "_spattn_pre_rope", None)
     if not pre or "q" not in pre or "k" not in pre:
         return None
     qp, kp = pre.pop("q"), pre.pop("k")
     B, Hq, Nq, D = q_shape
     _, Hkv, Nk, _ = k_shape
-    if qp.shape[:2] != (B, Nq) or kp.shape[:2] != (B, Nk) or qp.shape[-1] != Hq * D or kp.shape[-1] != Hkv * D:
+    if (qp.shape[:2] != (B, Nq) or kp.shape[0] != B or kp.shape[1] not in (Nk, Nq) or qp.shape[-1] != Hq * D
+            or kp.shape[-1] != Hkv * D):
         return None
+    n = kp.shape[1]
     qg = as_float_array(qp.reshape(B, Nq, Hq, D).transpose(1, 2), "q_gate")
-    kg = as_float_array(kp.reshape(B, Nk, Hkv, D).transpose(1, 2), "k_gate")
+    kg = as_float_array(kp.reshape(B, n, Hkv, D).transpose(1, 2), "k_gate")
     return qg, kg
+
+
+def _sync_gate_cache(cache: KVCache, layer: int, k_gate: np.ndarray, Nk: int, Nq: int) -> bool:
+    """Bring `layer` of the pre-RoPE key mirror to Nk keys from the call's k_gate (every key, or the
+    Nq new ones after the Nk - Nq it holds); False (and the layer dropped) when it cannot."""
+    B, H, n, _ = k_gate.shape
+    none = np.empty((B, H, n, 0), np.float32)  # the gate reads keys only
+    if n == Nk:
+        cache.drop(layer)
+        cache.append(layer, k_gate, none)
+        return True
+    if n == Nq and layer in cache and cache.length(layer) == Nk - Nq:
+        cache.append(layer, k_gate, none)
+        return True
+    cache.drop(layer)
+    return False
 
 
 def restore(model):
@@ -551,18 +573,34 @@ def _run(state: LayerState, q: np.ndarray, kv: _KV, causal: bool, scale: Optiona
          gate: Optional[tuple] = None, model_state: Optional[_ModelState] = None,
          row: Optional[int] = None) -> np.ndarray:
     """One batch of unpadded rows: choose the path, run it, count it. `gate`: (q_gate, k_gate)
-    for a method with gate inputs; `row`: the batch row of a padded batch (None: the batch)."""
+    for a method with gate inputs (k_gate: every key, or the call's new keys only);
+    `row`: the batch row of a padded batch (None: the batch)."""
     Nq, Nk = q.shape[2], kv.key.shape[2]
+    dm = state.decode_method
     if Nq > 1 and model_state is not None and model_state.decode_caches:  # a new prompt or chunk: the
-        for cache in model_state.decode_caches.values():                 # mirror restarts at decode
-            cache.drop(state.layer_idx)
-    if Nq == 1 and state.decode_method is not None and not state.dense:
-        dm = state.decode_method
+        for key, cache in model_state.decode_caches.items():             # mirror restarts at decode
+            if not (isinstance(key, tuple) and key[0] == "gate"):
+                cache.drop(state.layer_idx)
+    if Nq > 1 and model_state is not None and dm is not None and dm.capabilities.gate_inputs and gate is not None:
+        # a decode gate reads the prompt's pre-RoPE keys later: kept from the prefill calls
+        _sync_gate_cache(model_state.decode_cache(("gate", row)), state.layer_idx, gate[1], Nk, Nq)
+    if gate is not None and gate[1].shape[2] != Nk:
+        gate_full = None
+    else:
+        gate_full = gate
+    if Nq == 1 and dm is not None and not state.dense:
         if isinstance(dm, CacheDecode) and model_state is not None:
             state.count("decode_method")
             cache = model_state.decode_cache(row)
             _sync_cache(cache, state.layer_idx, kv.key, kv.value, Nq)
-            out = dm(q, cache, layer=state.layer_idx, causal=causal, scale=scale)
+            kw = {}
+            if dm.capabilities.gate_inputs:
+                gcache = model_state.decode_cache(("gate", row))
+                if gate is not None and _sync_gate_cache(gcache, state.layer_idx, gate[1], Nk, Nq):
+                    kw = {"q_gate": gate[0], "gate_cache": gcache}
+                else:
+                    state.count("decode_method: gate inputs after RoPE (pre-RoPE keys not captured)")
+            out = dm(q, cache, layer=state.layer_idx, causal=causal, scale=scale, **kw)
             sel = dm.last_selection
             state.densities.append(1.0 if sel is None else float(np.mean((sel.indices >= 0).sum(-1))) / max(Nk, 1))
             return out
@@ -592,7 +630,7 @@ def _run(state: LayerState, q: np.ndarray, kv: _KV, causal: bool, scale: Optiona
                           RuntimeWarning, stacklevel=3)
         return _dense_attention(q, *kv.dense_operands(), causal=causal, scale=scale)
     state.count("sparse")
-    return _run_method(state, m, q, *kv.f32(), causal, scale, gate)
+    return _run_method(state, m, q, *kv.f32(), causal, scale, gate_full)
 
 
 def _run_method(state: LayerState, m: Method, q, k, v, causal: bool, scale, gate=None) -> np.ndarray:
@@ -676,7 +714,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
                 shift = Nk - Nq
                 qs, qe = max(0, s - shift), min(Nq, e - shift)
                 if e > s and qe > qs:
-                    gb = None if gate is None else (gate[0][b:b + 1, :, qs:qe], gate[1][b:b + 1, :, s:e])
+                    gb = None if gate is None else (gate[0][b:b + 1, :, qs:qe], gate[1][b:b + 1, :, s:e]
+                                                    if gate[1].shape[2] == Nk else gate[1][b:b + 1])
                     out[b:b + 1, :, qs:qe] = _run(state, q[b:b + 1, :, qs:qe],
                                                   _KV(k[b:b + 1, :, s:e], v[b:b + 1, :, s:e]), True, scale, gb,
                                                   model_state, b)
@@ -685,7 +724,8 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
                 if idx.size:
                     kb = k[b:b + 1, :, idx] if idx.size != Nk else k[b:b + 1]
                     vb = v[b:b + 1, :, idx] if idx.size != Nk else v[b:b + 1]
-                    gb = None if gate is None else (gate[0][b:b + 1], gate[1][b:b + 1][:, :, idx])
+                    gb = None if gate is None else (gate[0][b:b + 1], gate[1][b:b + 1][:, :, idx]
+                                                    if gate[1].shape[2] == Nk else gate[1][b:b + 1])
                     out[b:b + 1] = _run(state, q[b:b + 1], _KV(kb, vb), False, scale, gb, model_state, b)
     if model_state is not None and model_state.capture is not None:
         item = (np.array(q), np.array(kv.f32()[0]))

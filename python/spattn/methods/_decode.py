@@ -56,9 +56,9 @@ class CacheDecode:
     def _selection_key(self):
         return ("selection", self.name)
 
-    def _plan_step(self, q: np.ndarray, cache: KVCache, layer: int) -> Optional[TokenIndices]:
+    def _plan_step(self, q: np.ndarray, cache: KVCache, layer: int, **select_kw) -> Optional[TokenIndices]:
         """The positions a decode query attends on `layer` (None: every key), after doing what
-        the plan asks (storing a select layer's selection)."""
+        the plan asks (storing a select layer's selection); `select_kw` go to _select_cache."""
         role = self.layer_plan().role(layer)
         if role == "dense":
             return None
@@ -68,7 +68,7 @@ class CacheDecode:
                 raise ValueError(f"layer {layer} reuses a selection for (B, Hq) = {idx.indices.shape[:2]}, "
                                  f"but q has shape {q.shape}")
             return idx
-        idx = self._select_cache(q, cache, layer)
+        idx = self._select_cache(q, cache, layer, **select_kw)
         if role == "select":
             cache.store_selection(self._selection_key(), layer, idx)
             return None

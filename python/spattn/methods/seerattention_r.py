@@ -746,11 +746,18 @@ class SeerAttentionR(CacheDecode, Method):
     dense_layers : int, default 0
         Layers 0 .. dense_layers - 1 run dense (official ``seerattn_start_layer`` 0).
     seed : int, default 0
+    layer_plan : spattn.LayerPlan or dict, optional
+        The role of each layer (default: the first ``dense_layers`` dense, the others sparse).
 
     Gate inputs (``capabilities.gate_inputs``): the official gate sees the model's q / k
     *before* RoPE. On arrays ``estimate(q, k, q_gate=, k_gate=)``; over a cache
     ``select(q, cache, layer=i, q_gate=, gate_cache=)`` where ``gate_cache`` is a second
     :class:`spattn.KVCache` fed with the pre-RoPE keys (default: the attention cache itself).
+    Under the transformers backend (``decode_method="seerattention_r"``) the gate gets the
+    pre-RoPE q and keys from the attention module's q_proj / k_proj (the prompt's keys kept
+    from the prefill call, one row appended per step); when they are not available (e.g. a
+    cache filled before :func:`spattn.integrations.hf.use`) it falls back to the post-RoPE ones,
+    counted in ``hf.stats``.
 
     Notes
     -----
@@ -765,9 +772,6 @@ class SeerAttentionR(CacheDecode, Method):
       them unspecified);
     * no sliding-window option (``seerattn_sliding_window_size`` is read by the official model
       but not used by its gate) and no "Qorig" q pooling (refused by the official config);
-    * under the transformers backend as ``decode_method`` the gate sees the post-RoPE q / k the
-      backend hands to decode methods and rebuilds the block state at every step (as Quest);
-      the pre-RoPE inputs reach it only through ``q_gate`` / ``gate_cache`` in standalone use;
     * training: see :func:`train_gate` (cosine schedule to 0 instead of min_lr 1e-5; items are
       captured arrays instead of packed 32k-token sequences).
     """
@@ -776,11 +780,12 @@ class SeerAttentionR(CacheDecode, Method):
     paper = "Gao et al., SeerAttention-R: Sparse Attention Adaptation for Long Reasoning, 2025"
     pattern = "decode: learned gate over pooled cache blocks per KV head (q pooled over the GQA group), top blocks + last"
     params_struct = _core.SeerAttentionRParams
-    extra_defaults = {"gate": None}
+    extra_defaults = {"gate": None, "layer_plan": None}
     capabilities = Capabilities(mask_format="token", needs_fit=True, fittable=True, gate_inputs=True)
     learned_param = "gate"
 
     def _check_params(self) -> None:
+        super()._check_params()
         g = self.params["gate"]
         gates = g.values() if isinstance(g, dict) else [] if g is None else [g]
         if isinstance(g, dict):
@@ -860,9 +865,10 @@ class SeerAttentionR(CacheDecode, Method):
         q = self._check_cache_query(q, cache, layer)
         if q.shape[2] != 1:
             raise ValueError(f"select is a decode step: q must hold one query (Nq == 1), got shape {q.shape}")
-        if self.is_dense_layer(layer):
+        idx = self._plan_step(q, cache, layer, q_gate=q_gate, gate_cache=gate_cache)
+        if idx is None:
             return self._dense_indices(q.shape[0], q.shape[1], 1, cache.length(layer))
-        return self._select_cache(q, cache, layer, q_gate, gate_cache)
+        return idx
 
     def __call__(self, q, k, v=None, *, layer: Optional[int] = None, causal: bool = False,
                  scale: Optional[float] = None, return_lse: bool = False, q_gate=None, k_gate=None,
@@ -887,9 +893,10 @@ class SeerAttentionR(CacheDecode, Method):
         causal, scale = as_causal(causal), as_scale(scale)
         q = self._check_cache_query(q, cache, layer)
         kb, vb, n = cache.buffers(layer)
-        if q.shape[2] != 1 or self.is_dense_layer(layer):
+        idx = None if q.shape[2] != 1 else self._plan_step(q, cache, layer, q_gate=q_gate, gate_cache=gate_cache)
+        self.last_selection = idx
+        if idx is None:
             return attention(q, kb, vb, kv_len=n, causal=causal, scale=scale, return_lse=return_lse)
-        idx = self._select_cache(q, cache, layer, q_gate, gate_cache)
         return token_sparse_attention(q, kb, vb, idx, kv_len=n, scale=scale, return_lse=return_lse)
 
     # ------------------------------------------------------------------ learned state
