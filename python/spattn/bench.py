@@ -142,7 +142,8 @@ def _bench_decode_methods(args, torch) -> List[Dict[str, Any]]:
     first reuse layer, after its select layer ran at the same step): selection + attention time
     (for a reuse plan, "select" is the select layer's whole call) against dense decode over the
     same cache and torch SDPA, the append (cache state update) of one token, the keys read per
-    head and the recall of the selection."""
+    head, the recall of the selection and the bytes of the attended K/V rows (per kv head when
+    the heads of a group share their list, else per query head) over the step time."""
     import spattn
     from .synthetic import structured_qkv
 
@@ -186,15 +187,21 @@ def _bench_decode_methods(args, torch) -> List[Dict[str, Any]]:
             tot_s = _best(lambda: m(q, cache, layer=layer), 5)
             idx = m.select(q, cache, layer=layer)
             kept = float(np.mean((idx.indices >= 0).sum(-1)))
+            G = args.hq // args.hkv  # rows read: per kv head when a group shares its list, else per query head
+            ii = idx.indices.reshape(1, args.hkv, G, -1)
+            shared = bool((ii == ii[:, :, :1]).all())
+            rows_read = float((ii[:, :, :1] >= 0).sum() if shared else (ii >= 0).sum())
+            kv_bytes = rows_read * 128 * 2 * 4
             rec = float(np.nanmean(spattn.metrics.recall(q, w.k, idx, causal=True)))
             row = {"method": name, "Nk": Nk, "append_s": t_app, "keys_per_head": kept, "density": kept / Nk, "recall": rec,
                    "select_s": sel_s, "total_s": tot_s, "dense_s": dense_s, "speedup_vs_dense": dense_s / tot_s,
+                   "kv_bytes": kv_bytes, "gbps": kv_bytes / tot_s / 1e9,
                    "torch_s": torch_s, "speedup_vs_torch": None if torch_s is None else torch_s / tot_s}
             rows.append(row)
             row["select_layer"] = sel_layer
             print(f"Nk={Nk:>7} {name:<13} keys/head {kept:8.0f} ({kept / Nk:.3f}) recall {rec:.3f} | "
                   f"{'select' if sel_layer is None else 'select layer (dense + top-k)'} "
-                  f"{sel_s * 1e3:.2f} ms, step {tot_s * 1e3:.2f} ms, append {t_app * 1e3:.2f} ms | dense {dense_s * 1e3:.2f} ms "
+                  f"{sel_s * 1e3:.2f} ms, step {tot_s * 1e3:.2f} ms ({kv_bytes / tot_s / 1e9:.1f} GB/s of attended K/V), append {t_app * 1e3:.2f} ms | dense {dense_s * 1e3:.2f} ms "
                   f"({dense_s / tot_s:.2f}x)" + (f" | torch {torch_s * 1e3:.2f} ms ({torch_s / tot_s:.2f}x)"
                                                   if torch_s is not None else ""))
     return rows

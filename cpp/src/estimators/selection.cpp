@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <numeric>
 
@@ -140,20 +141,29 @@ std::vector<int> statistical_select(const float* x, int n, int k) {
 std::vector<int> select_top(const float* scores, int n, int k, bool statistical) {
   if (statistical) return statistical_select(scores, n, k);
   k = std::clamp(k, 0, n);
-  const auto rank = [scores](int i) {
-    const float x = scores[i];
-    return std::isnan(x) ? std::numeric_limits<float>::infinity() : x;
-  };
-  std::vector<int> idx(static_cast<size_t>(n));
-  std::iota(idx.begin(), idx.end(), 0);
-  auto better = [&](int x, int y) {
-    const float a = rank(x), b = rank(y);
-    return a > b || (a == b && x < y);
-  };
-  if (k < n) std::nth_element(idx.begin(), idx.begin() + k, idx.end(), better);
-  idx.resize(static_cast<size_t>(k));
-  std::sort(idx.begin(), idx.end());
-  return idx;
+  std::vector<int> out;
+  if (k == 0) return out;
+  const float inf = std::numeric_limits<float>::infinity();
+  const auto rank = [&](int i) { return std::isnan(scores[i]) ? inf : scores[i]; };
+  out.reserve(static_cast<size_t>(k));
+  if (k == n) {
+    for (int i = 0; i < n; ++i) out.push_back(i);
+    return out;
+  }
+  // The k-th largest value by nth_element on a copy of the values (contiguous floats), then one
+  // ascending pass: every entry above it, and entries equal to it from the lowest index on.
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) v[size_t(i)] = rank(i);
+  std::nth_element(v.begin(), v.begin() + (k - 1), v.end(), std::greater<float>());
+  const float thr = v[size_t(k - 1)];
+  int above = 0;
+  for (int i = 0; i < n; ++i) above += rank(i) > thr;
+  int ties = k - above;
+  for (int i = 0; i < n; ++i) {
+    const float x = rank(i);
+    if (x > thr || (x == thr && ties-- > 0)) out.push_back(i);
+  }
+  return out;
 }
 
 void decode_scores(const float* q, const float* k, const AttnShape& s, float scale, float* S) {
