@@ -252,3 +252,20 @@ def test_calibration_errors():
         calibrate_channels([np.ones((1, 1, 2, 4)), np.ones((1, 2, 2, 4))], "q")
     with pytest.raises(TypeError, match=r"blocks\[0\] must be a \(q, k\) pair"):
         calibrate_channels([np.ones((1, 1, 2, 4))], "qk")
+
+
+def test_channel_tables_round_trip_through_npz(tmp_path):
+    from spattn.methods.doublesparse import load_channels, save_channels
+    rng = np.random.default_rng(0)
+    table = np.stack([rng.permutation(64) for _ in range(4)])
+    save_channels(tmp_path / "one.npz", table, kind="qk")
+    np.testing.assert_array_equal(load_channels(tmp_path / "one.npz"), table)
+    per_layer = {2: table, 5: table[:, ::-1].copy()}
+    save_channels(tmp_path / "layers.npz", per_layer)
+    back = load_channels(tmp_path / "layers.npz")
+    assert sorted(back) == [2, 5] and all(np.array_equal(back[i], per_layer[i]) for i in back)
+    m = spattn.methods.get("doublesparse", channels=back)
+    assert sorted(m.params["channels"]) == [2, 5]
+    spattn.training.save_npz(tmp_path / "other.npz", {"x": np.zeros(2)}, {"method": "sea"})
+    with pytest.raises(ValueError, match="not a Double Sparsity"):
+        load_channels(tmp_path / "other.npz")

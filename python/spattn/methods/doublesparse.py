@@ -86,6 +86,32 @@ def calibrate_channels(blocks: Sequence, kind: str = "q") -> np.ndarray:
     return np.argsort(-stat, axis=-1, kind="stable").astype(np.int64)
 
 
+def save_channels(path: str, channels, kind: str = "q") -> None:
+    """Write channel tables to an ``.npz`` artifact (spattn.training.save_npz): one (H, D) int
+    table, or a dict {layer: table}; `kind` (the calibration statistic) is recorded."""
+    from ..training import save_npz
+
+    if isinstance(channels, dict):
+        arrays = {f"layer_{check_int(i, 'channels layer')}": np.asarray(t, np.int64) for i, t in channels.items()}
+        save_npz(path, arrays, {"method": "doublesparse", "kind": kind, "layers": sorted(int(i) for i in channels)})
+    else:
+        save_npz(path, {"channels": np.asarray(channels, np.int64)}, {"method": "doublesparse", "kind": kind,
+                                                                       "layers": None})
+
+
+def load_channels(path: str):
+    """The channel tables of :func:`save_channels`: one array, or a dict {layer: array}
+    (``DoubleSparse(channels=load_channels(path))``)."""
+    from ..training import load_npz
+
+    arrays, config = load_npz(path)
+    if not isinstance(config, dict) or config.get("method") != "doublesparse":
+        raise ValueError(f"{path} is not a Double Sparsity channel artifact (config {config!r})")
+    if config.get("layers") is None:
+        return arrays["channels"]
+    return {int(i): arrays[f"layer_{int(i)}"] for i in config["layers"]}
+
+
 class DoubleSparseLabels:
     """Double Sparsity's key labels of one cache layer, (B, H, capacity, r) float32, one per token:
 
@@ -270,4 +296,5 @@ class DoubleSparse(CacheDecode, Method):
         return self._select(q, labels, table, cache.length(layer))
 
 
-__all__ = ["DoubleSparse", "DoubleSparseLabels", "calibrate_channels", "pseudo_quantize"]
+__all__ = ["DoubleSparse", "DoubleSparseLabels", "calibrate_channels", "pseudo_quantize", "save_channels",
+           "load_channels"]
