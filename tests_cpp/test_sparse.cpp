@@ -173,3 +173,39 @@ TEST(TokenMass, MatchesReference) {
       EXPECT_NEAR(mass[h * 20 + i], pr[0] + (j < 40 ? pr[j] : 0.0), 1e-5);
     }
 }
+
+// Decode rows made of runs (pages, windows: read in place) with unused entries between them, the
+// heads of a GQA group sharing their rows (stacked work items) or not, against the reference.
+TEST(TokenSparse, RunsInPlaceAndSharedGroups) {
+  for (int shared = 0; shared < 2; ++shared)
+    for (int Nq : {1, 2}) {
+      const int B = 2, Hq = 8, Hkv = 2, Nk = 3000, D = 64, K = 900;
+      Problem p(B, Hq, Hkv, Nq, Nk, D, D, true, 3 + shared);
+      std::mt19937 gen(7 + shared);
+      std::vector<int32_t> idx(size_t(B) * Hq * K, -1);
+      std::vector<std::set<int>> chosen(size_t(B) * Hq);
+      for (int b = 0; b < B; ++b)
+        for (int h = 0; h < Hq; ++h) {
+          const size_t r = size_t(b) * Hq + h;
+          if (shared && h % (Hq / Hkv) != 0) {  // copy the first head of the group
+            const size_t src = size_t(b) * Hq + h - h % (Hq / Hkv);
+            std::copy_n(idx.begin() + src * K, K, idx.begin() + r * K);
+            chosen[r] = chosen[src];
+            continue;
+          }
+          int c = 0, j = int(gen() % 50);
+          while (c < K - 20 && j < Nk) {
+            const int len = 1 + int(gen() % 40);
+            for (int t = 0; t < len && j < Nk && c < K; ++t, ++j) {
+              idx[r * K + c++] = j;
+              chosen[r].insert(j);
+            }
+            if (gen() % 3 == 0 && c < K) idx[r * K + c++] = -1;  // an unused entry between runs
+            j += 1 + int(gen() % 60);
+          }
+        }
+      spattn::TokenIndicesView iv{idx.data(), B, Hq, 1, K, Nq};
+      spattn::token_sparse_attention(p.args(), iv);
+      p.expect_matches_reference([&](int b, int h, int, int j) { return chosen[size_t(b) * Hq + h].count(j) > 0; });
+    }
+}

@@ -191,6 +191,7 @@ struct GatheredKeys {
   int ld;
   AlignedFloats k, v;
   std::vector<int> pos;
+  std::vector<KeySegment> segs;  // in-place runs of a tile (few-row items: no gather)
   static bool transposed_for(int rows) { return use_transposed_k(rows); }
   GatheredKeys(int K, int d, int dv, int rows)
       : transposed(transposed_for(rows)), ld(transposed ? transposed_stride(K) : d),

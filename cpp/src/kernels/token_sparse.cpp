@@ -30,6 +30,20 @@ bool rows_shared_by_groups(const AttnShape& s, const TokenIndicesView& ix) {
   return true;
 }
 
+// Whether the listed positions come in runs of consecutive keys averaging at least 8 (Quest's
+// pages, sink and local windows): then reading them in place beats gathering them.
+bool long_runs(const int32_t* row, int n) {
+  int used = 0, runs = 0, prev = -2;
+  for (int c = 0; c < n; ++c) {
+    const int j = row[c];
+    if (j < 0) continue;
+    ++used;
+    runs += j != prev + 1;
+    prev = j;
+  }
+  return runs > 0 && used >= 8 * runs;
+}
+
 struct TokenVariant : detail::TokenItems {
   const AttnArgs& a;
   int splits = 1;
@@ -61,6 +75,33 @@ struct TokenVariant : detail::TokenItems {
   // K/V stay in cache between the copy and the products.
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& gk) const {
     const auto [lo, hi] = detail::split_range(0, ix.K, w.part, splits);
+    const int32_t* row = ix.row(w.b, w.h0, w.i0 / ix.group_size);
+    if (!gk.transposed && long_runs(row + lo, int(hi - lo))) {
+      // few rows (decode) and positions in runs (pages, windows): the runs are read in place as
+      // segments, no gather copy
+      const float* kh = a.k + s.k_index(w.b, w.hk, 0);
+      const float* vh = detail::value_head(a, w);
+      int c = int(lo);
+      while (c < int(hi)) {
+        gk.segs.clear();
+        int cols = 0;
+        while (c < int(hi) && cols < t.bk) {
+          const int j = row[c];
+          if (j < 0) {  // unused entry
+            ++c;
+            continue;
+          }
+          int len = 1;
+          while (c + len < int(hi) && row[c + len] == j + len && cols + len < t.bk) ++len;
+          gk.segs.push_back(detail::KeySegment{nullptr, s.D, kh + size_t(j) * s.D,
+                                               vh != nullptr ? vh + size_t(j) * s.Dv : nullptr, s.Dv, len, j, nullptr});
+          cols += len;
+          c += len;
+        }
+        if (cols > 0) detail::OnlineSoftmax{}(t, w.rows(), gk.segs.data(), int(gk.segs.size()), a.causal);
+      }
+      return;
+    }
     const int chunk = 4 * t.bk;
     for (int c = int(lo); c < int(hi); c += chunk) {
       const int n = gather(gk, a, w, c, std::min(int(hi), c + chunk));
