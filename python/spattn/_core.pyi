@@ -20,6 +20,10 @@ class _Params:
     @staticmethod
     def field_names() -> List[str]: ...
 
+class PowerAttentionParams(_Params):
+    block_size: int
+    window_blocks: int
+
 class StreamingParams(_Params):
     block_size: int
     sink_tokens: int
@@ -181,6 +185,8 @@ def compressed_attention_targets(q: np.ndarray, k: np.ndarray, causal: bool, sca
                                  width: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 # ---------------------------------------------------------------------------- estimators
+def estimate_powerattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                            params: PowerAttentionParams) -> np.ndarray: ...
 def estimate_streaming(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                        params: StreamingParams) -> np.ndarray: ...
 def estimate_oracle_topk(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
