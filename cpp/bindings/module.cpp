@@ -796,6 +796,8 @@ PYBIND11_MODULE(_core, m) {
                                         "StreamingLLM sinks + local window parameters.");
   bind_block_estimator<PowerAttentionParams>(m, "powerattention", "PowerAttentionParams", &estimate_powerattention,
                                              "PowerAttention parameters (the paper's Algorithm 1 and setting).");
+  bind_block_estimator<RadialParams>(m, "radial", "RadialParams", &estimate_radial,
+                                     "Radial Attention parameters (official defaults).");
   bind_block_estimator<OracleParams>(m, "oracle_topk", "OracleParams", &estimate_oracle_topk,
                                      "Oracle top-k parameters (evaluation only).");
   bind_block_estimator<MInferenceBlockSparseParams>(m, "minference_block_sparse", "MInferenceBlockSparseParams",

@@ -72,6 +72,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"workload: synthetic structured heads, B={w['B']} Hq={w['Hq']} Hkv={w['Hkv']} "
               f"N={w['N']} D={w['D']}, causal")
         records = demo()
+        skipped = [f"{n} ({'non-causal only' if not spattn.methods.capabilities(n).causal else 'not this shape'})"
+                   for n in spattn.methods.available() if n not in {r.method for r in records}]
+        if skipped:
+            print("not run on this causal workload: " + ", ".join(skipped))
     elif args.cmd == "compare":
         w = spattn.synthetic.structured_qkv(B=args.batch, Hq=args.hq, Hkv=args.hkv, N=args.n,
                                             D=args.d, seed=args.seed)

@@ -24,6 +24,13 @@ class PowerAttentionParams(_Params):
     block_size: int
     window_blocks: int
 
+class RadialParams(_Params):
+    frames: int
+    video_tokens: int
+    decay_factor: float
+    wan: bool
+    block_size: int
+
 class StreamingParams(_Params):
     block_size: int
     sink_tokens: int
@@ -187,6 +194,8 @@ def compressed_attention_targets(q: np.ndarray, k: np.ndarray, causal: bool, sca
 # ---------------------------------------------------------------------------- estimators
 def estimate_powerattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                             params: PowerAttentionParams) -> np.ndarray: ...
+def estimate_radial(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                    params: RadialParams) -> np.ndarray: ...
 def estimate_streaming(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                        params: StreamingParams) -> np.ndarray: ...
 def estimate_oracle_topk(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
