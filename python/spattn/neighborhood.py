@@ -91,8 +91,8 @@ def _to_heads_first(x, name: str, rank: int, layout: str) -> np.ndarray:
     """`x` as C-contiguous float32 (B, H, *axes, D): one copy at most for numpy inputs."""
     nd = _ndim(x)
     if nd != rank + 3:
-        expected = "[B, " + ", ".join("XYZ"[:rank]) + ", H, D]" if layout == "heads_last" else \
-            "[B, H, " + ", ".join("XYZ"[:rank]) + ", D]"
+        axes = "L" if rank == 1 else ", ".join("XYZ"[:rank])
+        expected = f"[B, {axes}, H, D]" if layout == "heads_last" else f"[B, H, {axes}, D]"
         shape = tuple(getattr(x, "shape", np.shape(x)))
         raise ValueError(f"{name} must have {rank + 3} dimensions {expected} ({layout}) for na{rank}d, "
                          f"got {nd} dimensions, shape {shape}")
