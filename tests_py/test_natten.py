@@ -236,3 +236,30 @@ def test_official_flex_mask_agrees_when_natten_is_importable():
         ours = spattn.na_mask(shape, kernel, dilation, stride, causal).to_dense(n)[0, 0]
         np.testing.assert_array_equal(ours, official)
         np.testing.assert_array_equal(natten_flex_mask(shape, kernel, stride, dilation, causal), official)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_registry_entry_is_na1d_on_heads_first_tokens(causal):
+    q, k, v = (rand((1, 4, 300, 64), s) if s == 40 else rand((1, 2, 300, 64), s) for s in (40, 41, 42))
+    m = spattn.methods.get("natten", kernel_size=64, dilation=2, stride=8)
+    out = m(q, k, v, causal=causal)
+    ref = spattn.na1d(q, k, v, 64, dilation=2, stride=8, is_causal=causal, layout="heads_first")
+    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=RTOL)
+    mask = m.estimate(q, k, causal=causal)
+    assert mask.shape == (1, 4, 300, 64)
+    if causal:  # stride 1 causal NA is the causal sliding window of kernel_size keys
+        w = spattn.methods.get("natten", kernel_size=50).estimate(q, k, causal=True).to_dense(300)[0, 0]
+        i, j = np.arange(300)[:, None], np.arange(300)[None, :]
+        np.testing.assert_array_equal(w, (j <= i) & (j > i - 50))
+
+
+def test_registry_entry_covers_short_sequences_and_checks_its_parameters():
+    q = rand((1, 1, 10, 64), 50)
+    dense = spattn.attention(q, q, q)
+    np.testing.assert_allclose(spattn.methods.get("natten")(q, q, q), dense, atol=ATOL, rtol=RTOL)
+    with pytest.raises(ValueError, match="natten: stride must be <= kernel_size=4, got 5"):
+        spattn.methods.get("natten", kernel_size=4, stride=5)
+    with pytest.raises(ValueError, match="natten: dilation must be >= 1"):
+        spattn.methods.get("natten", dilation=0)
+    with pytest.raises(ValueError, match=r"kernel_size \* dilation must be <= the extent 10"):
+        spattn.methods.get("natten", kernel_size=4, dilation=3).estimate(q, q)
