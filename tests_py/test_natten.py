@@ -263,3 +263,13 @@ def test_registry_entry_covers_short_sequences_and_checks_its_parameters():
         spattn.methods.get("natten", dilation=0)
     with pytest.raises(ValueError, match=r"kernel_size \* dilation must be <= the extent 10"):
         spattn.methods.get("natten", kernel_size=4, dilation=3).estimate(q, q)
+
+
+def test_non_finite_values_outside_a_neighbourhood_do_not_leak():
+    q, k, v = (rand((1, 12, 40, 2, 64), s) for s in (60, 61, 62))
+    v[0, 5, 20] = np.inf
+    out = spattn.na2d(q, k, v, (3, 5))
+    allowed = natten_flex_mask((12, 40), (3, 5), (1, 1), (1, 1), (False, False))
+    sees = allowed[:, 5 * 40 + 20].reshape(12, 40)
+    assert np.isfinite(out[0][~sees]).all()
+    assert not np.isfinite(out[0][sees]).all(axis=-1).any()
