@@ -273,3 +273,49 @@ def test_non_finite_values_outside_a_neighbourhood_do_not_leak():
     sees = allowed[:, 5 * 40 + 20].reshape(12, 40)
     assert np.isfinite(out[0][~sees]).all()
     assert not np.isfinite(out[0][sees]).all(axis=-1).any()
+
+
+def brute_tile_stats(shape, kernel, stride, dilation, causal, tq, tk):
+    """Tile counts from the dense mask: tokens of each dilation group tiled per axis in group coordinates."""
+    allowed = natten_flex_mask(shape, kernel, stride, dilation, causal)
+    crd = np.array(np.unravel_index(np.arange(int(np.prod(shape))), shape)).T
+    group = crd % np.array(dilation)
+    u = crd // np.array(dilation)
+
+    def tile_ids(t):
+        keys = np.concatenate([group, u // np.array(t)], axis=1)
+        _, ids = np.unique(keys, axis=0, return_inverse=True)
+        return ids.ravel()
+
+    qi, ki = tile_ids(tq), tile_ids(tk)
+    counts = {}
+    for a, b in zip(*np.nonzero(allowed)):
+        counts[(qi[a], ki[b])] = counts.get((qi[a], ki[b]), 0) + 1
+    full = sum(c == np.prod(tq) * np.prod(tk) for c in counts.values())
+    return len(counts), full, int(allowed.sum())
+
+
+@pytest.mark.parametrize("shape, kernel, stride, dilation, causal, tq, tk", [
+    ((37,), (5,), (1,), (1,), (False,), (8,), (4,)),
+    ((40,), (8,), (8,), (1,), (False,), (8,), (8,)),
+    ((41,), (6,), (3,), (2,), (True,), (4,), (8,)),
+    ((9, 14), (3, 4), (1, 2), (2, 1), (False, True), (2, 4), (4, 2)),
+    ((6, 7, 8), (2, 3, 4), (2, 3, 4), (1, 2, 1), (True, False, False), (2, 1, 4), (2, 3, 4)),
+])
+def test_gna_tile_stats_match_the_tiled_dense_mask(shape, kernel, stride, dilation, causal, tq, tk):
+    st = spattn.gna_tile_stats(shape, kernel, dilation, stride, causal, q_tile=tq, kv_tile=tk)
+    visited, full, visible = brute_tile_stats(shape, kernel, stride, dilation, causal, tq, tk)
+    assert (st["visited_tiles"], st["full_tiles"], st["visible_pairs"]) == (visited, full, visible)
+    assert st["perfectly_block_sparse"] == (visited == full)
+
+
+def test_gna_tile_stats_reproduce_natten_profiler_examples():
+    # docs/profiler.md: 1D 32K, K=2K, stride 256 is the least stride that is fully block-sparse
+    # (FLOP bound 16x); 2D 256x256, K=(80, 80), tiles (16, 8), stride (16, 16) likewise (bound 10.2x).
+    one = spattn.gna_tile_stats((32768,), 2048, stride=256, q_tile=256, kv_tile=128)
+    assert one["perfectly_block_sparse"] and one["speedup_bound"] == 16.0
+    assert not spattn.gna_tile_stats((32768,), 2048, stride=128, q_tile=256, kv_tile=128)["perfectly_block_sparse"]
+    two = spattn.gna_tile_stats((256, 256), 80, stride=16, q_tile=(16, 8), kv_tile=(16, 8))
+    assert two["perfectly_block_sparse"] and round(two["speedup_bound"], 2) == 10.24
+    na = spattn.gna_tile_stats((256, 256), 80, q_tile=(16, 8), kv_tile=(16, 8))
+    assert not na["perfectly_block_sparse"] and na["useful_fraction"] < 1

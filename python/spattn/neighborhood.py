@@ -220,4 +220,96 @@ def na_mask(shape: Sequence[int], kernel_size: IntOrTuple, dilation: IntOrTuple 
     return TokenIndices(full, group_size=1, kv_len=n, assume_sorted=True)
 
 
-__all__ = ["na1d", "na2d", "na3d", "na_mask"]
+def _axis_windows(n_g: int, kernel: int, stride: int, causal: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """[start, end) of every in-group index along one axis (the rule in the module docstring)."""
+    u = np.arange(n_g)
+    if causal:
+        leader = np.minimum((u // stride) * stride + stride - 1, n_g - 1)
+        return np.maximum(leader - kernel + 1, 0), np.minimum(u + 1, n_g)
+    leader = np.minimum((u // stride) * stride + stride // 2, n_g - 1)
+    start = np.clip(leader - kernel // 2, 0, n_g - kernel)
+    return start, start + kernel
+
+
+def _axis_tile_counts(n: int, kernel: int, dilation: int, stride: int, causal: bool, tq: int, tk: int):
+    """Along one axis, summed over its dilation groups: (tile pairs visited, tile pairs fully
+    visible, visible (query, key) pairs, q tiles, kv tiles)."""
+    visited = full = visible = q_tiles = kv_tiles = 0
+    for g in range(dilation):
+        n_g = n // dilation + (1 if g < n % dilation else 0)
+        start, end = _axis_windows(n_g, kernel, stride, causal)
+        nqt, nkt = -(-n_g // tq), -(-n_g // tk)
+        lo = np.arange(nkt) * tk
+        hi = np.minimum(lo + tk, n_g)
+        overlap = np.clip(np.minimum(end[:, None], hi[None, :]) - np.maximum(start[:, None], lo[None, :]), 0, None)
+        pad = nqt * tq - n_g
+        overlap = np.concatenate([overlap, np.zeros((pad, nkt), overlap.dtype)]).reshape(nqt, tq, nkt)
+        seen = overlap.sum(axis=1)
+        whole_q = np.minimum(np.arange(nqt) * tq + tq, n_g) - np.arange(nqt) * tq == tq
+        is_full = (overlap == tk).all(axis=1) & whole_q[:, None] & ((hi - lo) == tk)[None, :]
+        visited += int((seen > 0).sum())
+        full += int(is_full.sum())
+        visible += int(seen.sum())
+        q_tiles += nqt
+        kv_tiles += nkt
+    return visited, full, visible, q_tiles, kv_tiles
+
+
+def gna_tile_stats(shape: Sequence[int], kernel_size: IntOrTuple, dilation: IntOrTuple = 1, stride: IntOrTuple = 1,
+                   is_causal: BoolOrTuple = False, *, q_tile: IntOrTuple, kv_tile: IntOrTuple) -> dict:
+    """The tile-level cost of a neighbourhood pattern under multi-dimensional tiling (GNA's
+    analytical model, after the paper's NATTENSim).
+
+    Queries and keys of each dilation group are cut into boxes of ``q_tile`` / ``kv_tile`` tokens
+    per axis (NATTEN's token permutation: dilation groups apart, each axis tiled; the last tile of
+    an axis may be short). A (Q tile, KV tile) pair is *visited* when some query of the one sees
+    some key of the other, *full* when every one of the tile's Tq x Tkv slots holds a real, visible
+    pair (no element mask needed). Since the pattern and the tiles are products over the axes, the
+    counts are products of per-axis counts (no N x N work).
+
+    Parameters
+    ----------
+    shape, kernel_size, dilation, stride, is_causal
+        The pattern, as in :func:`na_mask`.
+    q_tile, kv_tile : int or tuple of ints
+        Tile shape per axis (rank-1: the 1D tile sizes).
+
+    Returns
+    -------
+    dict with ``visited_tiles``, ``full_tiles``, ``partial_tiles`` (visited - full),
+    ``visible_pairs``, ``computed_pairs`` (visited_tiles x Tq x Tkv), ``useful_fraction``
+    (visible / computed: the share of a tiled kernel's work that is not masked away),
+    ``perfectly_block_sparse`` (no partial tile: the condition under which a block-sparse kernel
+    reaches the FLOP bound), ``dense_pairs`` (N^2) and ``speedup_bound`` (dense_pairs /
+    computed_pairs: the largest speedup over dense non-causal attention a tiled kernel can show).
+    """
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+        shape = (int(shape),)
+    if not isinstance(shape, (tuple, list)) or not 1 <= len(shape) <= 3:
+        raise ValueError(f"shape must be a tuple of 1 to 3 ints (the token axes), got {shape!r}"[:200])
+    rank = len(shape)
+    axes = _per_axis_int(tuple(shape), rank, "shape", 1)
+    kernel, dil, st, causal = _pattern(rank, kernel_size, dilation, stride, is_causal)
+    tq = _per_axis_int(q_tile, rank, "q_tile", 1)
+    tk = _per_axis_int(kv_tile, rank, "kv_tile", 1)
+    for i in range(rank):  # the checks of NeighborhoodSpec::validate, with its messages
+        if kernel[i] > axes[i]:
+            raise ValueError(f"kernel_size must be <= the extent {axes[i]} along axis {i}, got "
+                             f"kernel_size[{i}]={kernel[i]}")
+        if kernel[i] * dil[i] > axes[i]:
+            raise ValueError(f"kernel_size * dilation must be <= the extent {axes[i]} along axis {i}, got "
+                             f"kernel_size[{i}]={kernel[i]} * dilation[{i}]={dil[i]} = {kernel[i] * dil[i]}")
+        if st[i] > kernel[i]:
+            raise ValueError(f"stride must lie in [1, kernel_size={kernel[i]}] along axis {i}, got stride[{i}]={st[i]}")
+    visited = full = visible = 1
+    for i in range(rank):
+        v, f, p, _, _ = _axis_tile_counts(axes[i], kernel[i], dil[i], st[i], causal[i], tq[i], tk[i])
+        visited, full, visible = visited * v, full * f, visible * p
+    computed = visited * int(np.prod(tq)) * int(np.prod(tk))
+    n = int(np.prod(axes))
+    return {"visited_tiles": visited, "full_tiles": full, "partial_tiles": visited - full,
+            "visible_pairs": visible, "computed_pairs": computed, "useful_fraction": visible / computed,
+            "perfectly_block_sparse": visited == full, "dense_pairs": n * n, "speedup_bound": n * n / computed}
+
+
+__all__ = ["na1d", "na2d", "na3d", "na_mask", "gna_tile_stats"]
