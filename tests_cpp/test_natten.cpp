@@ -85,6 +85,7 @@ TEST(Natten, OneDimensionalKernelsStridesDilations) {
   check(spec({29}, {4}, {2}, {3}, {true}), 1, 1, 1, 128, 128, 4);
   check(spec({31}, {7}, {7}, {4}, {false}), 1, 2, 1, 64, 32, 5);
   check(spec({600}, {300}, {1}, {1}, {false}), 1, 1, 1, 64, 64, 6);  // windows across K^T tiles
+  check(spec({500}, {5}, {1}, {1}, {true}), 1, 1, 1, 64, 64, 16);     // long row, small kernel: ~32-query chunks
 }
 
 TEST(Natten, TwoDimensionalPerAxisOptions) {

@@ -135,6 +135,9 @@ def test_long_axes_cross_key_tiles_and_split_rows():
     check((700,), 301, 1, 1, False, Hq=1, seed=1)
     check((700,), 300, 37, 2, True, Hq=4, Hkv=4, seed=2)
     check((3, 333), (2, 129), (1, 64), 1, (True, False), Hq=4, Hkv=1, seed=3)
+    # small kernels on long rows: rows cut into chunks of about 32 queries
+    check((500,), 5, 1, 1, True, Hq=1, seed=4)
+    check((4, 101), (3, 6), (1, 2), (1, 2), False, Hq=2, Hkv=2, seed=5)
 
 
 def test_non_causal_queries_see_exactly_the_kernel_product():

@@ -12,7 +12,8 @@
 // Dilation > 1 on some axis: the tokens of q, k, v are first copied into dilation-group order
 // (each group a contiguous sub-grid of extents na_group_length), attention runs with dilation 1
 // per group, and out / lse are copied back (NATTEN's token permutation; O(N) extra memory).
-// Work-item sizes are not tuned by measurement (the window kernel's rows target is reused).
+// Work-item sizes follow a count of the keys each query tile reads (query_runs, run_neighborhood),
+// not a measurement: no benchmark of this kernel has been run yet.
 #include "spattn/neighborhood.hpp"
 
 #include <algorithm>
@@ -132,18 +133,18 @@ std::vector<int> group_order(const Padded& p, const std::vector<Group>& gs) {
 }
 
 // Query runs [i0, i1) of the work items of one (batch, kv head): rows along the last axis cut
-// into about equal chunks of at most `bq` queries; when the last axis is shorter than 32, whole
-// rows of one x0 slice are grouped, up to 64 queries.
+// into about equal chunks of at least `chunk` and at most `bq` queries where both fit; when the
+// last axis is shorter than 32, whole rows of one x0 slice are grouped, up to 64 queries.
 struct Task {
   int i0, i1;
 };
 
-std::vector<Task> query_runs(const std::vector<Group>& gs, int bq) {
+std::vector<Task> query_runs(const std::vector<Group>& gs, int bq, int chunk) {
   std::vector<Task> out;
   for (const Group& g : gs) {
     const int m2 = g.m[2], rows = g.m[0] * g.m[1];
     if (m2 >= 32 || rows == 1) {
-      const int chunks = ceil_div(m2, bq);
+      const int chunks = std::max({1, ceil_div(m2, bq), m2 / chunk});
       for (int r = 0; r < rows; ++r)
         for (int c = 0; c < chunks; ++c)
           out.push_back({g.offset + r * m2 + int((long long)m2 * c / chunks),
@@ -251,7 +252,12 @@ void run_neighborhood(const AttnArgs& a, const Padded& p, const std::vector<Grou
   const AttnShape& s = a.shape;
   const int G = s.group();
   const int bq = std::max(16, detail::kRowsTarget / std::max(1, G));
-  const std::vector<Task> tasks = query_runs(gs, bq);
+  // A chunk of c queries reads c + K - 1 keys per run, of which each query uses K (K along the
+  // last axis): chunks of about max(32, K) queries read at most about twice the keys used when
+  // K >= 32, and smaller kernels keep the 32 stacked rows the micro-kernel path wants (chosen by
+  // this count, not by measurement).
+  const int chunk = std::min(bq, std::max(32, p.k[2]));
+  const std::vector<Task> tasks = query_runs(gs, bq, chunk);
   int max_n = 1;
   for (const Task& tk : tasks) max_n = std::max(max_n, tk.i1 - tk.i0);
   const int rows = G * max_n;
