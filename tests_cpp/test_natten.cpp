@@ -4,6 +4,7 @@
 // get_win_end, is_neighbor; qkv_fix_dilation for the group length), and the token indices of the
 // same pattern checked against that rule.
 #include <array>
+#include <limits>
 #include <vector>
 
 #include "spattn/neighborhood.hpp"
@@ -117,4 +118,18 @@ TEST(Natten, RejectsBadSpecAndShape) {
   EXPECT_THROW(spattn::neighborhood_attention(p.args(), spec({9}, {3}, {1}, {1}, {false})), std::invalid_argument);
   Problem c(1, 1, 1, 10, 10, 64, 64, true, 15);
   EXPECT_THROW(spattn::neighborhood_attention(c.args(), spec({10}, {3}, {1}, {1}, {false})), std::invalid_argument);
+}
+
+TEST(Natten, HiddenNonFiniteValuesDoNotLeak) {
+  const NeighborhoodSpec sp = spec({12, 40}, {3, 5}, {1, 1}, {1, 1}, {false, false});
+  Problem p(1, 2, 1, 480, 480, 64, 64, false, 17);
+  const int bad = 5 * 40 + 20;
+  for (int c = 0; c < 64; ++c) p.v[size_t(bad) * 64 + c] = std::numeric_limits<float>::infinity();
+  spattn::neighborhood_attention(p.args(), sp);
+  for (int h = 0; h < 2; ++h)
+    for (int i = 0; i < 480; ++i) {
+      const bool sees = natten_neighbor(sp, i, bad);
+      for (int c = 0; c < 64; ++c)
+        ASSERT_EQ(std::isfinite(p.out[(size_t(h) * 480 + i) * 64 + c]), !sees) << h << " " << i;
+    }
 }

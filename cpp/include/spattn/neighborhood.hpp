@@ -48,11 +48,11 @@ NaRange na_window(int u, int n_group, int kernel, int stride, bool causal);
 
 // Attention of every token over its neighbourhood. args: q (B, Hq, N, D), k/v (B, Hkv, N, D/Dv)
 // with N = spec.tokens() (Nq = Nk = N), args.causal false (causality is per axis in `spec`).
-// A work item is a run of queries along the last axis (or a few whole rows when the last axis is
-// short) of one dilation group; its keys are, per row of the union of its queries' windows, one
-// contiguous run along the last axis read in place, each query hiding the keys outside its own
-// window per element. With dilation > 1 on any axis the tokens are first permuted so that each
-// dilation group is contiguous (one copy of q, k, v, out; NATTEN's token permutation does the same).
+// A work item is a box of queries of one dilation group; its keys are, per row of the union of its
+// queries' windows, one contiguous run along the last axis read in place, each query hiding the
+// keys outside its own window per element. q / out are read and written in box order and, with
+// dilation > 1 on any axis, k / v copied so that each dilation group is contiguous (O(N) copies;
+// NATTEN's token permutation does the same).
 void neighborhood_attention(const AttnArgs& args, const NeighborhoodSpec& spec);
 
 // The pattern as token indices: (N, K) ascending key positions per query, -1 padded; `kmax`

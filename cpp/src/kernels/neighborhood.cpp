@@ -2,18 +2,21 @@
 // and per-axis causality; rule in spattn/neighborhood.hpp) on the tile engine.
 //
 // The axes are padded to three at the front ((N) -> (1, 1, N), (X, Y) -> (1, X, Y)). A work item
-// is a run of consecutive queries of one dilation group: part of one row along the last axis,
-// or a few whole rows when that axis is short. Its keys are the rows (x0, x1) of the union of its
-// queries' windows along the leading axes; each such row contributes one contiguous run along
-// the last axis, read in place (K^T tiles or K rows), through the OnlineSoftmax step with lower
-// and upper limits per query row (the query's own last-axis window inside that row, or nothing
-// when the row lies outside its leading-axis window). No Nq x Nk buffer, no gathered keys.
+// is a box of queries of one dilation group (a chunk of the axis in 1D; about 64 queries in 2D /
+// 3D, shaped so that the keys it reads per query are few: box_shape), its rows stacked over the
+// query heads of a GQA group. Its keys are the rows (x0, x1) of the union of its queries' windows
+// along the leading axes; each such row gives one contiguous run along the last axis, read in
+// place (K^T tiles or K rows) as a segment of a tile of up to bk keys (several short runs share
+// a tile). Per tile, each query hides the keys outside its own window (its last-axis interval in
+// the key rows its leading-axis window holds) as -inf logits before the online-softmax update.
+// No Nq x Nk buffer, no gathered keys.
 //
-// Dilation > 1 on some axis: the tokens of q, k, v are first copied into dilation-group order
-// (each group a contiguous sub-grid of extents na_group_length), attention runs with dilation 1
-// per group, and out / lse are copied back (NATTEN's token permutation; O(N) extra memory).
-// Work-item sizes follow a count of the keys each query tile reads (query_runs, run_neighborhood),
-// not a measurement: no benchmark of this kernel has been run yet.
+// Copies (O(N) memory): q is read in box order and out / lse written back from it when the boxes
+// are not already the token order (2D / 3D); with dilation > 1 on some axis k and v are copied
+// into dilation-group order (each group a contiguous sub-grid of extents na_group_length, as
+// NATTEN's token permutation does) and attention runs with dilation 1 inside each group.
+// Box sizes follow a count of the keys each box reads (box_shape), not a measurement: no
+// benchmark of this kernel has been run yet.
 #include "spattn/neighborhood.hpp"
 
 #include <algorithm>
@@ -132,140 +135,6 @@ std::vector<int> group_order(const Padded& p, const std::vector<Group>& gs) {
   return perm;
 }
 
-// Query runs [i0, i1) of the work items of one (batch, kv head): rows along the last axis cut
-// into about equal chunks of at least `chunk` and at most `bq` queries where both fit; when the
-// last axis is shorter than 32, whole rows of one x0 slice are grouped, up to 64 queries.
-struct Task {
-  int i0, i1;
-};
-
-std::vector<Task> query_runs(const std::vector<Group>& gs, int bq, int chunk) {
-  std::vector<Task> out;
-  for (const Group& g : gs) {
-    const int m2 = g.m[2], rows = g.m[0] * g.m[1];
-    if (m2 >= 32 || rows == 1) {
-      const int chunks = std::max({1, ceil_div(m2, bq), m2 / chunk});
-      for (int r = 0; r < rows; ++r)
-        for (int c = 0; c < chunks; ++c)
-          out.push_back({g.offset + r * m2 + int((long long)m2 * c / chunks),
-                         g.offset + r * m2 + int((long long)m2 * (c + 1) / chunks)});
-    } else {
-      const int per = std::max(1, std::min(64 / m2, g.m[1]));
-      for (int x0 = 0; x0 < g.m[0]; ++x0)
-        for (int x1 = 0; x1 < g.m[1]; x1 += per) {
-          const int base = g.offset + x0 * g.m[1] * m2;
-          out.push_back({base + x1 * m2, base + std::min(g.m[1], x1 + per) * m2});
-        }
-    }
-  }
-  return out;
-}
-
-struct NeighborhoodVariant {
-  const AttnArgs& a;
-  const detail::TransposedK& kt;
-  const Padded& p;
-  const std::vector<Group>& gs;
-  const std::vector<Task>& tasks;
-  int max_n;
-  // Per-thread windows of the item's queries: start and end along each of the three axes.
-  struct Local {
-    std::vector<int> w;
-  };
-
-  long long items() const { return (long long)a.shape.B * a.shape.Hkv * (long long)tasks.size(); }
-  detail::WorkItem item(long long it) const {
-    const long long T = (long long)tasks.size();
-    detail::WorkItem w;
-    const Task& tk = tasks[size_t(it % T)];
-    w.hk = int((it / T) % a.shape.Hkv);
-    w.b = int(it / (T * a.shape.Hkv));
-    w.stack = a.shape.group();
-    w.h0 = w.hk * w.stack;
-    w.i0 = tk.i0;
-    w.i1 = tk.i1;
-    return w;
-  }
-  Local local() const { return {std::vector<int>(static_cast<size_t>(6) * max_n)}; }
-
-  const Group& group_of(int i) const {
-    const auto it = std::upper_bound(gs.begin(), gs.end(), i, [](int x, const Group& g) { return x < g.offset; });
-    return *(it - 1);
-  }
-
-  // Keys [j0, j1) through the online softmax, one K^T tile (or bk keys) at a time; a tile hides
-  // keys below a row's qlo when it starts below the highest qlo, above a row's qlim when it ends
-  // past the lowest qlim.
-  void span(detail::TileScratch& t, const detail::WorkItem& wi, int j0, int j1, int min_hi, int max_lo) const {
-    const float* vh = detail::value_head(a, wi);
-    for (int j = j0; j < j1;) {
-      const int cols = std::min({detail::TransposedK::T - j % detail::TransposedK::T, j1 - j, t.bk});
-      const detail::KeySegment seg = detail::key_segment(kt, wi.b, wi.hk, j, cols, vh, a.shape.Dv);
-      const detail::OnlineSoftmax step{j < max_lo};
-      step(t, wi.rows(), &seg, 1, j + cols - 1 > min_hi);
-      j += cols;
-    }
-  }
-
-  void keys(detail::TileScratch& t, const detail::WorkItem& wi, Local& loc) const {
-    const Group& g = group_of(wi.i0);
-    const int n = wi.n(), m1 = g.m[1], m2 = g.m[2];
-    int* lo[3] = {loc.w.data(), loc.w.data() + n, loc.w.data() + 2 * n};
-    int* hi[3] = {loc.w.data() + 3 * n, loc.w.data() + 4 * n, loc.w.data() + 5 * n};
-    std::array<int, 3> ulo{INT_MAX, INT_MAX, INT_MAX}, uhi{INT_MIN, INT_MIN, INT_MIN};
-    for (int r = 0; r < n; ++r) {
-      const int l = wi.i0 + r - g.offset;
-      const int u[3] = {l / (m1 * m2), (l / m2) % m1, l % m2};
-      for (int ax = 0; ax < 3; ++ax) {
-        const NaRange w = p.window(ax, u[ax], g.m[ax]);
-        lo[ax][r] = w.start;
-        hi[ax][r] = w.end;
-        ulo[ax] = std::min(ulo[ax], w.start);
-        uhi[ax] = std::max(uhi[ax], w.end);
-      }
-    }
-    for (int x0 = ulo[0]; x0 < uhi[0]; ++x0)
-      for (int x1 = ulo[1]; x1 < uhi[1]; ++x1) {
-        const int base = g.offset + (x0 * m1 + x1) * m2;
-        int run0 = INT_MAX, run1 = INT_MIN, min_hi = INT_MAX, max_lo = INT_MIN;
-        for (int r = 0; r < n; ++r) {
-          const bool in = lo[0][r] <= x0 && x0 < hi[0][r] && lo[1][r] <= x1 && x1 < hi[1][r];
-          const int qlo = in ? base + lo[2][r] : INT_MAX, qhi = in ? base + hi[2][r] - 1 : -1;
-          for (int s = 0; s < wi.stack; ++s) {
-            t.qlo[s * n + r] = qlo;
-            t.qlim[s * n + r] = qhi;
-          }
-          min_hi = std::min(min_hi, qhi);
-          max_lo = std::max(max_lo, qlo);
-          if (in) {
-            run0 = std::min(run0, lo[2][r]);
-            run1 = std::max(run1, hi[2][r]);
-          }
-        }
-        if (run1 > run0) span(t, wi, base + run0, base + run1, min_hi, max_lo);
-      }
-  }
-  void finish(const detail::TileScratch& t, const detail::WorkItem& wi, Local&) const { detail::store_item(t, a, wi); }
-};
-
-void run_neighborhood(const AttnArgs& a, const Padded& p, const std::vector<Group>& gs) {
-  const AttnShape& s = a.shape;
-  const int G = s.group();
-  const int bq = std::max(16, detail::kRowsTarget / std::max(1, G));
-  // A chunk of c queries reads c + K - 1 keys per run, of which each query uses K (K along the
-  // last axis): chunks of about max(32, K) queries read at most about twice the keys used when
-  // K >= 32, and smaller kernels keep the 32 stacked rows the micro-kernel path wants (chosen by
-  // this count, not by measurement).
-  const int chunk = std::min(bq, std::max(32, p.k[2]));
-  const std::vector<Task> tasks = query_runs(gs, bq, chunk);
-  int max_n = 1;
-  for (const Task& tk : tasks) max_n = std::max(max_n, tk.i1 - tk.i0);
-  const int rows = G * max_n;
-  const detail::TransposedK kt(a, detail::use_transposed_k(rows));
-  const NeighborhoodVariant var{a, kt, p, gs, tasks, max_n};
-  detail::run_tiles(a, var, rows, s.Dv);
-}
-
 // dst row (b, h, i) = src row (b, h, perm[i]) (forward) or dst row (b, h, perm[i]) = src row
 // (b, h, i) (back), rows of `width` floats, `heads` heads, N tokens.
 void permute_rows(const float* src, float* dst, const std::vector<int>& perm, int B, int heads, int width,
@@ -283,6 +152,225 @@ void permute_rows(const float* src, float* dst, const std::vector<int>& perm, in
   }
 }
 
+// The queries of one work item: a box of a dilation group's sub-grid (origin a, sizes b), rows
+// [i0, i0 + b0 b1 b2) of the query order (box after box, row-major inside a box).
+struct Box {
+  int group, i0;
+  std::array<int, 3> a, b;
+  int size() const { return b[0] * b[1] * b[2]; }
+};
+
+// Box sizes for a group. One axis (N): chunks of about max(32, K) queries, at most bq: a chunk of
+// c queries reads c + K - 1 keys, each query using K. Two or three axes: about `rows` queries,
+// grown by doubling the axis whose key reads per query, (t + K - 1) / t, are the largest, since a
+// box of sizes t reads prod(t + K - 1) keys. Chosen by these counts, not by measurement.
+std::array<int, 3> box_shape(const Padded& p, const Group& g, int bq) {
+  std::array<int, 3> t{1, 1, 1};
+  if (g.m[0] == 1 && g.m[1] == 1) {
+    const int m = g.m[2], chunk = std::min(bq, std::max(32, p.k[2]));
+    const int chunks = std::max({1, ceil_div(m, bq), m / chunk});
+    t[2] = ceil_div(m, chunks);
+    return t;
+  }
+  const int rows = std::min(bq, 64);
+  while (t[0] * t[1] * t[2] < rows) {
+    int best = -1;
+    double waste = 0.0;
+    for (int ax = 2; ax >= 0; --ax) {
+      if (t[ax] >= g.m[ax]) continue;
+      const double w = double(t[ax] + p.k[ax] - 1) / t[ax];
+      if (best < 0 || w > waste) best = ax, waste = w;
+    }
+    if (best < 0) break;
+    t[best] = std::min(2 * t[best], g.m[best]);
+  }
+  return t;
+}
+
+// The boxes of every group, in query order, and that order: order[new] = old token index.
+void query_boxes(const Padded& p, const std::vector<Group>& gs, int bq, std::vector<Box>& boxes,
+                 std::vector<int>& order) {
+  order.clear();
+  for (int gi = 0; gi < int(gs.size()); ++gi) {
+    const Group& g = gs[gi];
+    const std::array<int, 3> t = box_shape(p, g, bq);
+    std::array<int, 3> nb;
+    for (int ax = 0; ax < 3; ++ax) nb[ax] = ceil_div(g.m[ax], t[ax]);
+    const auto edge = [&](int ax, int i) { return int((long long)g.m[ax] * i / nb[ax]); };  // balanced boxes
+    for (int c0 = 0; c0 < nb[0]; ++c0)
+      for (int c1 = 0; c1 < nb[1]; ++c1)
+        for (int c2 = 0; c2 < nb[2]; ++c2) {
+          Box bx{gi, int(order.size()), {edge(0, c0), edge(1, c1), edge(2, c2)}, {}};
+          bx.b = {edge(0, c0 + 1) - bx.a[0], edge(1, c1 + 1) - bx.a[1], edge(2, c2 + 1) - bx.a[2]};
+          for (int u0 = bx.a[0]; u0 < bx.a[0] + bx.b[0]; ++u0)
+            for (int u1 = bx.a[1]; u1 < bx.a[1] + bx.b[1]; ++u1)
+              for (int u2 = bx.a[2]; u2 < bx.a[2] + bx.b[2]; ++u2)
+                order.push_back(((g.g[0] + p.d[0] * u0) * p.n[1] + g.g[1] + p.d[1] * u1) * p.n[2] + g.g[2] +
+                                p.d[2] * u2);
+          boxes.push_back(bx);
+        }
+  }
+}
+
+struct NeighborhoodVariant {
+  const AttnArgs& a;  // q, out, lse in query order; k, v in dilation-group order
+  const detail::TransposedK& kt;
+  const Padded& p;
+  const std::vector<Group>& gs;
+  const std::vector<Box>& boxes;
+  int max_n;
+
+  // Per-thread scratch: each query's window (start, end) along the three axes; the segments of
+  // the tile being filled with, per segment, its key row (x0, x1) and its first last-axis index;
+  // per query row of a tile its visible column intervals (begin, end, segment).
+  struct SegInfo {
+    int x0, x1, c0;
+  };
+  struct Local {
+    std::vector<int> w;
+    std::vector<detail::KeySegment> segs;
+    std::vector<SegInfo> info;
+    std::vector<int> iv, iv_start;
+  };
+
+  long long items() const { return (long long)a.shape.B * a.shape.Hkv * (long long)boxes.size(); }
+  detail::WorkItem item(long long it) const {
+    const long long T = (long long)boxes.size();
+    detail::WorkItem w;
+    const Box& bx = boxes[size_t(it % T)];
+    w.hk = int((it / T) % a.shape.Hkv);
+    w.b = int(it / (T * a.shape.Hkv));
+    w.stack = a.shape.group();
+    w.h0 = w.hk * w.stack;
+    w.i0 = bx.i0;
+    w.i1 = bx.i0 + bx.size();
+    return w;
+  }
+  Local local() const {
+    Local l;
+    l.w.resize(static_cast<size_t>(6) * max_n);
+    l.iv_start.resize(static_cast<size_t>(max_n) + 1);
+    return l;
+  }
+
+  const Box& box_of(int i0) const {
+    const auto it = std::upper_bound(boxes.begin(), boxes.end(), i0, [](int x, const Box& b) { return x < b.i0; });
+    return *(it - 1);
+  }
+
+  // Run the tile of the collected segments (cols keys): scores, each query row's keys outside its
+  // window set to -inf (rows with none visible skip the tile), online softmax, O += P V.
+  void flush(detail::TileScratch& t, const detail::WorkItem& wi, Local& loc, int cols) const {
+    const int n = wi.n(), rows = wi.rows(), nseg = int(loc.segs.size());
+    if (cols == 0) return;
+    detail::tile_scores(t, rows, loc.segs.data(), nseg, cols);
+    const int* lo[3] = {loc.w.data(), loc.w.data() + n, loc.w.data() + 2 * n};
+    const int* hi[3] = {loc.w.data() + 3 * n, loc.w.data() + 4 * n, loc.w.data() + 5 * n};
+    loc.iv.clear();
+    for (int r = 0; r < n; ++r) {
+      loc.iv_start[r] = int(loc.iv.size());
+      for (int g = 0, n0 = 0; g < nseg; n0 += loc.segs[g].len, ++g) {
+        const SegInfo& si = loc.info[g];
+        if (si.x0 < lo[0][r] || si.x0 >= hi[0][r] || si.x1 < lo[1][r] || si.x1 >= hi[1][r]) continue;
+        const int len = loc.segs[g].len;
+        const int b = std::clamp(lo[2][r] - si.c0, 0, len), e = std::clamp(hi[2][r] - si.c0, 0, len);
+        if (e > b) loc.iv.insert(loc.iv.end(), {n0 + b, n0 + e, g});
+      }
+    }
+    loc.iv_start[n] = int(loc.iv.size());
+    float* S = t.s.data();
+    for (int s = 0; s < wi.stack; ++s)
+      for (int r = 0; r < n; ++r) {
+        float* row = S + size_t(s * n + r) * cols;
+        int pos = 0;
+        for (int k = loc.iv_start[r]; k < loc.iv_start[r + 1]; k += 3) {
+          std::fill(row + pos, row + loc.iv[k], detail::kNegInf);
+          pos = loc.iv[k + 1];
+        }
+        t.ncols[s * n + r] = pos;  // entries past the last visible one are zeroed by online_softmax
+      }
+    t.simd.online_softmax(S, rows, cols, t.ncols.data(), t.m.data(), t.l.data(), t.acc.data(), t.dv);
+    if (t.dv == 0) return;
+    bool finite = true;
+    for (int g = 0; g < nseg && finite; ++g)
+      for (int j = 0; j < loc.segs[g].len && finite; ++j)
+        for (int c = 0; c < t.dv; ++c)
+          if (!std::isfinite(loc.segs[g].v[size_t(j) * loc.segs[g].ldv + c])) {
+            finite = false;
+            break;
+          }
+    if (finite) {  // hidden keys have P = 0 exactly
+      for (int g = 0, n0 = 0; g < nseg; n0 += loc.segs[g].len, ++g)
+        t.simd.pv(S + n0, rows, cols, loc.segs[g].v, loc.segs[g].ldv, loc.segs[g].len, t.dv, t.acc.data());
+      return;
+    }
+    // A non-finite value row: 0 * inf would leak NaN into rows that cannot see it, so each row
+    // reads only its visible intervals.
+    for (int s = 0; s < wi.stack; ++s)
+      for (int r = 0; r < n; ++r) {
+        const int sr = s * n + r;
+        for (int k = loc.iv_start[r]; k < loc.iv_start[r + 1]; k += 3) {
+          const detail::KeySegment& sg = loc.segs[loc.iv[k + 2]];
+          int n0 = 0;
+          for (int g = 0; g < loc.iv[k + 2]; ++g) n0 += loc.segs[g].len;
+          t.simd.pv(S + size_t(sr) * cols + loc.iv[k], 1, cols, sg.v + size_t(loc.iv[k] - n0) * sg.ldv, sg.ldv,
+                    loc.iv[k + 1] - loc.iv[k], t.dv, t.acc.data() + size_t(sr) * t.dv);
+        }
+      }
+  }
+
+  void keys(detail::TileScratch& t, const detail::WorkItem& wi, Local& loc) const {
+    const Box& bx = box_of(wi.i0);
+    const Group& g = gs[bx.group];
+    const int n = wi.n(), m1 = g.m[1], m2 = g.m[2];
+    int* lo[3] = {loc.w.data(), loc.w.data() + n, loc.w.data() + 2 * n};
+    int* hi[3] = {loc.w.data() + 3 * n, loc.w.data() + 4 * n, loc.w.data() + 5 * n};
+    std::array<int, 3> ulo{INT_MAX, INT_MAX, INT_MAX}, uhi{INT_MIN, INT_MIN, INT_MIN};
+    for (int r = 0; r < n; ++r) {
+      const int u[3] = {bx.a[0] + r / (bx.b[1] * bx.b[2]), bx.a[1] + (r / bx.b[2]) % bx.b[1], bx.a[2] + r % bx.b[2]};
+      for (int ax = 0; ax < 3; ++ax) {
+        const NaRange w = p.window(ax, u[ax], g.m[ax]);
+        lo[ax][r] = w.start;
+        hi[ax][r] = w.end;
+        ulo[ax] = std::min(ulo[ax], w.start);
+        uhi[ax] = std::max(uhi[ax], w.end);
+      }
+    }
+    // Key rows (x0, x1) of the union of the windows; in each, the run along the last axis that
+    // some query sees, read in place and packed into tiles of up to bk keys.
+    const float* vh = detail::value_head(a, wi);
+    loc.segs.clear();
+    loc.info.clear();
+    int cols = 0;
+    for (int x0 = ulo[0]; x0 < uhi[0]; ++x0)
+      for (int x1 = ulo[1]; x1 < uhi[1]; ++x1) {
+        int run0 = INT_MAX, run1 = INT_MIN;
+        for (int r = 0; r < n; ++r)
+          if (lo[0][r] <= x0 && x0 < hi[0][r] && lo[1][r] <= x1 && x1 < hi[1][r]) {
+            run0 = std::min(run0, lo[2][r]);
+            run1 = std::max(run1, hi[2][r]);
+          }
+        const int base = g.offset + (x0 * m1 + x1) * m2;
+        for (int c = run0; c < run1;) {
+          const int j = base + c;
+          const int take = std::min({detail::TransposedK::T - j % detail::TransposedK::T, run1 - c, t.bk - cols});
+          loc.segs.push_back(detail::key_segment(kt, wi.b, wi.hk, j, take, vh, a.shape.Dv));
+          loc.info.push_back({x0, x1, c});
+          cols += take;
+          c += take;
+          if (cols == t.bk) {
+            flush(t, wi, loc, cols);
+            loc.segs.clear();
+            loc.info.clear();
+            cols = 0;
+          }
+        }
+      }
+    flush(t, wi, loc, cols);
+  }
+  void finish(const detail::TileScratch& t, const detail::WorkItem& wi, Local&) const { detail::store_item(t, a, wi); }
+};
+
 }  // namespace
 
 void neighborhood_attention(const AttnArgs& a, const NeighborhoodSpec& spec) {
@@ -299,25 +387,46 @@ void neighborhood_attention(const AttnArgs& a, const NeighborhoodSpec& spec) {
                                 std::to_string(s.Nk));
   const Padded p(spec);
   const std::vector<Group> gs = dilation_groups(p);
-  if (!p.dilated()) {
-    run_neighborhood(a, p, gs);
-    return;
-  }
-  const std::vector<int> perm = group_order(p, gs);
+  const int G = s.group();
+  std::vector<Box> boxes;
+  std::vector<int> qorder;
+  query_boxes(p, gs, std::max(16, detail::kRowsTarget / std::max(1, G)), boxes, qorder);
+  int max_n = 1;
+  for (const Box& bx : boxes) max_n = std::max(max_n, bx.size());
+  bool q_moved = false;
+  for (size_t i = 0; i < qorder.size() && !q_moved; ++i) q_moved = qorder[i] != int(i);
+
   const size_t rows_q = size_t(s.B) * s.Hq * N, rows_k = size_t(s.B) * s.Hkv * N;
-  std::vector<float> q(rows_q * s.D), k(rows_k * s.D), v(rows_k * s.Dv), out(rows_q * s.Dv), lse(rows_q);
-  permute_rows(a.q, q.data(), perm, s.B, s.Hq, s.D, true);
-  permute_rows(a.k, k.data(), perm, s.B, s.Hkv, s.D, true);
-  if (a.v != nullptr) permute_rows(a.v, v.data(), perm, s.B, s.Hkv, s.Dv, true);
   AttnArgs ap = a;
-  ap.q = q.data();
-  ap.k = k.data();
-  ap.v = a.v != nullptr ? v.data() : nullptr;
-  ap.out = a.out != nullptr ? out.data() : nullptr;
-  ap.lse = lse.data();
-  run_neighborhood(ap, p, gs);
-  if (a.out != nullptr) permute_rows(out.data(), a.out, perm, s.B, s.Hq, s.Dv, false);
-  if (a.lse != nullptr) permute_rows(lse.data(), a.lse, perm, s.B, s.Hq, 1, false);
+  std::vector<float> q, k, v, out, lse;
+  if (q_moved) {
+    q.resize(rows_q * s.D);
+    out.resize(a.out != nullptr ? rows_q * s.Dv : 0);
+    lse.resize(rows_q);
+    permute_rows(a.q, q.data(), qorder, s.B, s.Hq, s.D, true);
+    ap.q = q.data();
+    ap.out = a.out != nullptr ? out.data() : nullptr;
+    ap.lse = lse.data();
+  }
+  if (p.dilated()) {
+    const std::vector<int> korder = group_order(p, gs);
+    k.resize(rows_k * s.D);
+    permute_rows(a.k, k.data(), korder, s.B, s.Hkv, s.D, true);
+    ap.k = k.data();
+    if (a.v != nullptr) {
+      v.resize(rows_k * s.Dv);
+      permute_rows(a.v, v.data(), korder, s.B, s.Hkv, s.Dv, true);
+      ap.v = v.data();
+    }
+  }
+  const int rows = G * max_n;
+  const detail::TransposedK kt(ap, detail::use_transposed_k(rows));
+  const NeighborhoodVariant var{ap, kt, p, gs, boxes, max_n};
+  detail::run_tiles(ap, var, rows, s.Dv);
+  if (q_moved) {
+    if (a.out != nullptr) permute_rows(out.data(), a.out, qorder, s.B, s.Hq, s.Dv, false);
+    if (a.lse != nullptr) permute_rows(lse.data(), a.lse, qorder, s.B, s.Hq, 1, false);
+  }
 }
 
 std::vector<int32_t> neighborhood_token_indices(const NeighborhoodSpec& spec, int* kmax) {
