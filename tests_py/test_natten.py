@@ -10,6 +10,8 @@ mask_mod itself is compared with ``na_mask``.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -322,3 +324,27 @@ def test_gna_tile_stats_reproduce_natten_profiler_examples():
     assert two["perfectly_block_sparse"] and round(two["speedup_bound"], 2) == 10.24
     na = spattn.gna_tile_stats((256, 256), 80, q_tile=(16, 8), kv_tile=(16, 8))
     assert not na["perfectly_block_sparse"] and na["useful_fraction"] < 1
+
+
+SWEEP = int(os.environ.get("SPATTN_NATTEN_SWEEP", "24"))
+
+
+@pytest.mark.parametrize("case", range(SWEEP))
+def test_random_sweep_matches_natten_definition(case):
+    """Random patterns (size of the tier: SPATTN_NATTEN_SWEEP cases, default 24)."""
+    rng = np.random.default_rng(1000 + case)
+    rank = int(rng.integers(1, 4))
+    limits = {1: (1, 120), 2: (1, 14), 3: (1, 7)}[rank]
+    shape = tuple(int(rng.integers(*limits, endpoint=True)) for _ in range(rank))
+    kernel, dilation, stride = [], [], []
+    for n in shape:
+        k = int(rng.integers(1, n + 1))
+        d = int(rng.integers(1, n // k + 1))
+        kernel.append(k)
+        dilation.append(d)
+        stride.append(int(rng.integers(1, k + 1)))
+    causal = tuple(bool(c) for c in rng.integers(0, 2, rank))
+    Hkv, G = int(rng.integers(1, 3)), int(rng.integers(1, 4))
+    D = int(rng.choice([16, 32, 64, 80]))
+    check(shape, tuple(kernel), tuple(stride), tuple(dilation), causal, B=int(rng.integers(1, 3)), Hq=Hkv * G,
+          Hkv=Hkv, D=D, Dv=int(rng.choice([D, 24])), seed=case)
