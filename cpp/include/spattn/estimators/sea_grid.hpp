@@ -1,0 +1,43 @@
+// SEA's per-query compressed key grid (Lee et al., ICLR 2024; gmlwns2000/sea-attention): the
+// `width` columns of a query tile its own visible prefix of L keys. Two boundary rules exist in
+// the official code and both are kept, each where the official code uses it:
+//  - accuracy grid (ops/kernels/resize_m_to_t.py, resize_from_m_to_t: the mask the paper's
+//    perplexities use and the grid of its training loss): key j lies in column
+//    floor((j + 0.5) / L * width - 1e-4), evaluated here in double in that order (the official
+//    code does it in float32; both agree whenever L / width is a power of two);
+//  - speed grid (ops/kernels/causal_resize_m_to_t.py, scan_col): column c covers
+//    [round(c L / width), round((c + 1) L / width)) with round half up (tl.math.round),
+//    evaluated here exactly in integers (the official float32 product is exact for power-of-two
+//    widths).
+// Both grids are monotone, so a column is a contiguous key range; the accuracy grid can leave
+// the last keys of very long prefixes (L >= 5000 width) outside every column, as the official
+// gather does.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+namespace spattn {
+
+// Accuracy grid: the column of key j in a prefix of L keys (may be >= width, see above).
+inline int sea_accuracy_column(long long j, int L, int width) {
+  return int(std::floor((double(j) + 0.5) / double(L) * double(width) - 1e-4));
+}
+
+// Accuracy grid: the first key of column c (0 <= c <= width); start(width) is the end of the
+// last column (L unless the prefix is very long).
+inline int sea_accuracy_start(int c, int L, int width) {
+  if (c <= 0) return 0;
+  long long j = (long long)std::ceil((c + 1e-4) * double(L) / double(width) - 0.5);
+  j = std::clamp<long long>(j, 0, L);
+  while (j > 0 && sea_accuracy_column(j - 1, L, width) >= c) --j;
+  while (j < L && sea_accuracy_column(j, L, width) < c) ++j;
+  return int(j);
+}
+
+// Speed grid: round(c L / width) with round half up, exactly: floor((2 c L + width) / (2 width)).
+inline int sea_speed_start(int c, int L, int width) {
+  return int((2LL * c * L + width) / (2LL * width));
+}
+
+}  // namespace spattn
