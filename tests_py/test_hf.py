@@ -258,6 +258,32 @@ def test_fit_trains_each_layer_on_its_own_inputs(model):
     assert g0 is not None and g1 is not None and g0 is not g1
 
 
+def test_sea_trains_its_learned_parts_per_layer_and_runs_its_gated_output(model):
+    from spattn.methods import sea as sea_mod
+
+    hf.use(model, method="sea", min_prefill_tokens=0, k=8, compressed_width=16)
+    with hf.capture(model) as store, torch.no_grad():
+        model(input_ids=ids_of(1, 96, seed=3))
+    assert all(len(item) == 3 for item in store.values())  # (q, k, v): SEA's encoder reads V
+    res = hf.fit(model, ids_of(1, 128, seed=3), steps=2, max_positions=256)
+    assert sorted(res) == [0, 1]
+    w0 = hf.layers(model)[0].method.params["weights"]
+    w1 = hf.layers(model)[1].method.params["weights"]
+    assert w0 is not w1 and not np.array_equal(w0["enc_w"], w1["enc_w"])
+    seen = {}
+    real = sea_mod.mix_output
+
+    def spy(*a):
+        seen["called"] = True
+        return real(*a)
+
+    import unittest.mock as um
+    with um.patch.object(sea_mod, "mix_output", spy):
+        out = logits(model, ids_of(1, 192))
+    assert seen and torch.isfinite(out).all()
+    assert hf.stats(model)[0]["calls"] == {"sparse": 1}
+
+
 def test_capture_gives_real_q_k(model):
     hf.use(model, method="dense")
     ids = ids_of(1, 50)

@@ -397,7 +397,8 @@ def capture(model, gate_inputs: bool = False):
 
     Layers whose method takes gate inputs (``capabilities.gate_inputs``), and every layer when
     ``gate_inputs=True`` (then the q_proj / k_proj hooks are added for the block), store
-    ``(q, k, q_gate, k_gate)``, the gate inputs being q and k before RoPE."""
+    ``(q, k, q_gate, k_gate)``, the gate inputs being q and k before RoPE; layers whose method's
+    estimator reads V (``capabilities.value_inputs``, SEA) store ``(q, k, v)``."""
     state = getattr(model, "_spattn_state", None)
     if state is None:
         raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
@@ -424,7 +425,8 @@ def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, prog
     The model runs once with exact attention while (q, k) are captured per layer; then each
     layer whose method is fittable calls ``method.fit([(q, k)], **fit_kwargs)``, or, for a
     method with ``capabilities.gate_inputs``, ``method.fit([(q, k, q_gate, k_gate)],
-    rope_config=model.config, **fit_kwargs)`` (q_gate, k_gate: q, k before RoPE). Use a text the
+    rope_config=model.config, **fit_kwargs)`` (q_gate, k_gate: q, k before RoPE), and for one with
+    ``capabilities.value_inputs`` (SEA: its learned parts per layer), ``method.fit([(q, k, v)])``. Use a text the
     evaluation does not use. Returns {layer: the trainer's result}.
     """
     torch, _ = _require_transformers()
@@ -456,6 +458,8 @@ def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, prog
                     raise ValueError(f"layer {i}: the pre-RoPE q/k of {m.name}'s gate were not captured")
                 kw = {"rope_config": model.config, **fit_kwargs}
                 results[i] = m.fit([item], **kw)
+            elif m.capabilities.value_inputs:
+                results[i] = m.fit([item[:3]], **fit_kwargs)
             else:
                 results[i] = m.fit([item[:2]], **fit_kwargs)
     return results
@@ -645,8 +649,11 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
                     out[b:b + 1] = _run(state, q[b:b + 1], _KV(kb, vb), False, scale, gb)
     model_state = _model_state_of(module)
     if model_state is not None and model_state.capture is not None:
-        item = (np.array(q), np.array(kv.f32()[0]))
-        if gate is not None:
+        kf, vf = kv.f32()
+        item = (np.array(q), np.array(kf))
+        if state.method.capabilities.value_inputs:  # the method's estimator reads V (SEA): (q, k, v)
+            item += (np.array(vf),)
+        elif gate is not None:
             item += (np.array(gate[0]), np.array(gate[1]))
         model_state.capture[state.layer_idx] = item
     res = torch.from_numpy(out).transpose(1, 2)
