@@ -52,7 +52,10 @@ non-causal path uses the causal (OPT) decoder with softmax-kernel features and t
 positional table (the official BERT path has another CNN and identity values); the 10% training
 grid jitter, the teacher losses on the student's own scores and the model knowledge distillation
 are not reproduced (only the estimator learns here, the model is frozen); non-causal Nq > Nk
-pairs query i with V row i + Nk - Nq (zeros before the first key).
+pairs query i with V row i + Nk - Nq (zeros before the first key); chunked prefill and decode
+(Nq < Nk, bottom-right aligned) run the Performer over all visible keys but the CNN only over the
+chunk's query rows, whose causal taps before the chunk read zeros (the official code keeps a
+stateful CNN cache, ``StatefulCausalCNN``); the positional table bounds Nk (ValueError past it).
 
 Training-free option (``weights=None``, the default): NOT the paper's estimator. The compressed
 row is the FAVOR+ linear-attention estimate itself (softmax-kernel features, the accuracy-grid
