@@ -365,6 +365,27 @@ def test_training_lowers_the_loss_and_weights_round_trip(tmp_path):
     assert m.fitted and len(r.losses) == 2
 
 
+def test_official_state_dict_loads_with_the_official_layouts():
+    w = rand_weights(2, 16, 8, 32, seed=2)
+    sd = {}
+    for ours, theirs in sea_mod.OFFICIAL_NAMES.items():
+        a = torch.tensor(w[ours])
+        if ours in ("conv1_w", "conv2_w"):  # CausalConv2d: (out, in, 2k - 1, k), rows k.. masked
+            a = torch.cat([a, torch.randn(a.shape[0], a.shape[1], 2, 3, dtype=a.dtype)], 2)
+        elif ours == "conv4_w":
+            a = a[:, :, None, None]
+        elif ours == "pos":
+            a = a[None, None]
+        sd["model.layers.0.attention." + theirs] = a
+    sd["model.layers.0.attention.norm.weight"] = torch.ones(3)  # unrelated keys are ignored
+    got = sea_mod.from_official_state_dict(sd, prefix="model.layers.0.attention.")
+    for n in sea_mod.WEIGHT_SHAPES:
+        np.testing.assert_array_equal(got[n], w[n])
+    with pytest.raises(ValueError, match="enc_ln_w"):
+        sea_mod.from_official_state_dict({k: v for k, v in sd.items() if "enc.1.weight" not in k},
+                                         prefix="model.layers.0.attention.")
+
+
 # ----------------------------------------------------------------------------- training-free option
 def np_estimate(q, k, feats, causal, W):
     """The training-free estimate (not the paper's): FAVOR+ linear attention over the accuracy-grid

@@ -238,6 +238,55 @@ def load_weights(path: str) -> Dict[str, np.ndarray]:
     return check_weights({n: a.astype(np.float64) for n, a in arrays.items()}, "path")
 
 
+# Official parameter names (PerlinAttention's state dict, read from attention.py / modules.py:
+# ModuleBenchmark wraps each CNN stage as ``.module``, KeepRes holds its layers in ``.net``).
+OFFICIAL_NAMES: Dict[str, str] = {
+    "projection": "performer.projection_matrix",
+    "pos": "v_eye_learned_causal",
+    "enc_w": "attention_predictor_enc.0.weight", "enc_b": "attention_predictor_enc.0.bias",
+    "enc_ln_w": "attention_predictor_enc.1.weight", "enc_ln_b": "attention_predictor_enc.1.bias",
+    "row_w": "attention_predictor_dec_row.0.weight", "row_b": "attention_predictor_dec_row.0.bias",
+    "ln1_w": "attention_predictor_cnn.0.module.weight", "ln1_b": "attention_predictor_cnn.0.module.bias",
+    "conv1_w": "attention_predictor_cnn.1.module.net.0.module.weight",
+    "conv1_b": "attention_predictor_cnn.1.module.net.0.module.bias",
+    "conv2_w": "attention_predictor_cnn.1.module.net.2.module.weight",
+    "conv2_b": "attention_predictor_cnn.1.module.net.2.module.bias",
+    "conv4_w": "attention_predictor_cnn.1.module.net.5.module.weight",
+    "conv4_b": "attention_predictor_cnn.1.module.net.5.module.bias",
+    "ln2_w": "attention_predictor_cnn.2.module.weight", "ln2_b": "attention_predictor_cnn.2.module.bias",
+    "gate_w": "attention_predictor_dec_scaler.0.weight", "gate_b": "attention_predictor_dec_scaler.0.bias",
+}
+
+
+def from_official_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> Dict[str, np.ndarray]:
+    """SEA weights (float64) from one official ``PerlinAttention`` state dict (tensors or arrays).
+
+    Keys are ``prefix + name`` with the names of :data:`OFFICIAL_NAMES` (read from the official
+    code; not checked against a released checkpoint). The causal convs keep the three live rows
+    of their (out, in, 5, 3) kernels (rows 3, 4 are masked to zero by ``CausalConv2d``), the 1x1
+    conv its (out, in) matrix, ``v_eye_learned_causal`` its (P, D) table. Other keys are ignored.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    out = {}
+    for ours, theirs in OFFICIAL_NAMES.items():
+        key = prefix + theirs
+        if key not in state_dict:
+            raise ValueError(f"state_dict has no {key!r} (the official name of {ours!r})")
+        a = state_dict[key]
+        a = a.detach().cpu().double().numpy() if hasattr(a, "detach") else np.asarray(a, np.float64)
+        if ours in ("conv1_w", "conv2_w"):
+            if a.ndim != 4 or a.shape[2:] != (5, 3):
+                raise ValueError(f"{key} must be a causal 3x3 kernel of shape (out, in, 5, 3), got {a.shape}")
+            a = a[:, :, :3, :]
+        elif ours == "conv4_w":
+            a = a.reshape(a.shape[0], a.shape[1])
+        elif ours == "pos":
+            a = a.reshape(a.shape[-2], a.shape[-1])
+        out[ours] = np.ascontiguousarray(a, np.float64)
+    return check_weights(out, "state_dict")
+
+
 # ---------------------------------------------------------------------------------------- grids
 def prefix_lengths(q_len: int, kv_len: int, causal: bool) -> np.ndarray:
     """Visible keys L_i of every query (bottom-right aligned when causal)."""
