@@ -30,8 +30,9 @@ struct SeaParams {
     v("compressed_width", &SeaParams::compressed_width,
       "Width W of the compressed key space (official config default 128; OPT runs 256), >= 1.");
     v("nb_features", &SeaParams::nb_features,
-      "Random features m (>= 1); None: int(D ln D / 8), the official value of the causal (OPT) experiments.");
-    v("seed", &SeaParams::seed, "Seed of the random features.");
+      "Random features m of the training-free estimate (>= 1); None: int(D ln D / 8), the official value of "
+      "the causal (OPT) experiments (the learned estimator uses its weights' projection).");
+    v("seed", &SeaParams::seed, "Seed of the training-free estimate's random features.");
   }
 };
 
