@@ -284,6 +284,24 @@ def test_sea_trains_its_learned_parts_per_layer_and_runs_its_gated_output(model)
     assert hf.stats(model)[0]["calls"] == {"sparse": 1}
 
 
+def test_captured_values_feed_a_learned_sea_in_model_eval_recall(model):
+    from spattn import model_eval
+    from spattn.methods import sea as sea_mod
+
+    hf.use(model, method="dense")
+    with hf.capture(model, values=True) as store, torch.no_grad():
+        model(input_ids=ids_of(1, 96, seed=3))
+    assert all(len(it) == 3 and it[2].shape[2] == 96 for it in store.values())
+    hf.use(model, method="sea", min_prefill_tokens=0, k=8, compressed_width=16)
+    q0 = store[0][0]
+    w = sea_mod.init_weights(q0.shape[1], q0.shape[3], width=16, max_positions=128)
+    for st in hf.layers(model):
+        st.method.set_params(weights=w)
+    rec, dens = model_eval._real_recall(hf.layers(model), {i: it[:2] for i, it in store.items()},
+                                        values={i: it[2] for i, it in store.items()})
+    assert len(rec) == 2 and all(0 < r <= 1 for r in rec) and all(0 < d < 1 for d in dens)
+
+
 def test_capture_gives_real_q_k(model):
     hf.use(model, method="dense")
     ids = ids_of(1, 50)

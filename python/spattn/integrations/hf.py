@@ -131,6 +131,7 @@ class _ModelState:
     previous_implementation: Optional[str]
     capture: Optional[Dict[int, tuple]] = None
     capture_gate: Optional[Dict[int, tuple]] = None
+    capture_values: bool = False
 
 
 @dataclass(frozen=True)
@@ -391,14 +392,15 @@ def stats(model, reset: bool = False) -> List[Dict[str, Any]]:
 
 
 @contextmanager
-def capture(model, gate_inputs: bool = False):
+def capture(model, gate_inputs: bool = False, values: bool = False):
     """Within the block, every attention call also stores this layer's float32 (q, k) in the
     yielded dict {layer_idx: (q, k)} (the last call per layer), as numpy arrays (B, H, N, D).
 
     Layers whose method takes gate inputs (``capabilities.gate_inputs``), and every layer when
     ``gate_inputs=True`` (then the q_proj / k_proj hooks are added for the block), store
-    ``(q, k, q_gate, k_gate)``, the gate inputs being q and k before RoPE; layers whose method's
-    estimator reads V (``capabilities.value_inputs``, SEA) store ``(q, k, v)``."""
+    ``(q, k, q_gate, k_gate)``, the gate inputs being q and k before RoPE. Layers whose method's
+    estimator reads V (``capabilities.value_inputs``, SEA), and every layer when ``values=True``,
+    append v (B, Hkv, N, Dv) last: ``(q, k, v)`` or ``(q, k, q_gate, k_gate, v)``."""
     state = getattr(model, "_spattn_state", None)
     if state is None:
         raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
@@ -410,10 +412,12 @@ def capture(model, gate_inputs: bool = False):
                 added.append(mod)
     store: Dict[int, tuple] = {}
     state.capture = store
+    state.capture_values = bool(values)
     try:
         yield store
     finally:
         state.capture = None
+        state.capture_values = False
         for mod in added:
             _remove_gate_hooks(mod)
 
@@ -459,7 +463,7 @@ def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, prog
                 kw = {"rope_config": model.config, **fit_kwargs}
                 results[i] = m.fit([item], **kw)
             elif m.capabilities.value_inputs:
-                results[i] = m.fit([item[:3]], **fit_kwargs)
+                results[i] = m.fit([item[:2] + item[-1:]], **fit_kwargs)
             else:
                 results[i] = m.fit([item[:2]], **fit_kwargs)
     return results
@@ -651,10 +655,10 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
     if model_state is not None and model_state.capture is not None:
         kf, vf = kv.f32()
         item = (np.array(q), np.array(kf))
-        if state.method.capabilities.value_inputs:  # the method's estimator reads V (SEA): (q, k, v)
-            item += (np.array(vf),)
-        elif gate is not None:
+        if gate is not None:
             item += (np.array(gate[0]), np.array(gate[1]))
+        if model_state.capture_values or state.method.capabilities.value_inputs:  # SEA's estimator reads V
+            item += (np.array(vf),)
         model_state.capture[state.layer_idx] = item
     res = torch.from_numpy(out).transpose(1, 2)
     res = res.to(out_dtype).contiguous() if out_dtype != torch.float32 else res.contiguous()
