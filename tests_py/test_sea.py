@@ -386,6 +386,15 @@ def test_official_state_dict_loads_with_the_official_layouts():
                                          prefix="model.layers.0.attention.")
 
 
+def test_evaluate_harness_passes_v_and_measures_the_gated_output():
+    w = spattn.synthetic.structured_qkv(Hq=2, Hkv=1, N=200, D=32, seed=4)
+    m = spattn.methods.get("sea", k=8, compressed_width=16, weights=rand_weights(2, 32, 16, 256, seed=5))
+    rec = spattn.evaluate([m], w, progress=False)[0]
+    out = m(w.q, w.k, w.v, causal=True)
+    ref = spattn.attention(w.q, w.k, w.v, causal=True)
+    assert rec.rel_error == pytest.approx(spattn.metrics.relative_error(out, ref), rel=1e-6)
+
+
 # ----------------------------------------------------------------------------- training-free option
 def np_estimate(q, k, feats, causal, W):
     """The training-free estimate (not the paper's): FAVOR+ linear attention over the accuracy-grid

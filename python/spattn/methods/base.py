@@ -265,7 +265,8 @@ class Method:
                  return_lse: bool = False, q_gate=None, k_gate=None):
         """Estimate the mask (gate inputs passed through, see :meth:`estimate`), then run the
         kernel of its format on (q, k, v)."""
-        mask = self.estimate(q, k, causal=causal, scale=scale, q_gate=q_gate, k_gate=k_gate)
+        vkw = {"v": v} if self.capabilities.value_inputs else {}
+        mask = self.estimate(q, k, causal=causal, scale=scale, q_gate=q_gate, k_gate=k_gate, **vkw)
         return sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
 
     def readouts(self) -> Dict[str, Any]:
