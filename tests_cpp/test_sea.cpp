@@ -58,12 +58,17 @@ TEST(Sea, GridsFollowTheOfficialFormulasAtTies) {
   EXPECT_EQ(spattn::sea_speed_start(1, 10, 4), 3);
   EXPECT_EQ(spattn::sea_speed_start(3, 10, 4), 8);
   EXPECT_EQ(spattn::sea_speed_start(4, 10, 4), 10);
-  // Accuracy grid (resize_from_m_to_t): key j in column floor((j + 0.5) / L W - 1e-4).
-  for (int L : {1, 5, 10, 127, 1000, 16384})
+  // Accuracy grid (resize_from_m_to_t): key j in column floor((j + 0.5) / L W - 1e-4), float32
+  // one operation at a time as torch runs it; L = 10001 has keys exactly at the 1e-4 offset.
+  for (int L : {1, 5, 10, 127, 1000, 10001, 10003, 16384})
     for (int W : {4, 8, 128}) {
       int c = 0;
       for (int j = 0; j < L; ++j) {
-        const int col = int(std::floor((j + 0.5) / L * W - 1e-4));
+        volatile float x = float(j) + 0.5f;
+        x = x / float(L);
+        x = x * float(W);
+        x = x - 1e-4f;
+        const int col = int(std::floor(x));
         while (c < W && spattn::sea_accuracy_start(c + 1, L, W) <= j) ++c;
         ASSERT_EQ(col, c) << "L " << L << " W " << W << " j " << j;
       }

@@ -29,7 +29,7 @@ Selection (C++ ``sea_select``, official ``causal_batch``): per query, the H rows
 probabilities are ranked together, budget ``max(1, round(H k W / L))`` (torch.round); each kept
 column expands on the per-query grid of the query's L visible keys: ``expansion="accuracy"``
 (default, the paper's perplexities, ``resize_from_m_to_t``) attends every key of the column
-(key j in column floor((j + 0.5) / L W - 1e-4)); ``expansion="speed"`` (``scan_col``) at most k keys
+(key j in column floor((j + 0.5) / L W - 1e-4), in float32 as official); ``expansion="speed"`` (``scan_col``) at most k keys
 spread evenly over [round(c L / W), round((c+1) L / W)) (half up), key ``v_end - 1 - floor(i n / k')``.
 
 Output (``partial_attention_scaler``, ``context_output_method='mix'``):
@@ -46,8 +46,8 @@ gated output against the exact attention output (``F.mse_loss(context_layer_trut
 manual float64 gradients of every learned array (``pos``, encoder, dec_row, CNN, gates).
 
 Deviations (all documented where they act): numpy draws the random features (same law as
-performer_pytorch, other numbers); the grids are computed in double / exact integers (official
-float32; equal for power-of-two W); top-k ties go to the lower (head, column) index; the
+performer_pytorch, other numbers); the speed grid is computed in exact integers (official
+float32 products: equal for power-of-two W); top-k ties go to the lower (head, column) index; the
 non-causal path uses the causal (OPT) decoder with softmax-kernel features and the learned
 positional table (the official BERT path has another CNN and identity values); the 10% training
 grid jitter, the teacher losses on the student's own scores and the model knowledge distillation
@@ -294,22 +294,29 @@ def prefix_lengths(q_len: int, kv_len: int, causal: bool) -> np.ndarray:
     return np.clip(i + kv_len - q_len + 1, 0, kv_len) if causal else np.full(q_len, kv_len)
 
 
+def accuracy_column(j, L, width: int) -> np.ndarray:
+    """Accuracy-grid column of key j in a prefix of L keys, as ``resize_from_m_to_t`` computes it:
+    floor(((j + 0.5) / L) * W - 1e-4) in float32, one rounded operation at a time (may be W for
+    the last keys of very long prefixes: no column)."""
+    x = np.asarray(j).astype(np.float32) + np.float32(0.5)
+    x = x / np.asarray(L).astype(np.float32)
+    x = x * np.float32(width)
+    x = x - np.float32(1e-4)
+    return np.floor(x).astype(np.int64)
+
+
 def accuracy_starts(L: np.ndarray, width: int) -> np.ndarray:
-    """First key of every column (len(L), width + 1) on the accuracy grid
-    (``resize_from_m_to_t``: key j of a prefix of L keys lies in column floor((j + 0.5) / L W - 1e-4))."""
+    """First key of every column (len(L), width + 1) on the accuracy grid (see :func:`accuracy_column`)."""
     L = np.asarray(L, np.int64)[:, None]
     c = np.arange(width + 1)[None, :]
-    Ls = np.maximum(L, 1).astype(np.float64)
-
-    def col(j):
-        return np.floor((j + 0.5) / Ls * width - 1e-4)
-
-    j = np.clip(np.ceil((c + 1e-4) * Ls / width - 0.5), 0, L).astype(np.int64)
-    for _ in range(2):
-        down = (j > 0) & (col(j - 1) >= c)
-        j = j - down
-        up = (j < L) & (col(j) < c)
-        j = j + up
+    Ls = np.maximum(L, 1)
+    j = np.clip(np.ceil((c + 1e-4) * Ls.astype(np.float64) / width - 0.5), 0, L).astype(np.int64)
+    for _ in range(8):  # exact-arithmetic guess, corrected by the float32 column (monotone in j)
+        down = (j > 0) & (accuracy_column(j - 1, Ls, width) >= c)
+        up = (j < L) & (accuracy_column(j, Ls, width) < c)
+        if not (down.any() or up.any()):
+            break
+        j = j - down + (up & ~down)
     j[:, 0] = 0
     return np.where(L > 0, j, 0)
 

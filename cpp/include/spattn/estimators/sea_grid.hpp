@@ -3,8 +3,9 @@
 // the official code and both are kept, each where the official code uses it:
 //  - accuracy grid (ops/kernels/resize_m_to_t.py, resize_from_m_to_t: the mask the paper's
 //    perplexities use and the grid of its training loss): key j lies in column
-//    floor((j + 0.5) / L * width - 1e-4), evaluated here in double in that order (the official
-//    code does it in float32; both agree whenever L / width is a power of two);
+//    floor((j + 0.5) / L * width - 1e-4), evaluated as the official code does, in float32 one
+//    rounded operation at a time (torch runs each as its own kernel: no fused multiply-add), so
+//    the rare keys whose column float32 and exact arithmetic disagree on follow the official one;
 //  - speed grid (ops/kernels/causal_resize_m_to_t.py, scan_col): column c covers
 //    [round(c L / width), round((c + 1) L / width)) with round half up (tl.math.round),
 //    evaluated here exactly in integers (the official float32 product is exact for power-of-two
@@ -20,14 +21,21 @@
 namespace spattn {
 
 // Accuracy grid: the column of key j in a prefix of L keys (may be >= width, see above).
+// Each intermediate is stored through a volatile float so the compiler can neither keep extra
+// precision nor contract the multiply and subtract into an FMA (e.g. under -march=native).
 inline int sea_accuracy_column(long long j, int L, int width) {
-  return int(std::floor((double(j) + 0.5) / double(L) * double(width) - 1e-4));
+  volatile float x = float(j) + 0.5f;
+  x = x / float(L);
+  x = x * float(width);
+  x = x - 1e-4f;
+  return int(std::floor(x));
 }
 
 // Accuracy grid: the first key of column c (0 <= c <= width); start(width) is the end of the
 // last column (L unless the prefix is very long).
 inline int sea_accuracy_start(int c, int L, int width) {
   if (c <= 0) return 0;
+  // Exact-arithmetic guess, then the float32 column decides (it is monotone in j).
   long long j = (long long)std::ceil((c + 1e-4) * double(L) / double(width) - 0.5);
   j = std::clamp<long long>(j, 0, L);
   while (j > 0 && sea_accuracy_column(j - 1, L, width) >= c) --j;
