@@ -31,9 +31,11 @@ def official_accuracy_columns(L, W):
 
 
 def official_speed_bounds(L, W):
-    """scan_col (ops/kernels/causal_resize_m_to_t.py): v_start/v_end = tl.math.round(b * L / W),
-    CUDA round = half away from zero (half up for these non-negative values)."""
-    x = np.arange(W + 1) * (L / W)
+    """scan_col (ops/kernels/causal_resize_m_to_t.py): scales = target_width / original_width
+    (float32), v_start/v_end = tl.math.round(b * scales), CUDA round = half away from zero
+    (half up for these non-negative values; applied exactly to the float32 product)."""
+    scales = torch.tensor([L]) / W
+    x = (torch.arange(W + 1) * scales).numpy().astype(np.float64)
     return np.floor(x + 0.5).astype(int)
 
 
@@ -118,7 +120,7 @@ def test_budget_and_expansion_at_long_prefix(H):
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("speed", [False, True])
 @pytest.mark.parametrize("dims", [(1, 3, 45, 45, 8, 3), (2, 2, 30, 77, 16, 5), (1, 4, 1, 301, 32, 2),
-                                  (1, 2, 1, 10001, 128, 2)])
+                                  (1, 2, 1, 10001, 128, 2), (1, 2, 7, 1237, 24, 5)])
 def test_selection_matches_official_transcription(dims, speed, causal):
     B, H, Nq, Nk, W, k = dims
     rng = np.random.default_rng(Nq + Nk)

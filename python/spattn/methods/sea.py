@@ -29,8 +29,9 @@ Selection (C++ ``sea_select``, official ``causal_batch``): per query, the H rows
 probabilities are ranked together, budget ``max(1, round(H k W / L))`` (torch.round); each kept
 column expands on the per-query grid of the query's L visible keys: ``expansion="accuracy"``
 (default, the paper's perplexities, ``resize_from_m_to_t``) attends every key of the column
-(key j in column floor((j + 0.5) / L W - 1e-4), in float32 as official); ``expansion="speed"`` (``scan_col``) at most k keys
-spread evenly over [round(c L / W), round((c+1) L / W)) (half up), key ``v_end - 1 - floor(i n / k')``.
+(key j in column floor((j + 0.5) / L W - 1e-4)); ``expansion="speed"`` (``scan_col``) at most k
+keys spread evenly over [round(c L / W), round((c+1) L / W)) (half up), key
+``v_end - 1 - floor(i n / k')``. Both grids are computed in float32 as the official code does.
 
 Output (``partial_attention_scaler``, ``context_output_method='mix'``):
 ``out = sigmoid(s1) * sigmoid(s0) * sparse + (1 - sigmoid(s1)) * mean``, ``sparse`` the softmax
@@ -46,8 +47,7 @@ gated output against the exact attention output (``F.mse_loss(context_layer_trut
 manual float64 gradients of every learned array (``pos``, encoder, dec_row, CNN, gates).
 
 Deviations (all documented where they act): numpy draws the random features (same law as
-performer_pytorch, other numbers); the speed grid is computed in exact integers (official
-float32 products: equal for power-of-two W); top-k ties go to the lower (head, column) index; the
+performer_pytorch, other numbers); top-k ties go to the lower (head, column) index; the
 non-causal path uses the causal (OPT) decoder with softmax-kernel features and the learned
 positional table (the official BERT path has another CNN and identity values); the 10% training
 grid jitter, the teacher losses on the student's own scores and the model knowledge distillation

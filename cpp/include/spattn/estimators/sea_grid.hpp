@@ -7,9 +7,8 @@
 //    rounded operation at a time (torch runs each as its own kernel: no fused multiply-add), so
 //    the rare keys whose column float32 and exact arithmetic disagree on follow the official one;
 //  - speed grid (ops/kernels/causal_resize_m_to_t.py, scan_col): column c covers
-//    [round(c L / width), round((c + 1) L / width)) with round half up (tl.math.round),
-//    evaluated here exactly in integers (the official float32 product is exact for power-of-two
-//    widths).
+//    [round(c L / width), round((c + 1) L / width)) with round half away from zero
+//    (tl.math.round; half up here), of the float32 product c * (L / width) as official.
 // Both grids are monotone, so a column is a contiguous key range; the accuracy grid can leave
 // the last keys of very long prefixes (L >= 5000 width) outside every column, as the official
 // gather does.
@@ -43,9 +42,12 @@ inline int sea_accuracy_start(int c, int L, int width) {
   return int(j);
 }
 
-// Speed grid: round(c L / width) with round half up, exactly: floor((2 c L + width) / (2 width)).
+// Speed grid: round(c * (L / width)) in float32 (scales = target_width / original_width, then
+// b * scales), rounded half away from zero like tl.math.round.
 inline int sea_speed_start(int c, int L, int width) {
-  return int((2LL * c * L + width) / (2LL * width));
+  volatile float scale = float(L) / float(width);
+  volatile float x = float(c) * scale;
+  return int(std::round(x));
 }
 
 }  // namespace spattn
