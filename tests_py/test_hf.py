@@ -240,6 +240,10 @@ def test_every_registered_method_runs_through_the_backend(model, name):
     caps = spattn.methods.capabilities(name)
     ids = ids_of(1, 192)
     params = {"block_size": 16} if "block_size" in spattn.methods.lookup(name).default_params() else {}
+    if not caps.causal:  # a bidirectional pattern (radial) on a causal model is refused up front
+        with pytest.raises(ValueError, match="cannot run causal attention"):
+            hf.use(model, method=name, min_prefill_tokens=0, **params)
+        return
     hf.use(model, method=name, min_prefill_tokens=0, **params)
     if caps.needs_fit:
         res = hf.fit(model, ids_of(1, 128, seed=7), steps=3)
@@ -256,6 +260,50 @@ def test_fit_trains_each_layer_on_its_own_inputs(model):
     g0 = hf.layers(model)[0].method.params["gate"]
     g1 = hf.layers(model)[1].method.params["gate"]
     assert g0 is not None and g1 is not None and g0 is not g1
+
+
+def test_sea_trains_its_learned_parts_per_layer_and_runs_its_gated_output(model):
+    from spattn.methods import sea as sea_mod
+
+    hf.use(model, method="sea", min_prefill_tokens=0, k=8, compressed_width=16)
+    with hf.capture(model) as store, torch.no_grad():
+        model(input_ids=ids_of(1, 96, seed=3))
+    assert all(len(item) == 3 for item in store.values())  # (q, k, v): SEA's encoder reads V
+    res = hf.fit(model, ids_of(1, 128, seed=3), steps=2, max_positions=256)
+    assert sorted(res) == [0, 1]
+    w0 = hf.layers(model)[0].method.params["weights"]
+    w1 = hf.layers(model)[1].method.params["weights"]
+    assert w0 is not w1 and not np.array_equal(w0["enc_w"], w1["enc_w"])
+    seen = {}
+    real = sea_mod.mix_output
+
+    def spy(*a):
+        seen["called"] = True
+        return real(*a)
+
+    import unittest.mock as um
+    with um.patch.object(sea_mod, "mix_output", spy):
+        out = logits(model, ids_of(1, 192))
+    assert seen and torch.isfinite(out).all()
+    assert hf.stats(model)[0]["calls"] == {"sparse": 1}
+
+
+def test_captured_values_feed_a_learned_sea_in_model_eval_recall(model):
+    from spattn import model_eval
+    from spattn.methods import sea as sea_mod
+
+    hf.use(model, method="dense")
+    with hf.capture(model, values=True) as store, torch.no_grad():
+        model(input_ids=ids_of(1, 96, seed=3))
+    assert all(len(it) == 3 and it[2].shape[2] == 96 for it in store.values())
+    hf.use(model, method="sea", min_prefill_tokens=0, k=8, compressed_width=16)
+    q0 = store[0][0]
+    w = sea_mod.init_weights(q0.shape[1], q0.shape[3], width=16, max_positions=128)
+    for st in hf.layers(model):
+        st.method.set_params(weights=w)
+    rec, dens = model_eval._real_recall(hf.layers(model), {i: it[:2] for i, it in store.items()},
+                                        values={i: it[2] for i, it in store.items()})
+    assert len(rec) == 2 and all(0 < r <= 1 for r in rec) and all(0 < d < 1 for d in dens)
 
 
 def test_capture_gives_real_q_k(model):

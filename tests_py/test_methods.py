@@ -167,7 +167,8 @@ def test_a_refused_parameter_leaves_the_method_unchanged():
 @pytest.mark.parametrize("name", ALL)
 def test_fittable_methods_fit_and_the_others_refuse(name):
     m = spattn.methods.get(name)
-    data = [tuple(spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=256, D=64, seed=s))[:2] for s in (1, 2)]
+    n_in = 3 if CAPS[name].value_inputs else 2  # a method whose estimator reads V trains on (q, k, v)
+    data = [tuple(spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=256, D=64, seed=s))[:n_in] for s in (1, 2)]
     if not CAPS[name].fittable:
         with pytest.raises(TypeError, match="no learned part"):
             m.fit(data)
@@ -179,7 +180,7 @@ def test_fittable_methods_fit_and_the_others_refuse(name):
     assert json.dumps(m.describe_params())  # a learned object is shown by its type name
     assert f"<{type(m.params[m.learned_param]).__name__}>" in m.describe_params().values()
     w = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=256, D=64, seed=0)
-    m.estimate(w.q, w.k, causal=True).check_against(1, 4, 256, 256)
+    m.estimate(w.q, w.k, causal=True, **({"v": w.v} if CAPS[name].value_inputs else {})).check_against(1, 4, 256, 256)
 
 
 @pytest.mark.parametrize("name", ALL)

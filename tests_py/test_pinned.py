@@ -25,9 +25,10 @@ CASES = {
     "seer_thr": ("seerattention", dict(threshold=1e-3, gate=_SEER_OLD_DEFAULT), True),
     "seer_nz": ("seerattention", dict(nz_ratio=0.3, gate=_SEER_OLD_DEFAULT), True),
     "seer_topk": ("seerattention", dict(topk=3, last_block_dense=False, gate=_SEER_OLD_DEFAULT), True),
-    "sea_c": ("sea", dict(k=16, compressed_width=32), True),
-    "sea_nc": ("sea", dict(k=16, compressed_width=32, nb_features=64), False),
 }
+# SEA's masks and compressed targets are no longer pinned: issue 12 replaced spattn's reading
+# (half-to-even grid, last-k expansion) with the official grids and expansions; tests_py/test_sea.py
+# checks them against transcriptions of the official code. PINNED["sea_c"] stays an input below.
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,8 @@ def test_exact_statistics_equal_the_pre_reshape_values(w):
     np.testing.assert_allclose(bm, PINNED["stat_map_max"], **tol)
     mass, _ = _core.token_attention_mass(w.q, w.k, PINNED["sea_c"], 1, 777, True, 0.125)
     np.testing.assert_allclose(mass, PINNED["stat_mass"], **tol)
-    m, psq, plogp = _core.compressed_attention_targets(w.q, w.k, True, 0.125, 32)
-    np.testing.assert_allclose(m, PINNED["stat_sea_mass"], **tol)
+    # The per-row sums do not depend on the grid (the column masses do: official grid since issue 12).
+    _, psq, plogp = _core.compressed_attention_targets(w.q, w.k, True, 0.125, 32)
     np.testing.assert_allclose(psq, PINNED["stat_sea_psq"], **tol)
     np.testing.assert_allclose(plogp, PINNED["stat_sea_plogp"], rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(_core.seer_ground_truth(w.q, w.k, 64, 0.125), PINNED["stat_seer_gt"], **tol)

@@ -113,13 +113,13 @@ def _eval(args, params) -> int:
         torch.set_num_threads(spattn.num_threads())
     except ImportError:  # pragma: no cover - load() needs torch
         pass
-    captured, kept, gate_in = {}, {}, {}
+    captured, kept, gate_in, values = {}, {}, {}, {}
     records = model_eval.evaluate_model(
         model, tok, names, args.n, params=params, depths=args.depths, decode_method=args.decode_method,
         min_prefill_tokens=args.min_prefill_tokens, fit_steps=args.fit_steps, progress=not args.no_progress,
         skip=args.skip,
         keep_captured=captured if args.plots else None, keep_methods=kept if args.plots else None,
-        keep_gate_inputs=gate_in if args.plots else None)
+        keep_gate_inputs=gate_in if args.plots else None, keep_values=values if args.plots else None)
     print(model_eval.format_table(records))
     for r in records:
         for line in r.passkey_outputs:
@@ -133,7 +133,7 @@ def _eval(args, params) -> int:
         shown = {name: ms[layer] for name, ms in kept.items() if name != "dense"}
         qg, kg = gate_in.get(n, {}).get(layer, (None, None))
         model_eval.plot_masks(shown, q, k, os.path.join(args.plots, "masks.png"), layer=layer, head=args.mask_head,
-                              q_gate=qg, k_gate=kg)
+                              q_gate=qg, k_gate=kg, v=values.get(n, {}).get(layer))
         print(f"plots: {args.plots}/perplexity_density.png, {args.plots}/masks.png")
     if args.json:
         with open(args.json, "w") as fh:

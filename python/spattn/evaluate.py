@@ -184,7 +184,8 @@ def evaluate(methods: Optional[Iterable[MethodSpec]], workload: Union[Workload, 
     records: List[Record] = []
     for m in tqdm(todo, desc="methods", disable=not progress):
         m.prepare(workload, progress=progress)
-        est_s, mask = best_time(lambda: m.estimate(q, k, causal=causal), repeats)
+        vkw = {"v": v} if m.capabilities.value_inputs else {}
+        est_s, mask = best_time(lambda: m.estimate(q, k, causal=causal, **vkw), repeats)
         readouts = m.readouts()
         if m.capabilities.exact:
             tot_s, out = dense_s, ref

@@ -127,9 +127,10 @@ def _passkey(model, tokenizer, text_ids, n, depths, seed, torch):
     return hits, outs
 
 
-def _real_recall(method_layers, captured, causal=True, gate_inputs=None):
+def _real_recall(method_layers, captured, causal=True, gate_inputs=None, values=None):
     """Per layer recall and density of the layer's estimator on the captured (q, k); methods
-    with gate inputs get the captured pre-RoPE q, k as ``q_gate``, ``k_gate`` when present."""
+    with gate inputs get the captured pre-RoPE q, k as ``q_gate``, ``k_gate`` when present,
+    methods whose estimator reads V (SEA) the captured v."""
     recalls, densities = [], []
     for st in method_layers:
         q, k = captured[st.layer_idx]
@@ -140,6 +141,8 @@ def _real_recall(method_layers, captured, causal=True, gate_inputs=None):
         kw = {}
         if st.method.capabilities.gate_inputs and gate_inputs and st.layer_idx in gate_inputs:
             kw = dict(zip(("q_gate", "k_gate"), gate_inputs[st.layer_idx]))
+        if st.method.capabilities.value_inputs and values and st.layer_idx in values:
+            kw = {"v": values[st.layer_idx]}
         mask = st.method.estimate(q, k, causal=causal, **kw)
         recalls.append(float(np.nanmean(metrics.recall(q, k, mask, causal=causal))))
         densities.append(float(np.mean(metrics.density(mask, causal=causal, q_len=q.shape[2]))))
@@ -153,7 +156,8 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                    skip: Sequence[str] = (),
                    keep_captured: Optional[Dict[int, Any]] = None,
                    keep_methods: Optional[Dict[str, Any]] = None,
-                   keep_gate_inputs: Optional[Dict[int, Any]] = None) -> List[ModelRecord]:
+                   keep_gate_inputs: Optional[Dict[int, Any]] = None,
+                   keep_values: Optional[Dict[int, Any]] = None) -> List[ModelRecord]:
     """Evaluate `method_names` on `model` at each of `lengths` (see the module docstring).
 
     Parameters
@@ -173,6 +177,8 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
     keep_methods : if a dict, receives {method: [its Method instance per layer]} (fitted ones included).
     keep_gate_inputs : if a dict, receives {n: {layer: (q_gate, k_gate)}}, the pre-RoPE q, k of the
         dense runs, captured when a method takes gate inputs (SeerAttention); recall uses them.
+    keep_values : if a dict, receives {n: {layer: v}} of the dense runs, captured when a method's
+        estimator reads V (SEA); recall uses them.
 
     Returns
     -------
@@ -208,6 +214,7 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
             dense_rec = None
             captured = None
             gate_in: Dict[int, Any] = {}
+            values_in: Dict[int, Any] = {}
             for name in names:
                 if bar is not None:
                     bar.set_postfix_str(f"n={n} {name}")
@@ -235,14 +242,18 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                     rec.params = states[0].method.describe_params()
                 if name == "dense" and "recall" not in skip:
                     want_gate = any(_methods.capabilities(m).gate_inputs for m in names)
-                    with hf.capture(model, gate_inputs=want_gate) as store:
+                    want_values = any(_methods.capabilities(m).value_inputs for m in names)
+                    with hf.capture(model, gate_inputs=want_gate, values=want_values) as store:
                         ppl, t = _perplexity_and_time(model, ids, torch)
                     captured = {i: v[:2] for i, v in store.items()}
-                    gate_in = {i: v[2:] for i, v in store.items() if len(v) == 4}
+                    gate_in = {i: v[2:4] for i, v in store.items() if len(v) >= 4}
+                    values_in = {i: v[-1] for i, v in store.items()} if want_values else {}
                     if keep_captured is not None:
                         keep_captured[n] = captured
                     if keep_gate_inputs is not None and gate_in:
                         keep_gate_inputs[n] = gate_in
+                    if keep_values is not None and values_in:
+                        keep_values[n] = values_in
                 else:
                     hf.stats(model, reset=True)
                     ppl, t = _perplexity_and_time(model, ids, torch)
@@ -258,7 +269,8 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                 rec.calls = calls
                 if "recall" not in skip:
                     rec.recall_per_layer, rec.density_per_layer = _real_recall(states, captured,
-                                                                               gate_inputs=gate_in)
+                                                                               gate_inputs=gate_in,
+                                                                               values=values_in)
                     rec.recall = float(np.mean(rec.recall_per_layer))
                     rec.density = float(np.mean(rec.density_per_layer))
                 if "passkey" not in skip:
@@ -363,10 +375,10 @@ def plot_perplexity_density(records: Sequence[ModelRecord], path: str) -> None:
 
 
 def plot_masks(model_layers_by_method: Dict[str, Any], q, k, path: str, *, layer: int, head: int,
-               block: int = 64, q_gate=None, k_gate=None) -> None:
+               block: int = 64, q_gate=None, k_gate=None, v=None) -> None:
     """PNG: the exact attention map of one real head (block-summed, log scale) next to each
     method's mask on the same head (``q_gate``, ``k_gate``: pre-RoPE q, k for methods with gate
-    inputs)."""
+    inputs; ``v``: the values, for methods whose estimator reads them)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -387,6 +399,8 @@ def plot_masks(model_layers_by_method: Dict[str, Any], q, k, path: str, *, layer
     for ax, name in zip(axes[1:], names):
         m = model_layers_by_method[name]
         kw = {"q_gate": q_gate, "k_gate": k_gate} if m.capabilities.gate_inputs else {}
+        if m.capabilities.value_inputs and v is not None:
+            kw = {"v": v}
         mask = m.estimate(q, k, causal=True, **kw)
         if isinstance(mask, BlockMask):
             img = mask.blocks[0, head].astype(float)

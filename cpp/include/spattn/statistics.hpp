@@ -25,9 +25,9 @@ void block_attention_map(const AttnArgs& args, int block_q, int block_k, BlockPo
 void token_attention_mass(const AttnArgs& args, const TokenIndicesView& indices, float* mass);
 
 // Exact attention mass of each query on each column of its compressed grid (SEA's per-query
-// grid: column c of query i covers keys [round(c L_i / width), round((c+1) L_i / width)) of its
-// visible prefix L_i, half to even), mass (B, Hq, Nq, width), and per row the sums of p^2 and
-// p log p, psq and plogp (B, Hq, Nq).
+// accuracy grid, estimators/sea_grid.hpp: key j of a prefix of L_i keys lies in column
+// floor((j + 0.5) / L_i * width - 1e-4), the grid of the official training loss), mass
+// (B, Hq, Nq, width), and per row the sums of p^2 and p log p, psq and plogp (B, Hq, Nq).
 void compressed_attention_targets(const AttnArgs& args, int width, float* mass, float* psq, float* plogp);
 
 // Column (vertical) and diagonal (slash) sums of the exact attention of every query of `args`,

@@ -1,20 +1,21 @@
-// SEA (Lee et al., ICLR 2024; gmlwns2000/sea-attention), training-free estimator.
-// What follows the official code: the per-query compressed grid (column c of query i covers
-// [round(c L_i / width), round((c+1) L_i / width)) of its visible prefix), the grouped top-k
-// over heads with budget round(H k width / L_i) clamped to [1, H width], the expansion capped at
-// k keys per column (the last k of the range), dense rows while L_i <= k.
-// The exact distillation target is statistics/compressed_targets.cpp, the decoder
-// learned/sea_decoder.cpp.
-// Deviation (documented in the Python docstring): the compressed row is the linear-attention
-// estimate itself, with FAVOR+ softmax-kernel features and the column indicator as values,
-// instead of the learned encoder/decoder (CNN) the paper trains on top of Performer outputs;
-// the official causal model uses ReLU features, which only make sense with that decoder.
+// SEA (Lee et al., ICLR 2024; gmlwns2000/sea-attention): the selection of keys from a compressed
+// estimate, as the official PerlinAttention.forward does it, and the training-free estimate.
+// Selection (official): per query, the heads' compressed rows are ranked together
+// (k_flatten_dim 'causal_batch'), budget round(H k width / L_i) (torch.round: half to even)
+// clamped to >= 1; each kept column expands to keys on the per-query grid (sea_grid.hpp): the
+// accuracy path (resize_from_m_to_t, default) attends every key of the column, the speed path
+// (scan_col / __scan_col_4_compute) at most k keys spread evenly, v_end - 1 - floor(i n / k').
+// The training-free estimate is NOT the paper's estimator (which is a learned encoder and CNN
+// decoder over a Performer pass, python/spattn/methods/sea.py): it is the FAVOR+ linear-attention
+// estimate itself with the accuracy-grid column indicators as values. The exact distillation
+// target is statistics/compressed_targets.cpp.
 #include <algorithm>
 #include <cmath>
 
 #include <Eigen/Core>
 
 #include "spattn/estimators/sea.hpp"
+#include "spattn/estimators/sea_grid.hpp"
 #include "spattn/kernels.hpp"
 
 namespace spattn {
@@ -27,11 +28,6 @@ using CMap = Eigen::Map<const RowMat>;
 // Visible prefix length of query i.
 inline int prefix_len(const AttnShape& s, bool causal, int i) {
   return causal ? std::clamp(i + s.causal_offset() + 1, 0, s.Nk) : s.Nk;
-}
-
-// Column boundary round(c L / width), half to even like torch.round.
-inline int boundary(int c, int L, int width) {
-  return int(std::nearbyint(double(c) * L / width));
 }
 
 // FAVOR+ features phi(x) = exp(W x' - |x'|^2 / 2 - stab), x' = sqrt(scale) x, so that
@@ -93,8 +89,8 @@ void sea_estimate(const AttnArgs& a, const float* W, int m, const SeaParams& p, 
     for (int i = 0; i < s.Nq; ++i) {
       const int L = prefix_len(s, a.causal, i);
       if (L == 0) continue;
-      // F[c] = phi(q_i) . Z[round(c L / W)]: the estimated mass of the keys before boundary c.
-      for (int c = 0; c <= W_; ++c) F[c] = pq.row(i).dot(Z.row(boundary(c, L, W_)));
+      // F[c] = phi(q_i) . Z[start(c)]: the estimated mass of the keys before column c (accuracy grid).
+      for (int c = 0; c <= W_; ++c) F[c] = pq.row(i).dot(Z.row(sea_accuracy_start(c, L, W_)));
       if (!(F[W_] > 0.f)) continue;
       float* row = est + (size_t(t) * s.Nq + i) * W_;
       const float inv = 1.f / F[W_];
@@ -103,52 +99,59 @@ void sea_estimate(const AttnArgs& a, const float* W, int m, const SeaParams& p, 
   }
 }
 
-std::vector<int32_t> sea_select(const float* est, const AttnShape& s, bool causal, const SeaParams& p, int* k_max) {
+std::vector<int32_t> sea_select(const float* est, const AttnShape& s, bool causal, const SeaParams& p, bool speed_path,
+                                int* k_max) {
   p.validate();
   const int W_ = p.compressed_width, H = s.Hq;
   // Pass 1: keys per (b, h, i) to size the index array; pass 2: fill it.
-  std::vector<int> counts(size_t(s.B) * H * s.Nq, 0);
+  std::vector<int> counts(static_cast<size_t>(s.B) * H * s.Nq, 0);
   std::vector<int32_t> out;
   int K = 0;
   for (int pass = 0; pass < 2; ++pass) {
     if (pass == 1) {
       K = 0;
       for (int c : counts) K = std::max(K, c);
-      out.assign(size_t(s.B) * H * s.Nq * std::max(K, 1), -1);
+      out.assign(static_cast<size_t>(s.B) * H * s.Nq * std::max(K, 1), -1);
     }
 #pragma omp parallel
     {
-      std::vector<float> cat(size_t(H) * W_);
-      std::vector<int> idx(size_t(H) * W_);
+      std::vector<float> cat(static_cast<size_t>(H) * W_);
+      std::vector<int> idx(static_cast<size_t>(H) * W_);
+      std::vector<int> used(H);
 #pragma omp for schedule(dynamic, 16)
       for (long long bi = 0; bi < (long long)s.B * s.Nq; ++bi) {
         const int b = int(bi / s.Nq), i = int(bi % s.Nq);
         const int L = prefix_len(s, causal, i);
         if (L == 0) continue;
-        auto emit = [&](int h, int key, int slot) {
-          if (pass == 1) out[((size_t(b) * H + h) * s.Nq + i) * K + slot] = key;
-        };
-        if (L <= p.k) {  // dense while the prefix is short
-          for (int h = 0; h < H; ++h) {
-            for (int j = 0; j < L; ++j) emit(h, j, j);
-            counts[(size_t(b) * H + h) * s.Nq + i] = L;
-          }
-          continue;
-        }
         for (int h = 0; h < H; ++h)
           std::copy_n(est + ((size_t(b) * H + h) * s.Nq + i) * W_, W_, cat.data() + size_t(h) * W_);
-        const long long want = std::llround(std::nearbyint(double(H) * p.k * W_ / L));
-        const int n = int(std::clamp<long long>(want, 1, (long long)H * W_));
+        // Official: per_item_top_k = round(H * (k * width / L)) (torch.round, half to even), >= 1.
+        const double want = std::nearbyint(double(H) * (double(p.k) * W_ / L));
+        const long long n = std::clamp<long long>((long long)std::max(want, 1.0), 1, (long long)H * W_);
         for (int f = 0; f < H * W_; ++f) idx[f] = f;
-        std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int x, int y) {
-          return cat[x] > cat[y] || (cat[x] == cat[y] && x < y);
-        });
-        std::sort(idx.begin(), idx.begin() + n);  // head-major, then column: keys come out sorted
-        std::vector<int> used(H, 0);
-        for (int r = 0; r < n; ++r) {
+        if (n < (long long)H * W_) {
+          // NaN estimates rank last; ties go to the lower flat index (head-major, then column).
+          std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int x, int y) {
+            const float a = std::isnan(cat[x]) ? -INFINITY : cat[x], c = std::isnan(cat[y]) ? -INFINITY : cat[y];
+            return a > c || (a == c && x < y);
+          });
+          std::sort(idx.begin(), idx.begin() + n);  // head-major, then column: keys come out sorted
+        }
+        std::fill(used.begin(), used.end(), 0);
+        auto emit = [&](int h, int key) {
+          if (pass == 1) out[((size_t(b) * H + h) * s.Nq + i) * K + used[h]] = key;
+          ++used[h];
+        };
+        for (long long r = 0; r < n; ++r) {
           const int h = idx[r] / W_, c = idx[r] % W_;
-          const int a0 = boundary(c, L, W_), a1 = boundary(c + 1, L, W_);
-          for (int j = std::max(a0, a1 - p.k); j < a1; ++j) emit(h, j, used[h]++);
+          if (!speed_path) {  // every key of the column
+            const int a0 = sea_accuracy_start(c, L, W_), a1 = sea_accuracy_start(c + 1, L, W_);
+            for (int j = a0; j < a1; ++j) emit(h, j);
+          } else {  // at most k keys, spread evenly from the end: v_end - 1 - floor(t size / n)
+            const int v0 = sea_speed_start(c, L, W_), v1 = sea_speed_start(c + 1, L, W_);
+            const long long size = v1 - v0, m = std::min<long long>(size, p.k);
+            for (long long t = m - 1; t >= 0; --t) emit(h, int(v1 - 1 - (t * size) / m));
+          }
         }
         for (int h = 0; h < H; ++h) counts[(size_t(b) * H + h) * s.Nq + i] = used[h];
       }
@@ -159,4 +162,3 @@ std::vector<int32_t> sea_select(const float* est, const AttnShape& s, bool causa
 }
 
 }  // namespace spattn
-

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "../kernels/engine.hpp"
+#include "spattn/estimators/sea_grid.hpp"
 #include "spattn/kernels.hpp"
 #include "spattn/statistics.hpp"
 
@@ -11,8 +12,9 @@ namespace spattn {
 
 namespace {
 
-// Column boundary round(c L / width), half to even like torch.round (the official grid).
-inline int boundary(int c, int L, int width) { return int(std::nearbyint(double(c) * L / width)); }
+// Column boundaries: SEA's accuracy grid (estimators/sea_grid.hpp), the grid of the official
+// training loss (resize_from_m_to_t).
+inline int boundary(int c, int L, int width) { return sea_accuracy_start(c, L, width); }
 
 constexpr int kRowsPerItem = 64;
 
@@ -37,9 +39,12 @@ struct TargetsVariant {
       while (c + 1 < v.width && boundary(c + 1, L, v.width) <= pos[0]) ++c;
       int next = boundary(c + 1, L, v.width);
       for (int j = 0; j < cnt; ++j) {
-        while (pos[j] >= next) next = boundary(++c + 1, L, v.width);
+        while (c < v.width && pos[j] >= next) {
+          ++c;
+          next = c + 1 <= v.width ? boundary(c + 1, L, v.width) : L;
+        }
         const double pr = p[j];
-        row[c] += pr;
+        if (c < v.width) row[c] += pr;  // keys past the last column (L >= 5000 width) count in no column
         sq[r] += pr * pr;
         if (pr > 0.0) ent[r] += pr * std::log(pr);  // p = 0 (underflow) adds nothing
       }

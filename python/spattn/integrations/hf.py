@@ -142,6 +142,7 @@ class _ModelState:
     # decode methods over a KV cache: a float32 mirror of the model's cache per batch row run
     # (None: the whole batch), kept in step by appending the new rows of each call
     decode_caches: Dict[Optional[int], KVCache] = field(default_factory=dict)
+    capture_values: bool = False
 
     def decode_cache(self, row: Optional[int]) -> KVCache:
         cache = self.decode_caches.get(row)
@@ -447,13 +448,15 @@ def stats(model, reset: bool = False) -> List[Dict[str, Any]]:
 
 
 @contextmanager
-def capture(model, gate_inputs: bool = False):
+def capture(model, gate_inputs: bool = False, values: bool = False):
     """Within the block, every attention call also stores this layer's float32 (q, k) in the
     yielded dict {layer_idx: (q, k)} (the last call per layer), as numpy arrays (B, H, N, D).
 
     Layers whose method takes gate inputs (``capabilities.gate_inputs``), and every layer when
     ``gate_inputs=True`` (then the q_proj / k_proj hooks are added for the block), store
-    ``(q, k, q_gate, k_gate)``, the gate inputs being q and k before RoPE."""
+    ``(q, k, q_gate, k_gate)``, the gate inputs being q and k before RoPE. Layers whose method's
+    estimator reads V (``capabilities.value_inputs``, SEA), and every layer when ``values=True``,
+    append v (B, Hkv, N, Dv) last: ``(q, k, v)`` or ``(q, k, q_gate, k_gate, v)``."""
     state = getattr(model, "_spattn_state", None)
     if state is None:
         raise ValueError("this model is not on the spattn backend (call spattn.integrations.hf.use first)")
@@ -465,10 +468,12 @@ def capture(model, gate_inputs: bool = False):
                 added.append(mod)
     store: Dict[int, tuple] = {}
     state.capture = store
+    state.capture_values = bool(values)
     try:
         yield store
     finally:
         state.capture = None
+        state.capture_values = False
         for mod in added:
             _remove_gate_hooks(mod)
 
@@ -480,7 +485,8 @@ def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, prog
     The model runs once with exact attention while (q, k) are captured per layer; then each
     layer whose method is fittable calls ``method.fit([(q, k)], **fit_kwargs)``, or, for a
     method with ``capabilities.gate_inputs``, ``method.fit([(q, k, q_gate, k_gate)],
-    rope_config=model.config, **fit_kwargs)`` (q_gate, k_gate: q, k before RoPE). Use a text the
+    rope_config=model.config, **fit_kwargs)`` (q_gate, k_gate: q, k before RoPE), and for one with
+    ``capabilities.value_inputs`` (SEA: its learned parts per layer), ``method.fit([(q, k, v)])``. Use a text the
     evaluation does not use. Returns {layer: the trainer's result}.
     """
     torch, _ = _require_transformers()
@@ -512,6 +518,8 @@ def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, prog
                     raise ValueError(f"layer {i}: the pre-RoPE q/k of {m.name}'s gate were not captured")
                 kw = {"rope_config": model.config, **fit_kwargs}
                 results[i] = m.fit([item], **kw)
+            elif m.capabilities.value_inputs:
+                results[i] = m.fit([item[:2] + item[-1:]], **fit_kwargs)
             else:
                 results[i] = m.fit([item[:2]], **fit_kwargs)
     return results
@@ -639,9 +647,13 @@ def _run_method(state: LayerState, m: Method, q, k, v, causal: bool, scale, gate
             raise ValueError(f"spattn layer {state.layer_idx}: {m.name} needs the q/k before RoPE, which were not "
                              "captured for this call (q_proj / k_proj outputs do not match the attention inputs)")
         mask = m.estimate(q, k, causal=causal, scale=scale, q_gate=gate[0], k_gate=gate[1])
+    elif m.capabilities.value_inputs:  # the method's own output step (SEA's gates)
+        out = m(q, k, v, causal=causal, scale=scale)
+        mask = m.last_info["mask"]
     else:
         mask = m.estimate(q, k, causal=causal, scale=scale)
-    out = sparse_attention(q, k, v, mask, causal=causal, scale=scale)
+    if not m.capabilities.value_inputs or m.capabilities.gate_inputs:
+        out = sparse_attention(q, k, v, mask, causal=causal, scale=scale)
     if isinstance(mask, BlockMask):
         state.densities.append(float(np.mean(mask.density(causal=causal))))
     else:
@@ -728,9 +740,12 @@ def attention_forward(module, query, key, value, attention_mask, dropout: float 
                                                     if gate[1].shape[2] == Nk else gate[1][b:b + 1])
                     out[b:b + 1] = _run(state, q[b:b + 1], _KV(kb, vb), False, scale, gb, model_state, b)
     if model_state is not None and model_state.capture is not None:
-        item = (np.array(q), np.array(kv.f32()[0]))
+        kf, vf = kv.f32()
+        item = (np.array(q), np.array(kf))
         if gate is not None:
             item += (np.array(gate[0]), np.array(gate[1]))
+        if model_state.capture_values or state.method.capabilities.value_inputs:  # SEA's estimator reads V
+            item += (np.array(vf),)
         model_state.capture[state.layer_idx] = item
     res = torch.from_numpy(out).transpose(1, 2)
     res = res.to(out_dtype).contiguous() if out_dtype != torch.float32 else res.contiguous()

@@ -64,6 +64,10 @@ class Capabilities:
         method's learned predictor (SeerAttention's gate sees the model's q/k *before* RoPE while
         attention uses them after). The transformers backend then hands over the pre-RoPE q/k of
         Llama-family attention modules. Other methods refuse gate inputs (TypeError).
+    value_inputs : bool
+        ``estimate`` also takes ``v`` (SEA's learned encoder reads V), and ``__call__`` may do
+        more than attention over the mask (SEA's output gates): harnesses pass ``v`` to
+        ``estimate`` and take the output from ``__call__``. Other methods refuse ``v`` (TypeError).
     """
 
     causal: bool = True
@@ -78,6 +82,7 @@ class Capabilities:
     mask_format: str = "block"
     exact: bool = False
     gate_inputs: bool = False
+    value_inputs: bool = False
 
     def __post_init__(self):
         if not (self.causal or self.noncausal):
@@ -221,7 +226,7 @@ class Method:
             raise ValueError(f"{self.name} needs {caps.lengths_text()}; got Nq={Nq}, Nk={Nk}")
 
     def estimate(self, q, k, *, causal: bool = False, scale: Optional[float] = None,
-                 q_gate=None, k_gate=None) -> Mask:
+                 q_gate=None, k_gate=None, v=None) -> Mask:
         """Return the mask this method selects for (q, k).
 
         Parameters
@@ -234,11 +239,21 @@ class Method:
         q_gate, k_gate : array_like, optional
             Only for methods with ``capabilities.gate_inputs``: the inputs of the learned
             predictor, shaped as q and k (default q and k themselves).
+        v : array_like, optional
+            Only for methods with ``capabilities.value_inputs``: the values (B, Hkv, Nk, Dv),
+            which the method's estimator reads (SEA's learned encoder).
         """
-        q, k, _ = check_qkv(q, k)
+        if v is not None and not self.capabilities.value_inputs:
+            raise TypeError(f"{self.name} takes no v in estimate; only methods with capabilities.value_inputs do")
+        q, k, v = check_qkv(q, k, v)
         causal, scale = as_causal(causal), as_scale(scale)
-        _core.check_shapes(q, k, None, scale)
+        _core.check_shapes(q, k, v, scale)
         self.check_call(q, k, causal)
+        if self.capabilities.value_inputs:
+            if q_gate is not None or k_gate is not None:
+                raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
+                                "capabilities.gate_inputs do")
+            return self._estimate(q, k, causal, scale, v=v)
         if not self.capabilities.gate_inputs:
             if q_gate is not None or k_gate is not None:
                 raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
@@ -256,7 +271,8 @@ class Method:
                  return_lse: bool = False, q_gate=None, k_gate=None):
         """Estimate the mask (gate inputs passed through, see :meth:`estimate`), then run the
         kernel of its format on (q, k, v)."""
-        mask = self.estimate(q, k, causal=causal, scale=scale, q_gate=q_gate, k_gate=k_gate)
+        vkw = {"v": v} if self.capabilities.value_inputs else {}
+        mask = self.estimate(q, k, causal=causal, scale=scale, q_gate=q_gate, k_gate=k_gate, **vkw)
         return sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
 
     def readouts(self) -> Dict[str, Any]:
