@@ -123,13 +123,20 @@ def _bench_methods(args, torch) -> List[Dict[str, Any]]:
     on the synthetic structured workload at each ``--method-n`` (records of spattn.evaluate)."""
     from .synthetic import structured_qkv
 
+    from .methods import capabilities
+
     params = parse_method_params(args.set)
-    print(f"\n== methods on the synthetic structured workload (B=1, Hq={args.hq}, Hkv={args.hkv}, D=128, causal)")
+    bidir = [m for m in args.methods if not capabilities(m).causal]  # bidirectional-only patterns (radial)
+    causal_methods = [m for m in args.methods if m not in bidir]
+    print(f"\n== methods on the synthetic structured workload (B=1, Hq={args.hq}, Hkv={args.hkv}, D=128, causal"
+          + (f"; {', '.join(bidir)}: non-causal)" if bidir else ")"))
     records = []
     for N in args.method_n:
         w = structured_qkv(B=1, Hq=args.hq, Hkv=args.hkv, N=N, D=128, seed=0)
-        records += evaluate(args.methods, w, causal=True, params=params, repeats=args.repeats,
-                            progress=False, torch_sdpa=torch is not None)
+        for names, causal in ((causal_methods, True), (bidir, False)):
+            if names:
+                records += evaluate(names, w, causal=causal, params={m: params[m] for m in names if m in params},
+                                    repeats=args.repeats, progress=False, torch_sdpa=torch is not None)
     print(format_table(records))
     if args.markdown:
         print("\n" + format_markdown(records))

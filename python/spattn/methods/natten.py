@@ -31,10 +31,10 @@ class Natten(Method):
     stride : int, default 1
         GNA stride, 1 <= stride <= kernel_size.
 
-    With ``causal=True`` the window ends at the query (NATTEN ``is_causal=True``). The method runs
-    the token-sparse kernel on its indices (as every TokenIndices method does); the dedicated
-    in-place kernel is :func:`spattn.na1d` (``layout="heads_first"`` for (B, H, N, D)), which gives
-    the same result.
+    With ``causal=True`` the window ends at the query (NATTEN ``is_causal=True``). ``estimate``
+    compiles the pattern to TokenIndices (for the metrics); the call runs the dedicated in-place
+    kernel :func:`spattn.na1d` (``layout="heads_first"``), which gives the same result without
+    the O(N * kernel_size) indices.
     """
 
     name = "natten"
@@ -50,6 +50,21 @@ class Natten(Method):
         if self.params["stride"] > self.params["kernel_size"]:
             raise ValueError(f"{self.name}: stride must be <= kernel_size={self.params['kernel_size']}, "
                              f"got {self.params['stride']}")
+
+    def __call__(self, q, k, v, *, causal: bool = False, scale=None, return_lse: bool = False):
+        from .._validation import as_causal, as_float_array
+        from ..neighborhood import na1d
+
+        q, k = as_float_array(q, "q"), as_float_array(k, "k")
+        causal = as_causal(causal)
+        self.check_call(q, k, causal)
+        N = q.shape[2]
+        if N == 0:
+            return super().__call__(q, k, v, causal=causal, scale=scale, return_lse=return_lse)
+        kernel = min(self.params["kernel_size"], N)
+        stride = min(self.params["stride"], kernel)
+        return na1d(q, k, v, kernel, dilation=self.params["dilation"], stride=stride, is_causal=causal, scale=scale,
+                    layout="heads_first", return_lse=return_lse)
 
     def _estimate(self, q, k, causal, scale) -> TokenIndices:
         B, Hq, N, _ = q.shape
