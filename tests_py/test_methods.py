@@ -98,7 +98,10 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
         np.testing.assert_array_equal(out, ref)
     elif isinstance(mask, spattn.TokenIndices):
         ref = spattn.token_sparse_attention(w.q, w.k, w.v, mask, causal=causal)
-        np.testing.assert_array_equal(out, ref)
+        if type(m).__call__ is spattn.methods.Method.__call__:
+            np.testing.assert_array_equal(out, ref)
+        else:  # a method with its own kernel for the pattern (natten: na1d in place): same keys, other rounding
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     else:  # structured patterns run on their own kernels
         ref = spattn.sparse_attention(w.q, w.k, w.v, mask, causal=causal)
         np.testing.assert_array_equal(out, ref)
