@@ -61,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "estimate is an exact last-rows pass)")
     p.add_argument("--no-roofs", action="store_true",
                    help="skip the sgemm and memory-copy roofs measured at the start of the run")
+    p.add_argument("--natten", action="store_true",
+                   help="neighbourhood attention (na2d on a 64x64 image, kernels 7 and 13; na3d on a 16x32x32 "
+                        "video, kernel 7): spattn's kernel against dense attention and torch flex_attention "
+                        "compiled on the CPU with the same mask")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
@@ -211,6 +215,66 @@ def _bench_decode_methods(args, torch) -> List[Dict[str, Any]]:
                   f"{sel_s * 1e3:.2f} ms, step {tot_s * 1e3:.2f} ms ({kv_bytes / tot_s / 1e9:.1f} GB/s of attended K/V), append {t_app * 1e3:.2f} ms | dense {dense_s * 1e3:.2f} ms "
                   f"({dense_s / tot_s:.2f}x)" + (f" | torch {torch_s * 1e3:.2f} ms ({torch_s / tot_s:.2f}x)"
                                                   if torch_s is not None else ""))
+    return rows
+
+
+def _na_flex_mask_mod(shape, kernel):
+    """flex_attention mask_mod of non-causal neighbourhood attention (dilation 1, stride 1) over a
+    row-major grid `shape`: per axis the window [clamp(i - K//2, 0, L - K), + K) of NATTEN."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = None
+        qi, ki = q_idx, kv_idx
+        for axis in range(len(shape) - 1, -1, -1):
+            L, K = shape[axis], kernel[axis]
+            qa, ka = qi % L, ki % L
+            qi, ki = qi // L, ki // L
+            start = (qa - K // 2).clamp(0, L - K)
+            ok = (ka >= start) & (ka < start + K)
+            keep = ok if keep is None else keep & ok
+        return keep
+    return mask_mod
+
+
+def _bench_natten(args, torch) -> List[Dict[str, Any]]:
+    """na2d / na3d (heads first) against dense attention over the same tokens and torch
+    flex_attention (torch.compile, CPU) with the neighbourhood mask, B=1, H=8, D=64."""
+    import spattn
+
+    rows: List[Dict[str, Any]] = []
+    print("\n== neighbourhood attention (B=1, H=8, D=64, non-causal; torch: flex_attention compiled, same mask)")
+    flex = None
+    if torch is not None:
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+            flex = torch.compile(flex_attention, dynamic=False)
+        except Exception as exc:  # pragma: no cover - torch without flex attention
+            print(f"torch flex_attention unavailable: {exc}")
+    rng = np.random.default_rng(0)
+    for shape, kernel in (((64, 64), (7, 7)), ((64, 64), (13, 13)), ((16, 32, 32), (7, 7, 7))):
+        N = int(np.prod(shape))
+        q, k, v = (rng.standard_normal((1, 8) + shape + (64,), dtype=np.float32) for _ in range(3))
+        fn = spattn.na2d if len(shape) == 2 else spattn.na3d
+        na_s = _best(lambda: fn(q, k, v, kernel, layout="heads_first"), max(args.repeats, 3))
+        qf, kf, vf = (x.reshape(1, 8, N, 64) for x in (q, k, v))
+        dense_s = _best(lambda: spattn.attention(qf, kf, vf), max(args.repeats, 2))
+        row = {"shape": list(shape), "kernel": list(kernel), "tokens": N, "natten_s": na_s, "dense_s": dense_s,
+               "speedup_vs_dense": dense_s / na_s, "flex_s": None, "speedup_vs_flex": None}
+        if flex is not None:
+            try:
+                bm = create_block_mask(_na_flex_mask_mod(shape, kernel), 1, 1, N, N, device="cpu")
+                tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(x)) for x in (qf, kf, vf))
+                with torch.no_grad():
+                    ref = flex(tq, tk, tv, block_mask=bm)  # compiles
+                    err = float(np.abs(ref.numpy() - fn(q, k, v, kernel, layout="heads_first").reshape(1, 8, N, 64)).max())
+                    flex_s = _best(lambda: flex(tq, tk, tv, block_mask=bm), max(args.repeats, 3))
+                row.update(flex_s=flex_s, speedup_vs_flex=flex_s / na_s, max_abs_diff_vs_flex=err)
+            except Exception as exc:  # pragma: no cover - compile failures are reported, not fatal
+                print(f"flex_attention failed for {shape}: {type(exc).__name__}: {str(exc)[:200]}")
+        rows.append(row)
+        print(f"{'x'.join(map(str, shape)):>9} kernel {'x'.join(map(str, kernel)):>6}: na {na_s * 1e3:8.2f} ms | dense "
+              f"{dense_s * 1e3:8.2f} ms ({dense_s / na_s:.2f}x)" + (
+                  f" | flex {row['flex_s'] * 1e3:8.2f} ms ({row['speedup_vs_flex']:.2f}x, max diff "
+                  f"{row['max_abs_diff_vs_flex']:.1e})" if row["flex_s"] else ""))
     return rows
 
 
@@ -375,6 +439,8 @@ def run(args) -> int:
         results["statistics"] = _bench_statistics(args)
     if args.decode_methods:
         results["decode_methods"] = _bench_decode_methods(args, torch)
+    if args.natten:
+        results["natten"] = _bench_natten(args, torch)
     if args.methods:
         results["methods"] = _bench_methods(args, torch)
     if args.json:
