@@ -519,3 +519,51 @@ def test_seerattention_r_decode_gate_reads_pre_rope_inputs():
     np.testing.assert_allclose(gate_mirror.keys(1), kpre.numpy(), atol=2e-5)
     sel = hf.layers(model)[1].decode_method.last_selection   # use() copies the instance per layer
     assert sel is not None and (sel.indices >= 0).sum(-1).max() < 143
+
+
+def test_tidaldecode_decode_step_equals_the_official_reference_path():
+    """A decode step of a 6-layer GQA Llama under spattn's tidaldecode against a transcription of
+    the official reference path (TidalDecode modify_llama.py ``llama_tidal_attention_forward`` with
+    the ``pos_dict`` hand-off): layers < start dense; at the selection layers full attention and a
+    per-query-head torch.topk of q.K^T/sqrt(D) over repeat_kv(K); other layers masked softmax over
+    the stored positions of the same head index."""
+    from transformers import AttentionInterface
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(num_hidden_layers=6)).eval()
+    ids = ids_of(1, 120)
+    start, correction, top_k = 1, 4, 9
+    store = {}
+
+    def official(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+        layer = module.layer_idx
+        k = repeat_kv(key, module.num_key_value_groups)
+        v = repeat_kv(value, module.num_key_value_groups)
+        logits = torch.matmul(query, k.transpose(2, 3)) * scaling
+        if query.shape[2] > 1:  # prefill: causal, dense
+            n = query.shape[2]
+            logits = logits + torch.triu(torch.full((n, n), float("-inf")), 1)
+        elif layer in (start, correction):
+            idx = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).indices
+            store["mask"] = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, idx, True)
+        elif layer > start:
+            logits = logits.masked_fill(~store["mask"], torch.finfo(logits.dtype).min)
+        p = torch.softmax(logits.float(), dim=-1).to(query.dtype)
+        return torch.matmul(p, v).transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("tidal_official", official)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model.set_attn_implementation("tidal_official")
+        model(ids, cache=cache, use_cache=True)
+        want = model(ids[:, -1:], cache=cache, use_cache=True).logits
+    hf.use(model, method="dense", decode_method=spattn.methods.get("tidaldecode", top_k=top_k, sparse_layer_start=start,
+                                                                   correction_layer=correction))
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids, cache=cache, use_cache=True)
+        got = model(ids[:, -1:], cache=cache, use_cache=True).logits
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    dense = {s["layer"]: s["density"] for s in hf.stats(model)}
+    assert dense[2] < 0.1 and dense[0] == 1.0
