@@ -21,7 +21,8 @@ What runs where, per call of a layer:
   by the new rows only, so the method's state (Quest's page min/max, Double Sparsity's labels)
   is updated incrementally and its layer plan (dense, select, reuse layers, keyed by layer index)
   applies; the mirror restarts at the first decode step after a prefill call (one copy of the
-  prompt's keys) and when the model's cache no longer continues it;
+  prompt's keys) and when the model's cache no longer continues it. It holds one float32 copy of
+  the cache's K/V (the price of in-place state; :func:`restore` frees it);
 - otherwise (prefill, Nq == Nk, and chunked prefill, Nq < Nk): the method's estimator, then the
   kernel of its mask format. A call whose shape the method's capabilities exclude (e.g.
   chunked prefill for a method defined for Nq == Nk only) runs exact attention; the reason is
