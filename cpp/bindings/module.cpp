@@ -560,10 +560,13 @@ void bind_seerattention(py::module_& m) {
   }, py::arg("q"), py::arg("k"), py::arg("block_size"), py::arg("scale"));
 }
 
-void bind_tokenselect(py::module_& m) {
-  bind_params<TokenSelectParams>(m, "TokenSelectParams", "tokenselect",
-                                 "TokenSelect decode selection parameters (release-config defaults).");
-  m.def("estimate_tokenselect", [](const FArr& q, const FArr& k, int kv_len, const TokenSelectParams& p) {
+// A decode estimator over a cache buffer: q (B, Hq, 1, D) against the first kv_len rows of k
+// (B, Hkv, capacity, D) -> per-head key positions (B, Hq, 1, K).
+template <class P>
+void bind_decode_estimator(py::module_& m, const char* method, const char* cls, const char* params_doc,
+                           std::vector<int32_t> (*fn)(const AttnArgs&, const P&, int*), const char* doc) {
+  bind_params<P>(m, cls, method, params_doc);
+  m.def(("estimate_" + std::string(method)).c_str(), [fn](const FArr& q, const FArr& k, int kv_len, const P& p) {
     AttnArgs a = make_args(q, k, nullptr, true, std::nullopt);
     p.validate();
     if (a.shape.Nq != 1) throw py::value_error("q must hold one query per head (Nq == 1), got shape " + shape_str(q));
@@ -576,34 +579,24 @@ void bind_tokenselect(py::module_& m) {
     std::vector<int32_t> idx;
     {
       py::gil_scoped_release nogil;
-      idx = estimate_tokenselect(a, p, &K);
+      idx = fn(a, p, &K);
     }
     return adopt(std::move(idx), {a.shape.B, a.shape.Hq, 1, K});
-  }, py::arg("q"), py::arg("k"), py::arg("kv_len"), py::arg("params"),
-     "TokenSelect's keys (B, Hq, 1, K) for q (B, Hq, 1, D) over the first kv_len rows of k (B, Hkv, capacity, D).");
+  }, py::arg("q"), py::arg("k"), py::arg("kv_len"), py::arg("params"), doc);
+}
+
+void bind_tokenselect(py::module_& m) {
+  bind_decode_estimator<TokenSelectParams>(
+      m, "tokenselect", "TokenSelectParams", "TokenSelect decode selection parameters (release-config defaults).",
+      &estimate_tokenselect,
+      "TokenSelect's keys (B, Hq, 1, K) for q (B, Hq, 1, D) over the first kv_len rows of k (B, Hkv, capacity, D).");
 }
 
 void bind_tidaldecode(py::module_& m) {
-  bind_params<TidalDecodeParams>(m, "TidalDecodeParams", "tidaldecode",
-                                 "TidalDecode token-selection parameters (official defaults).");
-  m.def("estimate_tidaldecode", [](const FArr& q, const FArr& k, int kv_len, const TidalDecodeParams& p) {
-    AttnArgs a = make_args(q, k, nullptr, true, std::nullopt);
-    p.validate();
-    if (a.shape.Nq != 1) throw py::value_error("q must hold one query per head (Nq == 1), got shape " + shape_str(q));
-    if (kv_len < 0 || kv_len > a.shape.Nk)
-      throw py::value_error("kv_len must lie in [0, " + std::to_string(a.shape.Nk) + "] (the rows of k), got " +
-                            std::to_string(kv_len));
-    a.shape.kv_capacity = a.shape.Nk;
-    a.shape.Nk = kv_len;
-    int K = 0;
-    std::vector<int32_t> idx;
-    {
-      py::gil_scoped_release nogil;
-      idx = estimate_tidaldecode(a, p, &K);
-    }
-    return adopt(std::move(idx), {a.shape.B, a.shape.Hq, 1, K});
-  }, py::arg("q"), py::arg("k"), py::arg("kv_len"), py::arg("params"),
-     "TidalDecode's per-head top-k positions (B, Hq, 1, K) for q (B, Hq, 1, D) over the first kv_len rows of k.");
+  bind_decode_estimator<TidalDecodeParams>(
+      m, "tidaldecode", "TidalDecodeParams", "TidalDecode token-selection parameters (official defaults).",
+      &estimate_tidaldecode,
+      "TidalDecode's per-head top-k positions (B, Hq, 1, K) for q (B, Hq, 1, D) over the first kv_len rows of k.");
 }
 
 void bind_statistical(py::module_& m) {
