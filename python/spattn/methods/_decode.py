@@ -90,21 +90,22 @@ class CacheDecode:
     def _select_cache(self, q: np.ndarray, cache: KVCache, layer: int) -> TokenIndices:
         raise TypeError(f"{type(self).__name__} must define _select_cache()")  # abstract
 
-    def select(self, q, cache: KVCache, *, layer: int = 0) -> TokenIndices:
+    def select(self, q, cache: KVCache, *, layer: int = 0, **select_kw) -> TokenIndices:
         """The key positions attended by q (B, Hq, 1, D) on `layer` of `cache` (after the step's
         append) under the layer plan: every key on a dense or select layer (a select layer also
         stores the method's selection for the reuse layers above), the stored positions on a
-        reuse layer, else the method's selection. TokenIndices (B, Hq, 1, K), group_size 1."""
+        reuse layer, else the method's selection. TokenIndices (B, Hq, 1, K), group_size 1.
+        `select_kw`: a method's extra selection inputs (SeerAttention-R's gate inputs)."""
         q = self._check_cache_query(q, cache, layer)
         if q.shape[2] != 1:
             raise ValueError(f"select is a decode step: q must hold one query (Nq == 1), got shape {q.shape}")
-        idx = self._plan_step(q, cache, layer)
+        idx = self._plan_step(q, cache, layer, **select_kw)
         if idx is None:
             return self._dense_indices(q.shape[0], q.shape[1], 1, cache.length(layer))
         return idx
 
     def __call__(self, q, k, v=None, *, layer: Optional[int] = None, causal: bool = False,
-                 scale: Optional[float] = None, return_lse: bool = False):
+                 scale: Optional[float] = None, return_lse: bool = False, **select_kw):
         """``m(q, cache, layer=i)``: attention of q over `layer` of a :class:`spattn.KVCache`
         (decode, Nq == 1: the positions the layer plan gives, see :meth:`select`; Nq > 1: dense,
         causal bottom-right when `causal`), reading the cache's buffers in place; ``m(q, k, v)``: the
@@ -112,14 +113,14 @@ class CacheDecode:
         if not isinstance(k, KVCache):
             if layer is not None:
                 raise TypeError("layer applies to a call over a spattn.KVCache, not to arrays")
-            return super().__call__(q, k, v, causal=causal, scale=scale, return_lse=return_lse)
+            return super().__call__(q, k, v, causal=causal, scale=scale, return_lse=return_lse, **select_kw)
         if v is not None:
             raise TypeError("m(q, cache, layer=i) takes no v: the values are the cache's")
         cache, layer = k, check_int(0 if layer is None else layer, "layer")
         causal, scale = as_causal(causal), as_scale(scale)
         q = self._check_cache_query(q, cache, layer)
         kb, vb, n = cache.buffers(layer)
-        idx = None if q.shape[2] != 1 else self._plan_step(q, cache, layer)
+        idx = None if q.shape[2] != 1 else self._plan_step(q, cache, layer, **select_kw)
         self.last_selection = idx
         if idx is None:
             return attention(q, kb, vb, kv_len=n, causal=causal, scale=scale, return_lse=return_lse)

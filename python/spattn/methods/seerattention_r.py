@@ -858,17 +858,9 @@ class SeerAttentionR(CacheDecode, Method):
 
     def select(self, q, cache: KVCache, *, layer: int = 0, q_gate=None, gate_cache: Optional[KVCache] = None) -> TokenIndices:
         """The key positions attended by q (B, Hq, 1, D) on `layer` of `cache` (after the step's
-        append): every key on a dense layer, else the gate's blocks. ``q_gate`` / ``gate_cache``:
-        the gate's inputs (pre-RoPE query, a KVCache of pre-RoPE keys), default q / cache."""
-        if q_gate is None and gate_cache is None:
-            return super().select(q, cache, layer=layer)
-        q = self._check_cache_query(q, cache, layer)
-        if q.shape[2] != 1:
-            raise ValueError(f"select is a decode step: q must hold one query (Nq == 1), got shape {q.shape}")
-        idx = self._plan_step(q, cache, layer, q_gate=q_gate, gate_cache=gate_cache)
-        if idx is None:
-            return self._dense_indices(q.shape[0], q.shape[1], 1, cache.length(layer))
-        return idx
+        append), as :meth:`CacheDecode.select`. ``q_gate`` / ``gate_cache``: the gate's inputs
+        (pre-RoPE query, a KVCache of pre-RoPE keys), default q / cache."""
+        return super().select(q, cache, layer=layer, q_gate=q_gate, gate_cache=gate_cache)
 
     def __call__(self, q, k, v=None, *, layer: Optional[int] = None, causal: bool = False,
                  scale: Optional[float] = None, return_lse: bool = False, q_gate=None, k_gate=None,
@@ -882,22 +874,8 @@ class SeerAttentionR(CacheDecode, Method):
                                    q_gate=q_gate, k_gate=k_gate)
         if k_gate is not None:
             raise TypeError("k_gate applies to arrays; over a cache pass gate_cache (a KVCache of the gate keys)")
-        if q_gate is None and gate_cache is None:
-            return super().__call__(q, k, v, layer=layer, causal=causal, scale=scale, return_lse=return_lse)
-        from ..kernels import attention, token_sparse_attention
-        from .._validation import as_causal, as_scale
-
-        if v is not None:
-            raise TypeError("m(q, cache, layer=i) takes no v: the values are the cache's")
-        cache, layer = k, check_int(0 if layer is None else layer, "layer")
-        causal, scale = as_causal(causal), as_scale(scale)
-        q = self._check_cache_query(q, cache, layer)
-        kb, vb, n = cache.buffers(layer)
-        idx = None if q.shape[2] != 1 else self._plan_step(q, cache, layer, q_gate=q_gate, gate_cache=gate_cache)
-        self.last_selection = idx
-        if idx is None:
-            return attention(q, kb, vb, kv_len=n, causal=causal, scale=scale, return_lse=return_lse)
-        return token_sparse_attention(q, kb, vb, idx, kv_len=n, scale=scale, return_lse=return_lse)
+        return super().__call__(q, k, v, layer=layer, causal=causal, scale=scale, return_lse=return_lse,
+                                q_gate=q_gate, gate_cache=gate_cache)
 
     # ------------------------------------------------------------------ learned state
     def fit(self, samples: Sequence, **kwargs: Any) -> TrainResult:
