@@ -348,3 +348,63 @@ def test_random_sweep_matches_natten_definition(case):
     D = int(rng.choice([16, 32, 64, 80]))
     check(shape, tuple(kernel), tuple(stride), tuple(dilation), causal, B=int(rng.integers(1, 3)), Hq=Hkv * G,
           Hkv=Hkv, D=D, Dv=int(rng.choice([D, 24])), seed=case)
+
+
+@pytest.mark.parametrize("shape, kernel, stride, dilation, causal", [
+    ((37,), 5, 1, 1, False), ((40,), 8, 3, 1, False), ((41,), 6, 3, 2, True), ((9, 14), (3, 4), (1, 2), (2, 1), False),
+    ((6, 7, 8), (2, 3, 4), (2, 3, 4), (1, 2, 1), (True, False, False)), ((33, 35), 7, 7, 1, False),
+])
+@pytest.mark.parametrize("heads_per_kv", [1, 4])
+def test_na_work_counts_the_pattern_and_a_superset_of_it(shape, kernel, stride, dilation, causal, heads_per_kv):
+    w = spattn.na_work(shape, kernel, dilation, stride, causal, heads_per_kv=heads_per_kv)
+    idx = spattn.na_mask(shape, kernel, dilation, stride, causal).indices[0, 0]
+    n = int(np.prod(shape))
+    assert w["visible_pairs"] == int((idx >= 0).sum())
+    assert w["visible_pairs"] <= w["computed_pairs"] <= n * n
+    assert w["dense_pairs"] == n * n and w["speedup_bound"] == n * n / w["computed_pairs"]
+    assert len(w["box_shape"]) == len(shape) and w["boxes"] >= 1
+    st = (stride,) * len(shape) if isinstance(stride, int) else stride
+    dl = (dilation,) * len(shape) if isinstance(dilation, int) else dilation
+    for t, s, m, d in zip(w["box_shape"], st, shape, dl):  # whole stride groups or a divisor of one
+        assert t >= -(-m // d) or t % s == 0 or s % t == 0
+
+
+@pytest.mark.parametrize("n, kernel, stride", [(1024, 64, 1), (1024, 64, 16), (2048, 256, 256), (4096, 512, 128)])
+def test_na_work_in_1d_is_the_gna_tile_model_of_the_kernels_boxes(n, kernel, stride):
+    # Boxes that tile the axis evenly, keys read as exact runs: GNA's model with q_tile = box, kv_tile = 1.
+    w = spattn.na_work(n, kernel, stride=stride)
+    box = w["box_shape"][0]
+    assert n % box == 0
+    g = spattn.gna_tile_stats(n, kernel, stride=stride, q_tile=box, kv_tile=1)
+    assert w["computed_pairs"] == g["computed_pairs"] and w["visible_pairs"] == g["visible_pairs"]
+    if stride % box == 0 or box % stride == 0 and stride == kernel:
+        assert w["useful_fraction"] == 1.0  # perfectly block-sparse: every computed slot is visible
+
+
+def test_na_work_brute_force_in_2d():
+    # The kernel's boxes for a 2D pattern at dilation 1: computed = sum over boxes of rows x the
+    # per-key-row hull of the box's windows, rebuilt from na_mask and the reported box shape.
+    shape, kernel, stride = (20, 24), (5, 6), (2, 3)
+    w = spattn.na_work(shape, kernel, stride=stride)
+    tx, ty = w["box_shape"]
+    idx = spattn.na_mask(shape, kernel, stride=stride).indices[0, 0]
+    total = 0
+    for x0 in range(0, shape[0], tx):
+        for y0 in range(0, shape[1], ty):
+            qs = [x * shape[1] + y for x in range(x0, min(x0 + tx, shape[0])) for y in range(y0, min(y0 + ty, shape[1]))]
+            keys = idx[qs]
+            keys = keys[keys >= 0]
+            rows = {}
+            for kk in keys.tolist():
+                r, c = divmod(kk, shape[1])
+                lo, hi = rows.get(r, (c, c))
+                rows[r] = (min(lo, c), max(hi, c))
+            total += len(qs) * sum(hi - lo + 1 for lo, hi in rows.values())
+    assert w["computed_pairs"] == total
+
+
+def test_na_work_rejects_bad_input():
+    with pytest.raises(ValueError, match="heads_per_kv"):
+        spattn.na_work((8, 8), 3, heads_per_kv=0)
+    with pytest.raises(ValueError, match="stride"):
+        spattn.na_work((8, 8), 3, stride=4)

@@ -294,6 +294,27 @@ void bind_kernels(py::module_& m) {
   }, py::arg("extent"), py::arg("kernel_size"), py::arg("dilation"), py::arg("stride"), py::arg("is_causal"),
      "The neighbourhood pattern as (N, K) ascending key positions per query, -1 padded.");
 
+  m.def("neighborhood_work", [](const std::vector<int>& extent, const std::vector<int>& kernel_size,
+                                const std::vector<int>& dilation, const std::vector<int>& stride,
+                                const std::vector<bool>& is_causal, int group) {
+    const NeighborhoodSpec spec = neighborhood_spec(extent, kernel_size, dilation, stride, is_causal);
+    NeighborhoodWork w;
+    {
+      py::gil_scoped_release nogil;
+      w = neighborhood_work(spec, group);
+    }
+    py::dict d;
+    d["boxes"] = w.boxes;
+    d["computed_pairs"] = w.computed_pairs;
+    d["visible_pairs"] = w.visible_pairs;
+    d["max_box"] = w.max_box;
+    d["box_shape"] = py::tuple(py::cast(w.box_shape));
+    return d;
+  }, py::arg("extent"), py::arg("kernel_size"), py::arg("dilation"), py::arg("stride"), py::arg("is_causal"),
+     py::arg("group"),
+     "The work of neighborhood_attention per (batch, query head) with `group` query heads per kv head: "
+     "{'boxes', 'computed_pairs', 'visible_pairs', 'max_box', 'box_shape'}.");
+
   m.def("vertical_slash_pairs", [](const IArr& vertical, const IArr& slash, int block, int len) {
     const VerticalSlashView vs = vertical_slash_view(vertical, slash, block, len);
     vs.check_against(pattern_shape(vs.B, vs.H, len));

@@ -20,7 +20,7 @@ from .kernels import (BlockPlan, attention, block_sparse_attention, merge_states
                       sparse_attention, token_sparse_attention, vertical_slash_attention, window_attention)
 from .layer_plan import LayerPlan
 from .masks import BlockMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
-from .neighborhood import gna_tile_stats, na1d, na2d, na3d, na_mask
+from .neighborhood import gna_tile_stats, na1d, na2d, na3d, na_mask, na_work
 from .selection import gaussian_topk, normal_quantile, statistical_topk
 
 __version__ = "0.1.0"
@@ -46,7 +46,7 @@ def num_threads() -> int:
 __all__ = [
     "attention", "block_sparse_attention", "token_sparse_attention", "window_attention", "vertical_slash_attention",
     "permuted_block_attention", "sparse_attention", "merge_states", "plan", "BlockPlan",
-    "na1d", "na2d", "na3d", "na_mask", "gna_tile_stats",
+    "na1d", "na2d", "na3d", "na_mask", "gna_tile_stats", "na_work",
     "BlockMask", "TokenIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask", "KVCache",
     "LayerPlan", "statistical_topk", "gaussian_topk", "normal_quantile",
     "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",

@@ -65,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="neighbourhood attention (na2d on a 64x64 image, kernels 7 and 13; na3d on a 16x32x32 "
                         "video, kernel 7): spattn's kernel against dense attention and torch flex_attention "
                         "compiled on the CPU with the same mask")
+    p.add_argument("--gna", action="store_true",
+                   help="GNA's tile model against measured time: for 1D (N 32768, kernel 2048) and 2D (128x128, "
+                        "kernel 32x32) patterns over a sweep of strides, the speedup over dense attention that "
+                        "spattn.na_work predicts for spattn's kernel and the one measured, same run")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
@@ -278,6 +282,48 @@ def _bench_natten(args, torch) -> List[Dict[str, Any]]:
     return rows
 
 
+GNA_CASES = (((32768,), (2048,), (1, 16, 64, 128, 256, 2048)), ((128, 128), (32, 32), (1, 4, 8, 16, 32)),
+             ((64, 64), (7, 7), (1, 7)), ((64, 64), (13, 13), (1, 13)), ((16, 32, 32), (7, 7, 7), (1, 7)))
+
+
+def _bench_gna(args) -> List[Dict[str, Any]]:
+    """GNA's analytical model (spattn.na_work: the (query, key) slots spattn's neighbourhood kernel
+    computes for its own tiling) against the measured speedup of that kernel over dense
+    non-causal attention, B=1, H=8 (Hkv 8), D=64, over strides (s = 1: NA, s = kernel: blocked)."""
+    import spattn
+
+    rows: List[Dict[str, Any]] = []
+    print("\n== GNA tile model vs measured (B=1, H=8, D=64, non-causal; predicted = N^2 / computed pairs of "
+          "spattn's kernel, measured = dense time / na time)")
+    rng = np.random.default_rng(0)
+    for shape, kernel, strides in GNA_CASES:
+        N = int(np.prod(shape))
+        q, k, v = (rng.standard_normal((1, 8, N, 64), dtype=np.float32) for _ in range(3))
+        dense_s = _best(lambda: spattn.attention(q, k, v), max(args.repeats, 2))
+        for s in strides:
+            st = tuple(min(s, kk) for kk in kernel)
+            w = spattn.na_work(shape, kernel, stride=st)
+            fn = (spattn.na1d, spattn.na2d, spattn.na3d)[len(shape) - 1]
+            qs, ks, vs = (x.reshape((1, 8) + tuple(shape) + (64,)) for x in (q, k, v))
+            na_s = _best(lambda: fn(qs, ks, vs, kernel, stride=st, layout="heads_first"), max(args.repeats, 3))
+            tile = spattn.gna_tile_stats(shape, kernel, stride=st, q_tile=w["box_shape"],
+                                         kv_tile=(1,) * (len(shape) - 1) + (16,))
+            row = {"shape": list(shape), "kernel": list(kernel), "stride": list(st), "tokens": N,
+                   "box_shape": list(w["box_shape"]), "useful_fraction": w["useful_fraction"],
+                   "predicted_speedup": w["speedup_bound"], "density": w["visible_pairs"] / w["dense_pairs"],
+                   "flop_bound": w["dense_pairs"] / w["visible_pairs"],
+                   "perfectly_block_sparse_16": tile["perfectly_block_sparse"],
+                   "na_s": na_s, "dense_s": dense_s, "measured_speedup": dense_s / na_s,
+                   "efficiency": dense_s / na_s / w["speedup_bound"]}
+            rows.append(row)
+            print(f"{'x'.join(map(str, shape)):>9} kernel {'x'.join(map(str, kernel)):>9} stride "
+                  f"{'x'.join(map(str, st)):>9}: box {'x'.join(map(str, w['box_shape'])):>7} useful "
+                  f"{w['useful_fraction']:.3f} | predicted {w['speedup_bound']:6.2f}x (FLOP bound "
+                  f"{row['flop_bound']:6.2f}x) | measured {dense_s / na_s:6.2f}x ({na_s * 1e3:8.2f} ms vs dense "
+                  f"{dense_s * 1e3:8.2f} ms) | efficiency {row['efficiency']:.2f}")
+    return rows
+
+
 def _bench_statistics(args) -> List[Dict[str, Any]]:
     """Time the exact statistics passes of the tile engine against dense attention."""
     import spattn
@@ -439,6 +485,8 @@ def run(args) -> int:
         results["statistics"] = _bench_statistics(args)
     if args.decode_methods:
         results["decode_methods"] = _bench_decode_methods(args, torch)
+    if args.gna:
+        results["gna"] = _bench_gna(args)
     if args.natten:
         results["natten"] = _bench_natten(args, torch)
     if args.methods:

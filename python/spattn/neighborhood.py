@@ -312,4 +312,50 @@ def gna_tile_stats(shape: Sequence[int], kernel_size: IntOrTuple, dilation: IntO
             "perfectly_block_sparse": visited == full, "dense_pairs": n * n, "speedup_bound": n * n / computed}
 
 
-__all__ = ["na1d", "na2d", "na3d", "na_mask", "gna_tile_stats"]
+def na_work(shape: Sequence[int], kernel_size: IntOrTuple, dilation: IntOrTuple = 1, stride: IntOrTuple = 1,
+            is_causal: BoolOrTuple = False, *, heads_per_kv: int = 1) -> dict:
+    """The work spattn's own neighbourhood kernel does for a pattern: GNA's tile model applied
+    to this kernel's tiling, to predict its speed before running it.
+
+    The kernel (:func:`na1d` / :func:`na2d` / :func:`na3d`) cuts each dilation group's queries
+    into boxes (``box_shape`` tokens per axis; about 256 / ``heads_per_kv`` queries in 1D, 64 in
+    2D / 3D; with a stride they hold whole stride groups or a divisor of one) and, per box,
+    computes the scores of every query of the box against the keys of the union of the box's
+    windows (one run along the last axis per key row). Its time is about proportional to
+    ``computed_pairs``; ``speedup_bound`` = N^2 / computed_pairs is the speedup over dense
+    non-causal attention it can reach (measured against it by ``python -m spattn bench --gna``).
+    In 1D with boxes that tile the axis evenly, ``computed_pairs`` equals
+    ``gna_tile_stats(..., q_tile=box_shape, kv_tile=1)["computed_pairs"]``.
+
+    Parameters
+    ----------
+    shape, kernel_size, dilation, stride, is_causal
+        The pattern, as in :func:`na_mask`.
+    heads_per_kv : int, default 1
+        Query heads per kv head (GQA): the kernel stacks a group's heads, which shrinks the boxes.
+
+    Returns
+    -------
+    dict with ``boxes``, ``box_shape`` (of the first dilation group), ``computed_pairs``,
+    ``visible_pairs``, ``useful_fraction`` (visible / computed), ``dense_pairs`` (N^2) and
+    ``speedup_bound`` (dense / computed), all per (batch, query head).
+    """
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+        shape = (int(shape),)
+    if not isinstance(shape, (tuple, list)) or not 1 <= len(shape) <= 3:
+        raise ValueError(f"shape must be a tuple of 1 to 3 ints (the token axes), got {shape!r}"[:200])
+    rank = len(shape)
+    axes = _per_axis_int(tuple(shape), rank, "shape", 1)
+    kernel, dil, st, causal = _pattern(rank, kernel_size, dilation, stride, is_causal)
+    if isinstance(heads_per_kv, (bool, np.bool_)) or not isinstance(heads_per_kv, (int, np.integer)) \
+            or heads_per_kv < 1:
+        raise ValueError(f"heads_per_kv must be an int >= 1, got {heads_per_kv!r}"[:200])
+    w = _core.neighborhood_work(list(axes), list(kernel), list(dil), list(st), list(causal), int(heads_per_kv))
+    n = int(np.prod(axes))
+    w["useful_fraction"] = w["visible_pairs"] / w["computed_pairs"]
+    w["dense_pairs"] = n * n
+    w["speedup_bound"] = n * n / w["computed_pairs"]
+    return w
+
+
+__all__ = ["na1d", "na2d", "na3d", "na_mask", "gna_tile_stats", "na_work"]

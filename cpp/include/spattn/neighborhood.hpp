@@ -59,4 +59,18 @@ void neighborhood_attention(const AttnArgs& args, const NeighborhoodSpec& spec);
 // receives K (the largest neighbourhood, kernel product for a non-causal pattern).
 std::vector<int32_t> neighborhood_token_indices(const NeighborhoodSpec& spec, int* kmax);
 
+// The work neighborhood_attention does for one (batch, kv head) with `group` query heads per kv
+// head (GNA's tile model applied to this kernel's own tiling): its query boxes, and the (query,
+// key) score slots it computes (each box's rows times the keys of its runs) against the visible
+// pairs of the pattern. Per query head; the kernel's cost is about proportional to
+// computed_pairs.
+struct NeighborhoodWork {
+  long long boxes = 0;
+  long long computed_pairs = 0;
+  long long visible_pairs = 0;
+  int max_box = 0;
+  std::vector<int> box_shape;  // of the first dilation group, one entry per axis
+};
+NeighborhoodWork neighborhood_work(const NeighborhoodSpec& spec, int group);
+
 }  // namespace spattn

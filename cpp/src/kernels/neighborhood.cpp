@@ -164,12 +164,24 @@ struct Box {
 // c queries reads c + K - 1 keys, each query using K. Two or three axes: about `rows` queries,
 // grown by doubling the axis whose key reads per query, (t + K - 1) / t, are the largest, since a
 // box of sizes t reads prod(t + K - 1) keys. Chosen by these counts, not by measurement.
+// A box extent along an axis with stride s > 1 (GNA): queries of one stride group share their
+// window, so a box that holds whole stride groups, or a part of one, reads no key that none of
+// its queries sees for that reason. The extent t becomes a multiple of s (the nearest, >= s) when
+// t >= s, else the largest divisor of s not above t; boxes then start at multiples of it.
+int stride_aligned(int t, int s, int m) {
+  if (s <= 1 || t >= m) return t;
+  if (t >= s) return std::min(m, std::max(s, (t + s / 2) / s * s));
+  int d = t;
+  while (s % d != 0) --d;
+  return d;
+}
+
 std::array<int, 3> box_shape(const Padded& p, const Group& g, int bq) {
   std::array<int, 3> t{1, 1, 1};
   if (g.m[0] == 1 && g.m[1] == 1) {
     const int m = g.m[2], chunk = std::min(bq, std::max(32, p.k[2]));
     const int chunks = std::max({1, ceil_div(m, bq), m / chunk});
-    t[2] = ceil_div(m, chunks);
+    t[2] = stride_aligned(ceil_div(m, chunks), p.s[2], m);
     return t;
   }
   const int rows = std::min(bq, 64);
@@ -184,6 +196,7 @@ std::array<int, 3> box_shape(const Padded& p, const Group& g, int bq) {
     if (best < 0) break;
     t[best] = std::min(2 * t[best], g.m[best]);
   }
+  for (int ax = 0; ax < 3; ++ax) t[ax] = stride_aligned(t[ax], p.s[ax], g.m[ax]);
   return t;
 }
 
@@ -196,7 +209,10 @@ void query_boxes(const Padded& p, const std::vector<Group>& gs, int bq, std::vec
     const std::array<int, 3> t = box_shape(p, g, bq);
     std::array<int, 3> nb;
     for (int ax = 0; ax < 3; ++ax) nb[ax] = ceil_div(g.m[ax], t[ax]);
-    const auto edge = [&](int ax, int i) { return int((long long)g.m[ax] * i / nb[ax]); };  // balanced boxes
+    // Balanced boxes, or boxes of exactly t along an axis with stride > 1 (aligned to its groups).
+    const auto edge = [&](int ax, int i) {
+      return p.s[ax] > 1 ? std::min(g.m[ax], i * t[ax]) : int((long long)g.m[ax] * i / nb[ax]);
+    };
     for (int c0 = 0; c0 < nb[0]; ++c0)
       for (int c1 = 0; c1 < nb[1]; ++c1)
         for (int c2 = 0; c2 < nb[2]; ++c2) {
@@ -210,6 +226,36 @@ void query_boxes(const Padded& p, const std::vector<Group>& gs, int bq, std::vec
           boxes.push_back(bx);
         }
   }
+}
+
+// The windows of a box's queries (lo / hi per axis, one entry per query in box order) and, for
+// each key row (x0, x1) of their union along the two leading axes, the run [run0, run1) along
+// the last axis that some query of the box sees: f(x0, x1, run0, run1). The kernel reads exactly
+// these runs; neighborhood_work counts them.
+template <class F>
+void box_key_runs(const Padded& p, const Group& g, const Box& bx, int* const lo[3], int* const hi[3], F&& f) {
+  const int n = bx.size();
+  std::array<int, 3> ulo{INT_MAX, INT_MAX, INT_MAX}, uhi{INT_MIN, INT_MIN, INT_MIN};
+  for (int r = 0; r < n; ++r) {
+    const int u[3] = {bx.a[0] + r / (bx.b[1] * bx.b[2]), bx.a[1] + (r / bx.b[2]) % bx.b[1], bx.a[2] + r % bx.b[2]};
+    for (int ax = 0; ax < 3; ++ax) {
+      const NaRange w = p.window(ax, u[ax], g.m[ax]);
+      lo[ax][r] = w.start;
+      hi[ax][r] = w.end;
+      ulo[ax] = std::min(ulo[ax], w.start);
+      uhi[ax] = std::max(uhi[ax], w.end);
+    }
+  }
+  for (int x0 = ulo[0]; x0 < uhi[0]; ++x0)
+    for (int x1 = ulo[1]; x1 < uhi[1]; ++x1) {
+      int run0 = INT_MAX, run1 = INT_MIN;
+      for (int r = 0; r < n; ++r)
+        if (lo[0][r] <= x0 && x0 < hi[0][r] && lo[1][r] <= x1 && x1 < hi[1][r]) {
+          run0 = std::min(run0, lo[2][r]);
+          run1 = std::max(run1, hi[2][r]);
+        }
+      if (run1 > run0) f(x0, x1, run0, run1);
+    }
 }
 
 struct NeighborhoodVariant {
@@ -325,47 +371,29 @@ struct NeighborhoodVariant {
     const int n = wi.n(), m1 = g.m[1], m2 = g.m[2];
     int* lo[3] = {loc.w.data(), loc.w.data() + n, loc.w.data() + 2 * n};
     int* hi[3] = {loc.w.data() + 3 * n, loc.w.data() + 4 * n, loc.w.data() + 5 * n};
-    std::array<int, 3> ulo{INT_MAX, INT_MAX, INT_MAX}, uhi{INT_MIN, INT_MIN, INT_MIN};
-    for (int r = 0; r < n; ++r) {
-      const int u[3] = {bx.a[0] + r / (bx.b[1] * bx.b[2]), bx.a[1] + (r / bx.b[2]) % bx.b[1], bx.a[2] + r % bx.b[2]};
-      for (int ax = 0; ax < 3; ++ax) {
-        const NaRange w = p.window(ax, u[ax], g.m[ax]);
-        lo[ax][r] = w.start;
-        hi[ax][r] = w.end;
-        ulo[ax] = std::min(ulo[ax], w.start);
-        uhi[ax] = std::max(uhi[ax], w.end);
-      }
-    }
     // Key rows (x0, x1) of the union of the windows; in each, the run along the last axis that
     // some query sees, read in place and packed into tiles of up to bk keys.
     const float* vh = detail::value_head(a, wi);
     loc.segs.clear();
     loc.info.clear();
     int cols = 0;
-    for (int x0 = ulo[0]; x0 < uhi[0]; ++x0)
-      for (int x1 = ulo[1]; x1 < uhi[1]; ++x1) {
-        int run0 = INT_MAX, run1 = INT_MIN;
-        for (int r = 0; r < n; ++r)
-          if (lo[0][r] <= x0 && x0 < hi[0][r] && lo[1][r] <= x1 && x1 < hi[1][r]) {
-            run0 = std::min(run0, lo[2][r]);
-            run1 = std::max(run1, hi[2][r]);
-          }
-        const int base = g.offset + (x0 * m1 + x1) * m2;
-        for (int c = run0; c < run1;) {
-          const int j = base + c;
-          const int take = std::min({detail::TransposedK::T - j % detail::TransposedK::T, run1 - c, t.bk - cols});
-          loc.segs.push_back(detail::key_segment(kt, wi.b, wi.hk, j, take, vh, a.shape.Dv));
-          loc.info.push_back({x0, x1, c});
-          cols += take;
-          c += take;
-          if (cols == t.bk) {
-            flush(t, wi, loc, cols);
-            loc.segs.clear();
-            loc.info.clear();
-            cols = 0;
-          }
+    box_key_runs(p, g, bx, lo, hi, [&](int x0, int x1, int run0, int run1) {
+      const int base = g.offset + (x0 * m1 + x1) * m2;
+      for (int c = run0; c < run1;) {
+        const int j = base + c;
+        const int take = std::min({detail::TransposedK::T - j % detail::TransposedK::T, run1 - c, t.bk - cols});
+        loc.segs.push_back(detail::key_segment(kt, wi.b, wi.hk, j, take, vh, a.shape.Dv));
+        loc.info.push_back({x0, x1, c});
+        cols += take;
+        c += take;
+        if (cols == t.bk) {
+          flush(t, wi, loc, cols);
+          loc.segs.clear();
+          loc.info.clear();
+          cols = 0;
         }
       }
+    });
     flush(t, wi, loc, cols);
   }
   void finish(const detail::TileScratch& t, const detail::WorkItem& wi, Local&) const { detail::store_item(t, a, wi); }
@@ -463,6 +491,35 @@ std::vector<int32_t> neighborhood_token_indices(const NeighborhoodSpec& spec, in
   }
   *kmax = K;
   return idx;
+}
+
+
+NeighborhoodWork neighborhood_work(const NeighborhoodSpec& spec, int group) {
+  spec.validate();
+  if (group < 1) throw std::invalid_argument("group must be >= 1, got " + std::to_string(group));
+  const Padded p(spec);
+  const std::vector<Group> gs = dilation_groups(p);
+  std::vector<Box> boxes;
+  std::vector<int> qorder;
+  query_boxes(p, gs, std::max(16, detail::kRowsTarget / group), boxes, qorder);
+  NeighborhoodWork w;
+  w.boxes = (long long)boxes.size();
+  std::vector<int> buf;
+  for (const Box& bx : boxes) {
+    const int n = bx.size();
+    buf.assign(static_cast<size_t>(6) * n, 0);
+    int* lo[3] = {buf.data(), buf.data() + n, buf.data() + 2 * n};
+    int* hi[3] = {buf.data() + 3 * n, buf.data() + 4 * n, buf.data() + 5 * n};
+    long long keys = 0;
+    box_key_runs(p, gs[bx.group], bx, lo, hi, [&](int, int, int r0, int r1) { keys += r1 - r0; });
+    w.computed_pairs += (long long)n * keys;
+    for (int r = 0; r < n; ++r)
+      w.visible_pairs += (long long)(hi[0][r] - lo[0][r]) * (hi[1][r] - lo[1][r]) * (hi[2][r] - lo[2][r]);
+    w.max_box = std::max(w.max_box, n);
+  }
+  const std::array<int, 3> t = box_shape(p, gs[0], std::max(16, detail::kRowsTarget / group));
+  for (int i = 0; i < spec.rank; ++i) w.box_shape.push_back(t[size_t(3 - spec.rank + i)]);
+  return w;
 }
 
 }  // namespace spattn
