@@ -91,7 +91,9 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
     mask.check_against(1, 4, 700, 700)
     out = m(w.q, w.k, w.v, causal=causal)
     assert out.shape == w.q.shape and np.isfinite(out).all()
-    if m.capabilities.exact:
+    if not m.runs_mask:  # the output also reads what the mask does not list (its own tests check it)
+        pass
+    elif m.capabilities.exact:
         np.testing.assert_array_equal(out, spattn.attention(w.q, w.k, w.v, causal=causal))
     elif isinstance(mask, spattn.BlockMask):  # the method is its mask run by the kernel
         ref = spattn.block_sparse_attention(w.q, w.k, w.v, mask, causal=causal)

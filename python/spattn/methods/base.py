@@ -152,6 +152,10 @@ class Method:
     pattern: ClassVar[str] = ""
     params_struct: ClassVar[Optional[type]] = None
     extra_defaults: ClassVar[Dict[str, Any]] = {}
+    # False for methods whose output is not their estimate run by a kernel (it also carries
+    # virtual keys, such as Combiner's span summaries): generic tests then check the call's shape
+    # and finiteness, and the method's own tests its output against its reference.
+    runs_mask: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities()
     learned_param: ClassVar[Optional[str]] = None
 
