@@ -802,6 +802,28 @@ void bind_proxyattn(py::module_& m) {
      "(blocks (B, Hq, nb, nb) bool, budgets (B, Hq) int32) of the ProxyAttn-like estimator; prefill Nq == Nk.");
 }
 
+void bind_anchor_attention(py::module_& m) {
+  bind_params<AnchorAttentionParams>(m, "AnchorAttentionParams", "anchor_attention",
+                                     "AnchorAttention parameters (official defaults).");
+  m.def("estimate_anchor_attention", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
+                                        const AnchorAttentionParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    AnchorAttentionEstimate e;
+    {
+      py::gil_scoped_release nogil;
+      e = estimate_anchor_attention(a, p);
+    }
+    const AttnShape& s = a.shape;
+    return py::make_tuple(adopt(std::move(e.indices), {s.B, s.Hq, e.groups, e.K}), e.group_size,
+                          adopt(std::move(e.stripes), {s.B, s.Hq, e.groups, e.S}),
+                          adopt(std::move(e.counts), {s.B, s.Hq, e.groups}),
+                          adopt(std::move(e.anchors), {s.B, s.Hq, s.Nq}));
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "(indices (B, Hq, G, K) int32, group_size, stripes (B, Hq, G, S) int32 -1 padded, counts (B, Hq, G) int32, "
+     "anchors (B, Hq, N) float32) of AnchorAttention; causal prefill only.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -827,6 +849,7 @@ PYBIND11_MODULE(_core, m) {
                                       "MInference A-shape parameters (official a_shape defaults).");
   bind_pbs_attn(m);
   bind_proxyattn(m);
+  bind_anchor_attention(m);
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);

@@ -93,6 +93,12 @@ class ProxyAttnParams(_Params):
     block_size: int
     gamma: float
 
+class AnchorAttentionParams(_Params):
+    block_size: int
+    step: int
+    theta: float
+    official_candidates: bool
+
 class QuestParams(_Params):
     page_size: int
     token_budget: int
@@ -215,6 +221,9 @@ def estimate_pbs_attn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optiona
                       params: PbsAttnParams) -> Tuple[np.ndarray, np.ndarray, bool]: ...
 def estimate_proxyattn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                        params: ProxyAttnParams) -> Pair: ...
+def estimate_anchor_attention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                              params: AnchorAttentionParams
+                              ) -> Tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]: ...
 def estimate_flexprefill(q: np.ndarray, k: np.ndarray, causal: bool,
                          params: FlexPrefillParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def seer_gate_scores(q: np.ndarray, k: np.ndarray, wq: Optional[np.ndarray], wk: np.ndarray, q_pool: List[str],
