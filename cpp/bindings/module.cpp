@@ -876,6 +876,53 @@ void bind_proxyattn(py::module_& m) {
      "(blocks (B, Hq, nb, nb) bool, budgets (B, Hq) int32) of the ProxyAttn-like estimator; prefill Nq == Nk.");
 }
 
+void bind_anchor_attention(py::module_& m) {
+  bind_params<AnchorAttentionParams>(m, "AnchorAttentionParams", "anchor_attention",
+                                     "AnchorAttention parameters (official defaults).");
+  m.def("estimate_anchor_attention", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
+                                        const AnchorAttentionParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    AnchorAttentionEstimate e;
+    {
+      py::gil_scoped_release nogil;
+      e = estimate_anchor_attention(a, p);
+    }
+    const AttnShape& s = a.shape;
+    return py::make_tuple(adopt(std::move(e.indices), {s.B, s.Hq, e.groups, e.K}), e.group_size,
+                          adopt(std::move(e.stripes), {s.B, s.Hq, e.groups, e.S}),
+                          adopt(std::move(e.counts), {s.B, s.Hq, e.groups}),
+                          adopt(std::move(e.anchors), {s.B, s.Hq, s.Nq}));
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "(indices (B, Hq, G, K) int32, group_size, stripes (B, Hq, G, S) int32 -1 padded, counts (B, Hq, G) int32, "
+     "anchors (B, Hq, N) float32) of AnchorAttention; causal prefill only.");
+}
+
+void bind_dhsa(py::module_& m) {
+  bind_params<DhsaParams>(m, "DhsaParams", "dhsa", "DHSA parameters (official legacy defaults).");
+  m.def("estimate_dhsa", [](const FArr& q, const FArr& k, bool causal, const DhsaParams& p,
+                            const std::optional<IArr>& boundaries) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, std::nullopt);
+    p.validate();
+    int C = 0;
+    if (boundaries) {
+      need_ndim(*boundaries, 2, "boundaries");
+      if (boundaries->shape(0) != a.shape.B)
+        throw py::value_error("boundaries must have shape (B, C + 1) with B=" + std::to_string(a.shape.B) + ", got " +
+                              shape_str(*boundaries));
+      C = dim(*boundaries, 1, "boundaries") - 1;
+    }
+    DhsaEstimate e;
+    {
+      py::gil_scoped_release nogil;
+      e = estimate_dhsa(a, p, boundaries ? boundaries->data() : nullptr, C);
+    }
+    return py::make_tuple(adopt(std::move(e.indices), {a.shape.B, e.blocks, e.K}), e.q_len);
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("params"), py::arg("boundaries") = py::none(),
+     "(indices (B, blocks, K) int32 -1 padded, shared by all heads, q_len: the sparse queries) of DHSA; boundaries "
+     "(B, C + 1) int32 from 0 to N or None (fixed chunks); causal prefill only.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -901,6 +948,8 @@ PYBIND11_MODULE(_core, m) {
                                       "MInference A-shape parameters (official a_shape defaults).");
   bind_pbs_attn(m);
   bind_proxyattn(m);
+  bind_anchor_attention(m);
+  bind_dhsa(m);
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);

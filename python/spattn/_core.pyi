@@ -93,6 +93,21 @@ class ProxyAttnParams(_Params):
     block_size: int
     gamma: float
 
+class AnchorAttentionParams(_Params):
+    block_size: int
+    step: int
+    theta: float
+    official_candidates: bool
+
+class DhsaParams(_Params):
+    block_size: int
+    chunk_size: int
+    token_budget: int
+    local_tokens: int
+    global_tokens: int
+    instruction_tokens: int
+    length_norm: bool
+
 class QuestParams(_Params):
     page_size: int
     token_budget: int
@@ -221,6 +236,11 @@ def estimate_pbs_attn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optiona
                       params: PbsAttnParams) -> Tuple[np.ndarray, np.ndarray, bool]: ...
 def estimate_proxyattn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                        params: ProxyAttnParams) -> Pair: ...
+def estimate_anchor_attention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                              params: AnchorAttentionParams
+                              ) -> Tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]: ...
+def estimate_dhsa(q: np.ndarray, k: np.ndarray, causal: bool, params: DhsaParams,
+                  boundaries: Optional[np.ndarray] = None) -> Tuple[np.ndarray, int]: ...
 def estimate_flexprefill(q: np.ndarray, k: np.ndarray, causal: bool,
                          params: FlexPrefillParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def seer_gate_scores(q: np.ndarray, k: np.ndarray, wq: Optional[np.ndarray], wk: np.ndarray, q_pool: List[str],

@@ -68,6 +68,10 @@ class Capabilities:
         ``estimate`` also takes ``v`` (SEA's learned encoder reads V), and ``__call__`` may do
         more than attention over the mask (SEA's output gates): harnesses pass ``v`` to
         ``estimate`` and take the output from ``__call__``. Other methods refuse ``v`` (TypeError).
+    own_output : bool
+        ``__call__`` computes more than the kernel of the mask ``estimate`` returns (AnchorAttention
+        counts some keys twice in its softmax, as its official kernel does): harnesses take the
+        output from ``__call__`` and the mask of that call from ``last_info["mask"]``.
     """
 
     causal: bool = True
@@ -83,6 +87,7 @@ class Capabilities:
     exact: bool = False
     gate_inputs: bool = False
     value_inputs: bool = False
+    own_output: bool = False
 
     def __post_init__(self):
         if not (self.causal or self.noncausal):
