@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import spattn
-from spattn import _core
 from conftest import assert_matches, make_qkv, ref_attention, ref_probs
 
 FIXTURE = np.load(Path(__file__).parent / "data" / "svg2_official.npz")
