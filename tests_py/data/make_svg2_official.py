@@ -4,7 +4,14 @@ svg/kmeans_utils.py) on CPU and store inputs + outputs for tests_py/test_svg2.py
 The module's CUDA-only imports (flashinfer, cuvs, triton) are not importable here, so the needed
 functions are taken from the file's source (ast) and run unchanged; the two Triton helpers that
 _euclid_iter calls are replaced by the torch code the file keeps beside them (the commented-out
-dist_sq / argmin lines of _euclid_iter, and a torch index_add of the centroid sums)."""
+dist_sq / argmin lines of _euclid_iter, and a torch index_add of the centroid sums).
+
+Run (torch CPU, not needed by the tests) from a folder holding the official svg/kmeans_utils.py as
+kmeans_utils.py:  python make_svg2_official.py tests_py/data/svg2_official.npz
+Written with torch 2.13.0+cpu. Cases: a (Hq=2, N=257, D=64, Cq=16, Ck=40, top_p 0.9, ratio 0.1,
+50 iterations), a_warm (a's returned centroids, perturbed inputs, 2 iterations: the official
+kmeans_step), b (H=3, N=130, D=128, Cq=9, Ck=25, top_p 0.5, ratio 0.3), c (H=1, N=77, D=80, Cq=5,
+Ck=77, top_p 0.95, ratio 0, 3 iterations: stops at max_iters for q)."""
 import ast, sys
 import numpy as np
 import torch
