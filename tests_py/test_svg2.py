@@ -195,6 +195,18 @@ def test_cluster_counts_are_clamped_to_the_lengths():
     assert mask.num_q_clusters == 1 and mask.q_len == 1
 
 
+@pytest.mark.parametrize("nq, nk", [(0, 5), (3, 0), (0, 0)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_empty_lengths_give_empty_patterns(nq, nk, causal):
+    q, k, v = make_qkv(1, 2, 1, nq, nk, 16, seed=1)
+    m = spattn.methods.get("svg2")
+    mask = m.estimate(q, k, causal=causal)
+    assert (mask.num_q_clusters, mask.num_k_clusters) == (min(nq, 300), min(nk, 1000))
+    out, lse = m(q, k, v, causal=causal, return_lse=True)
+    assert out.shape == q.shape and np.all(out == 0) and np.all(np.isneginf(lse))
+    np.testing.assert_array_equal(mask.density(causal=causal), np.zeros((1, 2)))
+
+
 def test_the_top_cluster_and_the_min_ratio_are_always_kept():
     q, k, _ = clustered_inputs(1, 2, 2, 200, 200, 64, seed=9)
     tiny = spattn.methods.get("svg2", num_q_centroids=8, num_k_centroids=30, top_p_kmeans=1e-6, min_kc_ratio=0.0)

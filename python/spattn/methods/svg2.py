@@ -133,8 +133,8 @@ class SVG2(Method):
     def _digest(self, q: np.ndarray, k: np.ndarray, causal: bool, scale) -> bytes:
         h = hashlib.blake2b(digest_size=16)
         h.update(repr((q.shape, k.shape, causal, scale, sorted(self.params.items()))).encode())
-        h.update(memoryview(q).cast("B"))
-        h.update(memoryview(k).cast("B"))
+        h.update(q.reshape(-1).view(np.uint8))
+        h.update(k.reshape(-1).view(np.uint8))
         return h.digest()
 
     def _estimate(self, q, k, causal, scale) -> ClusteredMask:
