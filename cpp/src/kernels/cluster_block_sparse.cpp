@@ -210,12 +210,17 @@ std::vector<double> cluster_block_pairs(const ClusteredView& cv, bool causal) {
       double total = 0.0;
       for (int ci = 0; ci < cv.Cq; ++ci) {
         if (qoff[ci] == qoff[ci + 1]) continue;
-        const int hi = qord[qoff[ci + 1] - 1] + off;  // positions ascend inside a cluster
-        cluster_keys(cv, ko, b, h, ci, causal, -1, causal ? hi : cv.Nk, open, masked);
-        if (!causal) {
-          total += double(open.size()) * (qoff[ci + 1] - qoff[ci]);
+        if (!causal) {  // |Q_i| * sum of the selected |K_j| (the official density_calculation)
+          const int32_t* koff = ko.offsets((long long)b * cv.Hkv + h / (cv.Hq / cv.Hkv));
+          const uint8_t* row = cv.map_row(b, h, ci);
+          double keys = 0.0;
+          for (int j = 0; j < cv.Ck; ++j)
+            if (row[j]) keys += koff[j + 1] - koff[j];
+          total += keys * (qoff[ci + 1] - qoff[ci]);
           continue;
         }
+        const int hi = qord[qoff[ci + 1] - 1] + off;  // positions ascend inside a cluster
+        cluster_keys(cv, ko, b, h, ci, true, -1, hi, open, masked);
         for (int p = qoff[ci]; p < qoff[ci + 1]; ++p)  // keys at positions <= the row's limit
           total += double(std::upper_bound(masked.begin(), masked.end(), qord[p] + off) - masked.begin());
       }
