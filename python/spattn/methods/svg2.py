@@ -83,8 +83,12 @@ class SVG2(Method):
     keys are clustered once per kv head and shared by its query heads. A user ``scale`` replaces
     1/sqrt(D) in the centroid scores too. Causal attention (spattn extension; SVG2 is
     bidirectional): the same clusters and map, with the causal rule applied per element on
-    original positions, so a query may see no selected key (out = 0, lse = -inf). The official
-    dense fallback (first layers and denoising steps) is the caller's choice.
+    original positions, so a query may see no selected key (out = 0, lse = -inf). Chunked and decode
+    calls (Nq != Nk, Nq = 1: one query cluster) cluster every key again (warm-started from the
+    cache while Ck is unchanged). The official dense fallback (first layers and denoising steps)
+    is the caller's choice. Efficiency: a work item is one query cluster (at most 128 rows); the
+    official regime (Wan 720p: about 75k tokens for Cq = 300, some 250 queries per cluster) keeps
+    them full, while short inputs with the default Cq give clusters of a few rows.
     """
 
     name = "svg2"
