@@ -135,6 +135,23 @@ inline PermutedBlocksView permuted_view(const IArr& perm, const BArr& blocks, in
           dim(blocks, 2, "blocks"), block};
 }
 
+// q_labels (B, Hq, Nq), k_labels (B, Hkv, Nk), map (B, Hq, Cq, Ck).
+inline ClusteredView clustered_view(const IArr& q_labels, const IArr& k_labels, const BArr& map) {
+  need_ndim(q_labels, 3, "q_labels");
+  need_ndim(k_labels, 3, "k_labels");
+  need_ndim(map, 4, "map");
+  ClusteredView cv{q_labels.data(), k_labels.data(), map.data(), dim(q_labels, 0, "q_labels"),
+                   dim(q_labels, 1, "q_labels"), dim(k_labels, 1, "k_labels"), dim(q_labels, 2, "q_labels"),
+                   dim(k_labels, 2, "k_labels"), dim(map, 2, "map"), dim(map, 3, "map")};
+  if (k_labels.shape(0) != cv.B || map.shape(0) != cv.B || map.shape(1) != cv.Hq)
+    throw py::value_error("q_labels (B, Hq, Nq), k_labels (B, Hkv, Nk) and map (B, Hq, Cq, Ck) must agree on B and Hq, "
+                          "got " + shape_str(q_labels) + ", " + shape_str(k_labels) + " and " + shape_str(map));
+  if (cv.Hkv < 1 || cv.Hq % cv.Hkv != 0)
+    throw py::value_error("k_labels heads Hkv=" + std::to_string(cv.Hkv) + " must divide q_labels heads Hq=" +
+                          std::to_string(cv.Hq));
+  return cv;
+}
+
 // Hand a C++ buffer to numpy without copying: a capsule owns the moved vector.
 template <class T>
 py::array adopt(std::vector<T>&& data, std::vector<py::ssize_t> shape, py::dtype dtype = py::dtype::of<T>()) {

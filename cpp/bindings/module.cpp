@@ -402,6 +402,46 @@ void bind_kernels(py::module_& m) {
      "Block-sparse attention over permuted keys: perm (B, H, L) int32, blocks (B, H, nb, nb) over permuted key "
      "blocks; causal on original positions, Nq == Nk.");
 
+  m.def("cluster_block_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& q_labels,
+                                      const IArr& k_labels, const BArr& map, bool causal, const OptScale& scale) {
+    const ClusteredView cv = clustered_view(q_labels, k_labels, map);
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { cluster_block_attention(a, cv); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("q_labels"), py::arg("k_labels"), py::arg("map"),
+     py::arg("causal"), py::arg("scale"),
+     "Variable-size block attention over clusters (SVG2): q_labels (B, Hq, Nq), k_labels (B, Hkv, Nk) int32, "
+     "map (B, Hq, Cq, Ck) bool; causal per element on original positions.");
+
+  m.def("cluster_block_lse", [](const FArr& q, const FArr& k, const IArr& q_labels, const IArr& k_labels,
+                                const BArr& map, bool causal, const OptScale& scale) {
+    const ClusteredView cv = clustered_view(q_labels, k_labels, map);
+    return pattern_lse(make_args(q, k, nullptr, causal, scale),
+                       [&](const AttnArgs& args) { cluster_block_attention(args, cv); });
+  }, py::arg("q"), py::arg("k"), py::arg("q_labels"), py::arg("k_labels"), py::arg("map"), py::arg("causal"),
+     py::arg("scale"), "Row log-sum-exp (B, Hq, Nq) of the clustered pattern's keys (no values read).");
+
+  m.def("cluster_block_pairs", [](const IArr& q_labels, const IArr& k_labels, const BArr& map, bool causal) {
+    const ClusteredView cv = clustered_view(q_labels, k_labels, map);
+    std::vector<double> pairs;
+    {
+      py::gil_scoped_release nogil;
+      pairs = cluster_block_pairs(cv, causal);
+    }
+    return adopt(std::move(pairs), {cv.B, cv.Hq});
+  }, py::arg("q_labels"), py::arg("k_labels"), py::arg("map"), py::arg("causal"),
+     "Visible (query, key) pairs of the clustered pattern per (b, query head), float64; checks the labels.");
+
+  m.def("cluster_block_token_indices", [](const IArr& q_labels, const IArr& k_labels, const BArr& map, bool causal) {
+    const ClusteredView cv = clustered_view(q_labels, k_labels, map);
+    int kmax = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = cluster_block_token_indices(cv, causal, &kmax);
+    }
+    return adopt(std::move(idx), {cv.B, cv.Hq, cv.Nq, kmax});
+  }, py::arg("q_labels"), py::arg("k_labels"), py::arg("map"), py::arg("causal"),
+     "The clustered pattern as TokenIndices (B, Hq, Nq, K), group_size = 1.");
+
   m.def("permuted_block_lse", [](const FArr& q, const FArr& k, const IArr& perm, const BArr& blocks, int block,
                                  const OptScale& scale) {
     const PermutedBlocksView pb = permuted_view(perm, blocks, block);
@@ -857,6 +897,52 @@ void bind_pbs_attn(py::module_& m) {
      "(perm (B, Hq, L) int32, permuted block mask (B, Hq, G, G) bool, dense) of PBS-Attn; causal prefill only.");
 }
 
+void bind_svg2(py::module_& m) {
+  bind_params<Svg2Params>(m, "Svg2Params", "svg2", "Sparse VideoGen2 parameters (official Wan 720p defaults).");
+  m.def("estimate_svg2", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale, const Svg2Params& p,
+                            const std::optional<FArr>& q_init, const std::optional<FArr>& k_init, bool warm) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    const AttnShape& s = a.shape;
+    const int Cq = svg2_clusters(p.num_q_centroids, s.Nq), Ck = svg2_clusters(p.num_k_centroids, s.Nk);
+    const auto check_init = [](const std::optional<FArr>& x, const char* name, int B, int H, int C, int D) {
+      if (!x) return;
+      if (x->ndim() != 4 || x->shape(0) != B || x->shape(1) != H || x->shape(2) != C || x->shape(3) != D)
+        throw py::value_error(std::string(name) + " must have shape (" + std::to_string(B) + ", " + std::to_string(H) +
+                              ", " + std::to_string(C) + ", " + std::to_string(D) + "), got " + shape_str(*x));
+    };
+    check_init(q_init, "q_centroids", s.B, s.Hq, Cq, s.D);
+    check_init(k_init, "k_centroids", s.B, s.Hkv, Ck, s.D);
+    if (q_init.has_value() != k_init.has_value())
+      throw py::value_error("q_centroids and k_centroids must be given together");
+    Svg2Init init;
+    init.q = q_init ? q_init->data() : nullptr;
+    init.k = k_init ? k_init->data() : nullptr;
+    init.warm = warm && q_init.has_value();
+    Svg2Estimate e;
+    {
+      py::gil_scoped_release nogil;
+      e = estimate_svg2(a, p, init);
+    }
+    py::dict d;
+    d["q_labels"] = adopt(std::move(e.q_labels), {s.B, s.Hq, s.Nq});
+    d["k_labels"] = adopt(std::move(e.k_labels), {s.B, s.Hkv, s.Nk});
+    d["map"] = adopt(std::move(e.map), {s.B, s.Hq, Cq, Ck}, py::dtype::of<bool>());
+    d["q_centroids"] = adopt(std::move(e.q_centroids), {s.B, s.Hq, Cq, s.D});
+    d["k_centroids"] = adopt(std::move(e.k_centroids), {s.B, s.Hkv, Ck, s.D});
+    d["q_sizes"] = adopt(std::move(e.q_sizes), {s.B, s.Hq, Cq});
+    d["k_sizes"] = adopt(std::move(e.k_sizes), {s.B, s.Hkv, Ck});
+    d["q_iters"] = adopt(std::move(e.q_iters), {s.B, s.Hq});
+    d["k_iters"] = adopt(std::move(e.k_iters), {s.B, s.Hkv});
+    return d;
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     py::arg("q_centroids") = py::none(), py::arg("k_centroids") = py::none(), py::arg("warm") = false,
+     "SVG2 estimate: dict of q_labels (B, Hq, Nq), k_labels (B, Hkv, Nk) int32, map (B, Hq, Cq, Ck) bool, "
+     "q_centroids / k_centroids float32, q_sizes / k_sizes int32, q_iters / k_iters; Cq = min(num_q_centroids, Nq), "
+     "Ck = min(num_k_centroids, Nk). Initial centroids: given (warm: kmeans_iter_step iterations, else "
+     "kmeans_iter_init) or random.");
+}
+
 void bind_proxyattn(py::module_& m) {
   bind_params<ProxyAttnParams>(m, "ProxyAttnParams", "proxyattn",
                                "ProxyAttn-like parameters (provisional, from paper summaries; official code not "
@@ -950,6 +1036,7 @@ PYBIND11_MODULE(_core, m) {
   bind_proxyattn(m);
   bind_anchor_attention(m);
   bind_dhsa(m);
+  bind_svg2(m);
   bind_flexprefill(m);
   bind_seerattention(m);
   bind_sea(m);

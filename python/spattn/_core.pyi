@@ -89,6 +89,15 @@ class PbsAttnParams(_Params):
     threshold: Union[float, List[float]]
     force_select_first_block: bool
 
+class Svg2Params(_Params):
+    num_q_centroids: int
+    num_k_centroids: int
+    top_p_kmeans: float
+    min_kc_ratio: float
+    kmeans_iter_init: int
+    kmeans_iter_step: int
+    seed: int
+
 class ProxyAttnParams(_Params):
     block_size: int
     gamma: float
@@ -201,6 +210,13 @@ def permuted_block_lse(q: np.ndarray, k: np.ndarray, perm: np.ndarray, blocks: n
                        scale: Optional[float]) -> np.ndarray: ...
 def permuted_block_pairs(perm: np.ndarray, blocks: np.ndarray, block: int) -> np.ndarray: ...
 def permuted_block_token_indices(perm: np.ndarray, blocks: np.ndarray, block: int) -> np.ndarray: ...
+def cluster_block_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_labels: np.ndarray, k_labels: np.ndarray,
+                            map: np.ndarray, causal: bool, scale: Optional[float]) -> Pair: ...
+def cluster_block_lse(q: np.ndarray, k: np.ndarray, q_labels: np.ndarray, k_labels: np.ndarray, map: np.ndarray,
+                      causal: bool, scale: Optional[float]) -> np.ndarray: ...
+def cluster_block_pairs(q_labels: np.ndarray, k_labels: np.ndarray, map: np.ndarray, causal: bool) -> np.ndarray: ...
+def cluster_block_token_indices(q_labels: np.ndarray, k_labels: np.ndarray, map: np.ndarray,
+                                causal: bool) -> np.ndarray: ...
 def dense_attention_prefix(q: np.ndarray, k: np.ndarray, v: np.ndarray, kv_len: int, causal: bool,
                            scale: Optional[float]) -> Pair: ...
 def token_sparse_attention_prefix(q: np.ndarray, k: np.ndarray, v: np.ndarray, kv_len: int, indices: np.ndarray,
@@ -234,6 +250,9 @@ def estimate_minference_vertical_slash(q: np.ndarray, k: np.ndarray, causal: boo
                                        params: MInferenceVerticalSlashParams) -> Pair: ...
 def estimate_pbs_attn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                       params: PbsAttnParams) -> Tuple[np.ndarray, np.ndarray, bool]: ...
+def estimate_svg2(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float], params: Svg2Params,
+                  q_centroids: Optional[np.ndarray] = None, k_centroids: Optional[np.ndarray] = None,
+                  warm: bool = False) -> Dict[str, np.ndarray]: ...
 def estimate_proxyattn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                        params: ProxyAttnParams) -> Pair: ...
 def estimate_anchor_attention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _core
 from ._validation import as_causal, as_float_array, as_scale, check_int, check_qkv, half_bits
-from .masks import BlockMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from .masks import BlockMask, ClusteredMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
 
 Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 BlockPlan = _core.BlockPlan
@@ -204,17 +204,38 @@ def permuted_block_attention(q, k, v, mask: PermutedBlockMask, *, causal: bool =
     return _finish(out, lse, return_lse)
 
 
+def cluster_block_attention(q, k, v, mask: ClusteredMask, *, causal: bool = False, scale: Optional[float] = None,
+                            return_lse: bool = False) -> Result:
+    """Variable-size block attention over clusters (SVG2's ``dynamic_block_sparse_fwd``).
+
+    Query i of head h attends to the keys of every key cluster selected for its query cluster
+    (``mask.map``). Per (batch, head, query cluster) the cluster's query rows are gathered into
+    tiles, the keys of its selected clusters gathered tile by tile and the output rows scattered back
+    to their original positions; no permuted copy of K/V, no per-query lists. When `causal`, the
+    causal rule applies per element on original positions (a spattn extension).
+    """
+    q, k, v = check_qkv(q, k, v)
+    if not isinstance(mask, ClusteredMask):
+        raise TypeError(f"mask must be a spattn.ClusteredMask, got {type(mask).__name__}")
+    mask.check_against(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    out, lse = _core.cluster_block_attention(q, k, v, mask.q_labels, mask.k_labels, mask.map.view(np.uint8),
+                                             as_causal(causal), as_scale(scale))
+    return _finish(out, lse, return_lse)
+
+
 def sparse_attention(q, k, v, mask, *, causal: bool = False, scale: Optional[float] = None,
                      return_lse: bool = False) -> Result:
     """Attention restricted to any spattn mask: BlockMask or plan (block-sparse kernel),
     TokenIndices (token-sparse), VerticalSlashMask (vertical-slash), WindowMask (window),
-    PermutedBlockMask (permuted block-sparse)."""
+    PermutedBlockMask (permuted block-sparse), ClusteredMask (cluster block-sparse)."""
     if isinstance(mask, (BlockMask, BlockPlan)):
         return block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, TokenIndices):
         return token_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, PermutedBlockMask):
         return permuted_block_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+    if isinstance(mask, ClusteredMask):
+        return cluster_block_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, VerticalSlashMask):
         return vertical_slash_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, WindowMask):
@@ -222,7 +243,8 @@ def sparse_attention(q, k, v, mask, *, causal: bool = False, scale: Optional[flo
         mask.check_against(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         return window_attention(q, k, v, sinks=mask.sinks, left=mask.left, right=mask.right, causal=causal,
                                 scale=scale, return_lse=return_lse)
-    raise TypeError("mask must be a BlockMask, plan, TokenIndices, VerticalSlashMask, WindowMask or PermutedBlockMask, got "
+    raise TypeError("mask must be a BlockMask, plan, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask or "
+                    "ClusteredMask, got "
                     f"{type(mask).__name__}")
 
 

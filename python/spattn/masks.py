@@ -577,3 +577,112 @@ class PermutedBlockMask:
     def to_dense(self, q_len: Optional[int] = None, causal: bool = True) -> np.ndarray:
         """Element mask (B, H, length, length) bool in original positions, causal, for small sizes."""
         return self.to_token_indices().to_dense(self.length, causal=True)
+
+
+class ClusteredMask:
+    """A clustered pattern (SVG2's semantic-aware permutation; DESIGN.md, "Permutations"):
+    queries and keys grouped into variable-size clusters, and a map of the (query cluster, key
+    cluster) pairs computed.
+
+    Query i of head h (cluster ``q_labels[b, h, i]``) attends to every key j of kv head
+    ``h // (Hq / Hkv)`` whose cluster ``k_labels[b, h // (Hq / Hkv), j]`` is selected in
+    ``map[b, h, q_labels[b, h, i]]``. When attention runs causally, the causal rule also applies
+    per element on original positions (a spattn extension; SVG2 is bidirectional). Nothing is
+    stored per query or permuted: the kernel (:func:`spattn.kernels.cluster_block_attention`)
+    orders the clusters itself. Memory: O(Nq + Nk + Cq Ck) per head.
+
+    Parameters
+    ----------
+    q_labels : array_like of int, shape (B, Hq, Nq)
+        Query cluster of every query, in ``[0, Cq)``.
+    k_labels : array_like of int, shape (B, Hkv, Nk)
+        Key cluster of every key, in ``[0, Ck)``; Hq must be a multiple of Hkv.
+    map : array_like of bool, shape (B, Hq, Cq, Ck)
+        Selected key clusters of every query cluster.
+    """
+
+    def __init__(self, q_labels, k_labels, map):  # noqa: A002 - the official name
+        arrs = []
+        for name, a, nd in (("q_labels", q_labels, 3), ("k_labels", k_labels, 3)):
+            a = np.asarray(a)
+            if not np.issubdtype(a.dtype, np.integer):
+                raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
+            if a.ndim != nd:
+                raise ValueError(f"{name} must have {nd} dimensions, got shape {a.shape}")
+            arrs.append(np.ascontiguousarray(a, dtype=np.int32))
+        self.q_labels, self.k_labels = arrs
+        m = np.asarray(map)
+        if m.dtype != np.bool_ and not (np.issubdtype(m.dtype, np.integer) and np.isin(m, (0, 1)).all()):
+            raise TypeError(f"map must be a bool (or 0/1 integer) array, got dtype {m.dtype}")
+        if m.ndim != 4:
+            raise ValueError(f"map must have shape (B, Hq, Cq, Ck), got {m.shape}")
+        self.map = np.ascontiguousarray(m, dtype=bool)
+        from . import _core
+        self._pairs = _core.cluster_block_pairs(self.q_labels, self.k_labels, self.map.view(np.uint8), False)
+
+    q_len = property(lambda self: self.q_labels.shape[2])
+    kv_len = property(lambda self: self.k_labels.shape[2])
+    num_q_clusters = property(lambda self: self.map.shape[2])
+    num_k_clusters = property(lambda self: self.map.shape[3])
+
+    @property
+    def shape(self) -> tuple:
+        return self.q_labels.shape[:2]
+
+    @property
+    def q_sizes(self) -> np.ndarray:
+        """Tokens per query cluster (B, Hq, Cq), int64."""
+        B, H, Cq = self.map.shape[:3]
+        return np.stack([np.bincount(r, minlength=Cq) for r in self.q_labels.reshape(B * H, -1)]).reshape(B, H, Cq)
+
+    @property
+    def k_sizes(self) -> np.ndarray:
+        """Tokens per key cluster (B, Hkv, Ck), int64."""
+        B, H = self.k_labels.shape[:2]
+        Ck = self.map.shape[3]
+        return np.stack([np.bincount(r, minlength=Ck) for r in self.k_labels.reshape(B * H, -1)]).reshape(B, H, Ck)
+
+    def __repr__(self) -> str:
+        return (f"ClusteredMask(B={self.shape[0]}, Hq={self.shape[1]}, Hkv={self.k_labels.shape[1]}, "
+                f"q_len={self.q_len}, kv_len={self.kv_len}, Cq={self.num_q_clusters}, Ck={self.num_k_clusters})")
+
+    def check_against(self, B: int, Hq: int, Nq: int, Nk: int) -> None:
+        """Raise ValueError unless the pattern fits attention of the given shape."""
+        if (Nq, Nk) != (self.q_len, self.kv_len):
+            raise ValueError(f"the clustered mask was made for q_len={self.q_len}, kv_len={self.kv_len}, "
+                             f"got Nq={Nq}, Nk={Nk}")
+        if self.shape != (B, Hq):
+            raise ValueError(f"the clustered mask has (B, Hq) = {self.shape}, q has B={B}, Hq={Hq}")
+
+    def density(self, q_len: Optional[int] = None, causal: bool = False) -> np.ndarray:
+        """Share of the visible (query, key) pairs the pattern computes, per (B, Hq); non-causal it is
+        the official ``density_calculation``: sum of map * |Q_i| |K_j| over Nq Nk."""
+        if q_len is not None and check_int(q_len, "q_len") != self.q_len:
+            raise ValueError(f"q_len must be the mask's q_len {self.q_len}, got {q_len}")
+        causal = as_causal(causal)
+        pairs = self._pairs
+        if causal:
+            from . import _core
+            pairs = _core.cluster_block_pairs(self.q_labels, self.k_labels, self.map.view(np.uint8), True)
+        return pairs / max(_total_visible(self.q_len, self.kv_len, causal), 1)
+
+    def to_token_indices(self, causal: bool = False) -> TokenIndices:
+        """The same keys as TokenIndices (group_size = 1; when causal, only keys at or before each query's
+        causal limit). Memory grows with queries x selected keys: for tests and plots."""
+        from . import _core
+        idx = _core.cluster_block_token_indices(self.q_labels, self.k_labels, self.map.view(np.uint8),
+                                                as_causal(causal))
+        return TokenIndices(idx, 1, self.kv_len, assume_sorted=True)
+
+    def to_dense(self, q_len: Optional[int] = None, causal: bool = False) -> np.ndarray:
+        """Element mask (B, Hq, q_len, kv_len) bool in original positions, for small sizes."""
+        if self.q_len * self.kv_len * self.shape[0] * self.shape[1] > _DENSE_LIMIT:
+            raise ValueError("to_dense is meant for small masks")
+        G = self.shape[1] // self.k_labels.shape[1]
+        kl = np.repeat(self.k_labels, G, axis=1)
+        sel = np.take_along_axis(self.map, self.q_labels[..., None].astype(np.intp), axis=2)  # (B, Hq, Nq, Ck)
+        m = np.take_along_axis(sel, np.broadcast_to(kl[:, :, None, :], sel.shape[:3] + (self.kv_len,)).astype(np.intp),
+                               axis=3) if self.kv_len else np.zeros(sel.shape[:3] + (0,), bool)
+        if as_causal(causal):
+            m = m & (np.arange(self.kv_len)[None, :] <= np.arange(self.q_len)[:, None] + (self.kv_len - self.q_len))
+        return m

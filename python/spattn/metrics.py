@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _core
 from ._validation import as_causal, as_scale, check_qkv
-from .masks import BlockMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from .masks import BlockMask, ClusteredMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
 
 
 def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
@@ -24,7 +24,8 @@ def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
 
     BlockMask: computed from the exact block-summed attention map (two flash-style passes).
     TokenIndices: exact row log-sum-exp, then the mass of the listed keys.
-    VerticalSlashMask, WindowMask, PermutedBlockMask: exp(lse of the pattern's keys - exact lse) per row, both from
+    VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask: exp(lse of the pattern's keys - exact lse) per
+    row, both from
     the kernels (no values read).
     """
     q, k, _ = check_qkv(q, k)
@@ -38,7 +39,7 @@ def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
     elif isinstance(mask, TokenIndices):
         mass, lse = _core.token_attention_mass(q, k, mask.indices, mask.group_size, mask.kv_len, causal, scale)
         kept = np.where(lse == -np.inf, np.float32(0), mass).sum(axis=-1, dtype=np.float64)
-    elif isinstance(mask, (VerticalSlashMask, WindowMask, PermutedBlockMask)):
+    elif isinstance(mask, (VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask)):
         B, Hq, Nq, _ = q.shape
         mask.check_against(B, Hq, Nq, k.shape[2])
         _, lse = _core.dense_attention(q, k, np.zeros(k.shape[:3] + (0,), np.float32), causal, scale)
@@ -49,6 +50,8 @@ def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
             part = _core.vertical_slash_lse(q, k, mask.vertical, mask.slash, mask.block, scale)
         elif isinstance(mask, PermutedBlockMask):
             part = _core.permuted_block_lse(q, k, mask.perm, mask.blocks.blocks.view(np.uint8), mask.block, scale)
+        elif isinstance(mask, ClusteredMask):
+            part = _core.cluster_block_lse(q, k, mask.q_labels, mask.k_labels, mask.map.view(np.uint8), causal, scale)
         else:
             left = -1 if mask.left is None else mask.left
             right = -1 if mask.right is None else mask.right
@@ -57,8 +60,8 @@ def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
             mass = np.exp(part.astype(np.float64) - lse.astype(np.float64))
         kept = np.where(lse == -np.inf, 0.0, np.minimum(mass, 1.0)).sum(axis=-1)
     else:
-        raise TypeError("mask must be a BlockMask, TokenIndices, VerticalSlashMask, WindowMask or PermutedBlockMask, "
-                        f"got {type(mask).__name__}")
+        raise TypeError("mask must be a BlockMask, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask or "
+                        f"ClusteredMask, got {type(mask).__name__}")
     # Rows that see no key (lse = -inf) are left out; a NaN row (NaN inputs) makes the recall NaN.
     valid = (lse != -np.inf).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -70,10 +73,10 @@ def density(mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
     """Share of the visible (query, key) pairs that `mask` computes, per (B, H)."""
     if isinstance(mask, BlockMask):
         return mask.density(causal=causal)
-    if isinstance(mask, (TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask)):
+    if isinstance(mask, (TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask)):
         return mask.density(q_len=q_len, causal=causal)
-    raise TypeError("mask must be a BlockMask, TokenIndices, VerticalSlashMask, WindowMask or PermutedBlockMask, got "
-                    f"{type(mask).__name__}")
+    raise TypeError("mask must be a BlockMask, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask or "
+                    f"ClusteredMask, got {type(mask).__name__}")
 
 
 def relative_error(out, ref) -> float:

@@ -65,6 +65,21 @@ void permuted_block_attention(const AttnArgs& args, const PermutedBlocksView& pb
 std::vector<double> permuted_block_pairs(const PermutedBlocksView& pb);
 std::vector<int32_t> permuted_block_token_indices(const PermutedBlocksView& pb, int* kmax);
 
+// Variable-size block attention over clusters (SVG2's dynamic_block_sparse_fwd): for each (batch,
+// query head, query cluster) the cluster's query rows are gathered into tiles of at most 128 rows,
+// the keys of its selected key clusters gathered tile by tile (K/V read through the key
+// clusters, never permuted as a whole), run on the online-softmax tile engine, and the output rows
+// scattered back to their original positions. When args.causal, key j is visible to query i iff
+// j <= i + Nk - Nq (keys every row sees run unmasked, the others sorted and masked per element).
+// Memory: O(Nq D + Nk) for the cluster order and a cluster-ordered copy of Q, never Nq x Nk.
+void cluster_block_attention(const AttnArgs& args, const ClusteredView& cv);
+
+// Visible (query, key) pairs of the clustered pattern per (b, query head) (B x Hq values), and the
+// pattern as TokenIndices with group_size = 1: per query the ascending keys of its selected
+// clusters (when causal, only those <= its causal limit), -1 padded; `kmax` receives K.
+std::vector<double> cluster_block_pairs(const ClusteredView& cv, bool causal);
+std::vector<int32_t> cluster_block_token_indices(const ClusteredView& cv, bool causal, int* kmax);
+
 // Exact merge of two attention states over disjoint key sets:
 // lse = logaddexp(lse_a, lse_b), out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.
 // Rows empty on both sides give out = 0, lse = -inf. `rows` rows of `dv` values each.

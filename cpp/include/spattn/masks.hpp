@@ -89,6 +89,27 @@ struct PermutedBlocksView {
   void check_against(const AttnShape& s) const;
 };
 
+// A clustered pattern (SVG2, DESIGN.md "Permutations"): per (b, query head) the cluster of every
+// query, q_labels (B, Hq, Nq) in [0, Cq); per (b, kv head) the cluster of every key, k_labels
+// (B, Hkv, Nk) in [0, Ck); and map (B, Hq, Cq, Ck) bool: query cluster i of head h attends to
+// every key of key cluster j of kv head h / (Hq / Hkv) when map[i, j]. Clusters are variable-size
+// blocks; no permuted copy is stored (the kernel derives the cluster order by a stable counting
+// sort, positions ascending inside a cluster). Causal: the rule applies per element on original
+// positions (a spattn extension; SVG2 is bidirectional).
+struct ClusteredView {
+  const int32_t* q_labels = nullptr;
+  const int32_t* k_labels = nullptr;
+  const uint8_t* map = nullptr;
+  int B = 1, Hq = 1, Hkv = 1, Nq = 0, Nk = 0, Cq = 0, Ck = 0;
+  const int32_t* q_row(int b, int h) const { return q_labels + (size_t(b) * Hq + h) * size_t(Nq); }
+  const int32_t* k_row(int b, int hk) const { return k_labels + (size_t(b) * Hkv + hk) * size_t(Nk); }
+  const uint8_t* map_row(int b, int h, int i) const { return map + ((size_t(b) * Hq + h) * Cq + i) * size_t(Ck); }
+  // Throws std::invalid_argument unless (B, Hq, Hkv, Nq, Nk) match the shape and every label lies
+  // in its cluster range.
+  void check_against(const AttnShape& s) const;
+  void check_labels() const;
+};
+
 // One contiguous run of keys [start, end) of a query block; `column` for single vertical keys.
 struct KeyRun {
   int start, end;

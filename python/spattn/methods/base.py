@@ -19,10 +19,10 @@ import numpy as np
 from .. import _core
 from .._validation import as_causal, as_scale, check_qkv
 from ..kernels import sparse_attention
-from ..masks import BlockMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from ..masks import BlockMask, ClusteredMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
 
-Mask = Union[BlockMask, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask]
-MASK_FORMATS = ("block", "token", "vertical_slash", "window", "permuted", "none")
+Mask = Union[BlockMask, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask]
+MASK_FORMATS = ("block", "token", "vertical_slash", "window", "permuted", "clustered", "none")
 GQA_LAYOUTS = ("grouped", "interleaved")
 
 _REGISTRY: Dict[str, Type["Method"]] = {}
@@ -55,7 +55,8 @@ class Capabilities:
         and, as an option of the method, "interleaved" (h % Hkv).
     mask_format : str
         "block" (BlockMask), "token" (TokenIndices), "vertical_slash" (VerticalSlashMask),
-        "window" (WindowMask), "permuted" (PermutedBlockMask) or "none" (no mask is read: the kernel is exact; ``estimate``
+        "window" (WindowMask), "permuted" (PermutedBlockMask), "clustered" (ClusteredMask) or "none" (no mask is
+        read: the kernel is exact; ``estimate``
         returns the full BlockMask so metrics apply).
     exact : bool
         Its output is exact attention.
@@ -70,8 +71,9 @@ class Capabilities:
         ``estimate`` and take the output from ``__call__``. Other methods refuse ``v`` (TypeError).
     own_output : bool
         ``__call__`` computes more than the kernel of the mask ``estimate`` returns (AnchorAttention
-        counts some keys twice in its softmax, as its official kernel does): harnesses take the
-        output from ``__call__`` and the mask of that call from ``last_info["mask"]``.
+        counts some keys twice in its softmax, as its official kernel does; Combiner adds span
+        summaries; SSE is a linear-attention recurrence): harnesses take the output from
+        ``__call__`` and the mask of that call from ``last_info["mask"]``.
     """
 
     causal: bool = True
@@ -157,10 +159,6 @@ class Method:
     pattern: ClassVar[str] = ""
     params_struct: ClassVar[Optional[type]] = None
     extra_defaults: ClassVar[Dict[str, Any]] = {}
-    # False for methods whose output is not their estimate run by a kernel (it also carries
-    # virtual keys, such as Combiner's span summaries): generic tests then check the call's shape
-    # and finiteness, and the method's own tests its output against its reference.
-    runs_mask: ClassVar[bool] = True
     capabilities: ClassVar[Capabilities] = Capabilities()
     learned_param: ClassVar[Optional[str]] = None
 

@@ -90,7 +90,7 @@ class Combiner(Method):
       softmax uses the pooled query), so they are per query head.
     * ``estimate`` returns the real keys each query attends with an exact logit (its segment, or
       t - 1 and t for logsparse) as TokenIndices; the output also carries the summaries, so it is
-      not that mask run by a kernel (``runs_mask = False``).
+      not that mask run by a kernel (``capabilities.own_output``).
     """
 
     name = "combiner"
@@ -98,8 +98,7 @@ class Combiner(Method):
     pattern = "factorised full attention: exact local keys + pooled span summaries in one softmax"
     params_struct = None
     extra_defaults = {"variant": "fixed", "segment": 128, "pool": "max"}
-    capabilities = Capabilities(chunked=False, decode=False, mask_format="token")
-    runs_mask = False
+    capabilities = Capabilities(chunked=False, decode=False, mask_format="token", own_output=True)
 
     def _check_params(self) -> None:
         if self.params["variant"] not in VARIANTS:
@@ -143,7 +142,7 @@ class Combiner(Method):
             out, lse = self._logsparse(q, k, v, sc)
         else:
             out, lse = self._fixed(q, k, v, causal, sc)
-        self.last_info = {"variant": self.params["variant"]}
+        self.last_info = {"variant": self.params["variant"], "mask": self._estimate(q, k, causal, sc)}
         return (out, lse) if return_lse else out
 
     def _summaries(self, q, k, v, starts, ends, sc):

@@ -47,7 +47,7 @@ class SSE(Method):
     Causal prefill (Nq == Nk): decode needs the recurrent state carried across calls, which
     :func:`spattn.linear.sse_attention` returns (``return_state``) and takes (``state``).
     ``estimate`` returns the full causal mask: through the shared state every query reads every
-    earlier key (``runs_mask = False``: no kernel runs that mask). GQA: k and v are repeated
+    earlier key (``capabilities.own_output``: no kernel runs that mask). GQA: k and v are repeated
     over the query heads of their group.
     """
 
@@ -56,8 +56,7 @@ class SSE(Method):
     pattern = "linear attention: shared state + top-k routed state partitions (no softmax)"
     params_struct = None
     extra_defaults = {"num_partitions": 4, "top_k": 1, "activations": True, "seed": 0}
-    capabilities = Capabilities(noncausal=False, chunked=False, decode=False, mask_format="none")
-    runs_mask = False
+    capabilities = Capabilities(noncausal=False, chunked=False, decode=False, mask_format="none", own_output=True)
 
     def _check_params(self) -> None:
         self.params["num_partitions"] = check_int(self.params["num_partitions"], f"{self.name}: num_partitions", lo=1)
@@ -96,7 +95,8 @@ class SSE(Method):
                 k2 = sse_activations(q, as_float_array(k2, "k2"), vq)[1]
             q, kq, vq, _ = sse_activations(q, kq, vq)
         out = sse_attention(q, kq, vq, router, g1=g1, q2=q2, k2=k2, g2=g2, top_k=self.params["top_k"], scale=scale)
-        self.last_info = {"num_partitions": self.params["num_partitions"], "top_k": self.params["top_k"]}
+        self.last_info = {"num_partitions": self.params["num_partitions"], "top_k": self.params["top_k"],
+                          "mask": self._estimate(q, k, causal, scale)}
         return out
 
 
