@@ -2,13 +2,13 @@
 // Video Generation with Sparse Attention via Semantic-Aware Permutation", arXiv 2505.18875, 2025;
 // official svg-project/Sparse-VideoGen runs a flashinfer fork with variable block sizes on
 // q, k, v permuted so that every cluster is contiguous, `dynamic_block_sparse_fwd_torch` being its
-// pure-torch twin). Here nothing is permuted as a whole but Q: the cluster order of the queries and
-// keys comes from a stable counting sort of the labels (positions ascending inside a cluster), Q is
-// copied once in that order so that a query cluster's rows are contiguous for the tile loader, each
-// work item (b, query head, up to 128 rows of one query cluster) gathers the keys of its selected
-// key clusters tile by tile into the thread's buffer, and the output rows are scattered back to
-// their original positions. Causal (a spattn extension): keys every row of the item sees run
-// unmasked in cluster order, the others are sorted by position and masked per element.
+// pure-torch twin). The cluster order of the queries and keys comes from a stable counting sort of
+// the labels (positions ascending inside a cluster); Q, K and V are copied once in that order (O(N)
+// memory, as the official permutation), so a query cluster's rows and a key cluster's keys are
+// contiguous. A work item (b, query head, up to 128 rows of one query cluster) reads the spans of
+// its selected key clusters in place as segments of tiles, and its output rows are scattered back
+// to their original positions. Causal (a spattn extension): keys every row of the item sees are
+// such spans, run unmasked; the others are gathered by position and masked per element.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -71,8 +71,9 @@ struct ClusterOrder {
 };
 
 // The keys of query cluster `ci` of (b, h) that rows with causal limits in [lo, hi] may see: the
-// ones every row sees (position <= lo, or all when not causal) in `open` (cluster order), the others
-// (position in (lo, hi]) sorted in `masked`.
+// ones every row sees (position <= lo, or all when not causal) as spans [begin, end) of the
+// cluster order (contiguous in the cluster-ordered K / V) in `open`, the others (position in
+// (lo, hi]) sorted by position in `masked`.
 void cluster_keys(const ClusteredView& cv, const ClusterOrder& ko, int b, int h, int ci, bool causal, int lo, int hi,
                   std::vector<int32_t>& open, std::vector<int32_t>& masked) {
   open.clear();
@@ -82,17 +83,16 @@ void cluster_keys(const ClusteredView& cv, const ClusterOrder& ko, int b, int h,
   const int32_t* ord = ko.order(kr);
   const uint8_t* row = cv.map_row(b, h, ci);
   for (int j = 0; j < cv.Ck; ++j) {
-    if (!row[j]) continue;
-    const int32_t* p0 = ord + off[j];
-    const int32_t* p1 = ord + off[j + 1];
+    if (!row[j] || off[j] == off[j + 1]) continue;
     if (!causal) {
-      open.insert(open.end(), p0, p1);
+      open.insert(open.end(), {off[j], off[j + 1]});
       continue;
     }
-    for (const int32_t* p = p0; p < p1; ++p) {  // ascending inside the cluster
-      if (*p > hi) break;
-      (*p <= lo ? open : masked).push_back(*p);
-    }
+    const int32_t* p0 = ord + off[j];
+    const int32_t* p1 = ord + off[j + 1];
+    const int32_t* p = std::upper_bound(p0, p1, lo);  // ascending inside the cluster
+    if (p > p0) open.insert(open.end(), {off[j], off[j] + int32_t(p - p0)});
+    for (; p < p1 && *p <= hi; ++p) masked.push_back(*p);
   }
   std::sort(masked.begin(), masked.end());
 }
@@ -102,7 +102,9 @@ struct Item {
 };
 
 struct ClusterVariant {
-  const AttnArgs& a;  // the caller's arguments (original q, out, lse)
+  const AttnArgs& a;   // the caller's arguments (original q, k, v, out, lse)
+  const AttnArgs& ac;  // q, k, v in cluster order
+  const detail::TransposedK& kt;  // of ac.k
   const ClusteredView& cv;
   const ClusterOrder& qo;
   const ClusterOrder& ko;
@@ -130,6 +132,9 @@ struct ClusterVariant {
   const int32_t* positions(const detail::WorkItem& w) const {
     return qo.order((long long)w.b * cv.Hq + w.h0) + w.i0;
   }
+  // Keys every row sees are read in place from the cluster-ordered K / V (a selected cluster is a
+  // contiguous span there); the keys only some rows see (causal) are gathered by position and
+  // masked per element.
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& l) const {
     const AttnShape& s = a.shape;
     const Item& x = list[size_t(w.part)];
@@ -142,16 +147,18 @@ struct ClusterVariant {
       hi = std::max(hi, t.qlim[r]);
     }
     cluster_keys(cv, ko, x.b, x.h, x.ci, a.causal, lo, hi, l.open, l.masked);
+    const detail::OnlineSoftmax step{};
+    detail::SpanTiler<detail::OnlineSoftmax> tiler(step);
+    const float* vcs = detail::value_head(ac, w);
+    for (size_t i = 0; i < l.open.size(); i += 2)
+      tiler.add(t, w.rows(), kt, w.b, w.hk, vcs, s.Dv, l.open[i], l.open[i + 1], false);
+    tiler.flush(t, w.rows());
     const float* kh = a.k + s.k_index(w.b, w.hk, 0);
     const float* vh = detail::value_head(a, w);
-    const detail::OnlineSoftmax step{};
-    for (const auto* ks : {&l.open, &l.masked}) {
-      const bool masked = ks == &l.masked;
-      for (size_t c = 0; c < ks->size(); c += size_t(t.bk)) {
-        const int n = int(std::min(ks->size() - c, size_t(t.bk)));
-        const int got = l.gk.gather(ks->data() + c, n, kh, vh, s.D, s.Dv);
-        l.gk.run(t, w.rows(), got, s.Dv, masked, step);
-      }
+    for (size_t c = 0; c < l.masked.size(); c += size_t(t.bk)) {
+      const int n = int(std::min(l.masked.size() - c, size_t(t.bk)));
+      const int got = l.gk.gather(l.masked.data() + c, n, kh, vh, s.D, s.Dv);
+      l.gk.run(t, w.rows(), got, s.Dv, true, step);
     }
   }
   void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
@@ -187,10 +194,28 @@ void cluster_block_attention(const AttnArgs& a, const ClusteredView& cv) {
         for (int p = off[ci]; p < off[ci + 1]; p += kClusterRows)
           list.push_back({b, h, ci, p, std::min(off[ci + 1], p + kClusterRows)});
     }
+  // K and V in cluster order (one O(N) copy): a selected key cluster is a span read in place.
+  std::vector<float> kc(size_t(s.B) * s.Hkv * s.Nk * s.D), vc(size_t(s.B) * s.Hkv * s.Nk * s.Dv);
+#pragma omp parallel for schedule(static)
+  for (long long bh = 0; bh < (long long)s.B * s.Hkv; ++bh) {
+    const int32_t* ord = ko.order(bh);
+    const int b = int(bh / s.Hkv), hk = int(bh % s.Hkv);
+    const float* ks = a.k + s.k_index(b, hk, 0);
+    const float* vs = s.Dv > 0 ? a.v + s.v_index(b, hk, 0) : nullptr;
+    for (int p = 0; p < s.Nk; ++p) {
+      std::copy_n(ks + size_t(ord[p]) * s.D, s.D, kc.data() + (size_t(bh) * s.Nk + p) * s.D);
+      if (vs) std::copy_n(vs + size_t(ord[p]) * s.Dv, s.Dv, vc.data() + (size_t(bh) * s.Nk + p) * s.Dv);
+    }
+  }
   AttnArgs ac = a;
   ac.q = qc.data();
-  const ClusterVariant var{a, cv, qo, ko, list};
-  detail::run_tiles(ac, var, std::min(kClusterRows, s.Nq), s.Dv);
+  ac.k = kc.data();
+  ac.v = s.Dv > 0 ? vc.data() : nullptr;
+  ac.shape.kv_capacity = 0;  // kc / vc hold Nk rows per kv head
+  const int rows = std::min(kClusterRows, s.Nq);
+  const detail::TransposedK kt(ac, detail::use_transposed_k(rows));
+  const ClusterVariant var{a, ac, kt, cv, qo, ko, list};
+  detail::run_tiles(ac, var, rows, s.Dv);
 }
 
 std::vector<double> cluster_block_pairs(const ClusteredView& cv, bool causal) {
@@ -245,7 +270,9 @@ std::vector<int32_t> cluster_block_token_indices(const ClusteredView& cv, bool c
       const int ci = cv.q_row(b, h)[i];
       cluster_keys(cv, ko, b, h, ci, causal, -1, causal ? i + off : cv.Nk, open, masked);
       std::vector<int32_t>& k = keys[size_t(r)];
-      k = causal ? masked : open;
+      k = masked;
+      const int32_t* ord = ko.order((long long)b * cv.Hkv + h / (cv.Hq / cv.Hkv));
+      for (size_t s2 = 0; s2 < open.size(); s2 += 2) k.insert(k.end(), ord + open[s2], ord + open[s2 + 1]);
       std::sort(k.begin(), k.end());
     }
   }
