@@ -567,3 +567,32 @@ def test_tidaldecode_decode_step_equals_the_official_reference_path():
     assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
     dense = {s["layer"]: s["density"] for s in hf.stats(model)}
     assert dense[2] < 0.1 and dense[0] == 1.0
+
+
+@pytest.mark.parametrize("placement", ["bottom", "top", "evenly"])
+def test_layer_plan_equals_the_chosen_method_per_layer_by_hand(placement):
+    # MASFormer: a few dense layers, a local method elsewhere (here 4 layers, 1 dense).
+    torch.manual_seed(0)
+    m4 = LlamaForCausalLM(tiny_config(num_hidden_layers=4)).eval()
+    ids = ids_of(1, 300)
+    plan = spattn.LayerPlan.dense_layers(4, 1, placement)
+    dense = plan.layers("dense", 4)
+    local = dict(local_tokens=64, sink_tokens=16, block_size=16)
+    hf.use(m4, "streaming", min_prefill_tokens=0, layer_plan=plan, **local)
+    out = logits(m4, ids)
+    report = hf.layer_report(m4, ids)
+    hf.use(m4, ["dense" if i in dense else spattn.methods.get("streaming", **local) for i in range(4)],
+           min_prefill_tokens=0)
+    ref = logits(m4, ids)
+    assert torch.equal(out, ref)
+    rows, total = report[:-1], report[-1]
+    assert [r["role"] for r in rows] == ["dense" if i in dense else "sparse" for i in range(4)]
+    for r in rows:
+        assert r["flops"] == pytest.approx(r["density"] * r["dense_flops"])
+        assert (r["rel_error"] == 0.0) == (r["role"] == "dense")
+        assert r["dense_flops"] == 4.0 * (300 * 301 / 2) * 16 * 4  # causal pairs x D x Hq x 4
+    sparse_density = np.mean([r["density"] for r in rows if r["role"] == "sparse"])
+    assert total["flops_ratio"] == pytest.approx((1 + 3 * sparse_density) / 4)
+    hf.restore(m4)
+    with pytest.raises(TypeError, match="layer_plan"):
+        hf.use(m4, "streaming", layer_plan=[0, 1])

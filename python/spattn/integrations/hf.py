@@ -261,7 +261,7 @@ def _as_method(m: Union[str, Method], params: Mapping[str, Any], what: str) -> M
 def use(model, method: Union[str, Method, Sequence[Union[str, Method]]] = "flexprefill",
         decode_method: Optional[Union[str, Method]] = None, min_prefill_tokens: int = 1024, *,
         dense_layers: Iterable[int] = (), layer_params: Optional[Mapping[int, Mapping[str, Any]]] = None,
-        **params: Any):
+        layer_plan: Any = None, **params: Any):
     """Switch `model` to the spattn attention backend with `method`; returns the model.
 
     Parameters
@@ -280,6 +280,11 @@ def use(model, method: Union[str, Method, Sequence[Union[str, Method]]] = "flexp
         Layers kept dense (exact attention).
     layer_params : {layer: {param: value}}, optional
         Per-layer parameter overrides on top of ``params``.
+    layer_plan : spattn.LayerPlan or its dict form, optional
+        MASFormer's mixed attention spans: the plan's ``dense`` layers run exact attention (added to
+        ``dense_layers``), the others `method` (e.g. ``LayerPlan.dense_layers(30, 4, "evenly")``
+        with a local method such as ``"streaming"``). :func:`layer_report` gives the per-layer
+        FLOPs and error of the configuration.
     **params
         Parameters of `method` (and not of `decode_method`, which takes an instance for its own).
 
@@ -297,6 +302,9 @@ def use(model, method: Union[str, Method, Sequence[Union[str, Method]]] = "flexp
     mods = _attention_modules(model)
     n_layers = len(mods)
     dense_layers = set(int(i) for i in dense_layers)
+    if layer_plan is not None:
+        from ..layer_plan import LayerPlan
+        dense_layers |= set(LayerPlan.coerce(layer_plan).layers("dense", n_layers))
     layer_params = dict(layer_params or {})
     for i in list(dense_layers) + list(layer_params):
         if not 0 <= int(i) < n_layers:
@@ -477,6 +485,71 @@ def capture(model, gate_inputs: bool = False, values: bool = False):
         state.capture_values = False
         for mod in added:
             _remove_gate_hooks(mod)
+
+
+def layer_report(model, input_ids) -> List[Dict[str, Any]]:
+    """Per-layer attention FLOPs and error of the model's spattn configuration (MASFormer's
+    report for a layer plan, and for any method).
+
+    The model runs once with exact attention while each layer's (q, k, v) are captured; then each
+    layer's configured path runs on its own captured inputs: a dense layer (``dense_layers`` /
+    the layer plan) exact attention, the others the layer's prefill method. Per layer: ``role``
+    ("dense" or "sparse"), ``method``, ``density`` (share of the visible causal pairs computed),
+    ``flops`` and ``dense_flops`` (attention score + value products, 4 * pairs * D per query head,
+    batch included) and ``rel_error`` (||out - exact|| / ||exact|| over the layer). The last entry,
+    ``layer = "total"``, sums the FLOPs and gives their ratio. Calls below
+    ``min_prefill_tokens`` are counted as the method would run them (dense)."""
+    from ..metrics import relative_error
+
+    torch, _ = _require_transformers()
+    states = {st.layer_idx: st for st in layers(model)}
+    saved = {i: (st.dense, st.min_prefill_tokens) for i, st in states.items()}
+    try:
+        for st in states.values():
+            st.dense = True
+        gates = any(st.method.capabilities.gate_inputs for st in states.values())
+        with capture(model, gate_inputs=gates, values=True) as store, torch.no_grad():
+            model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+    finally:
+        for i, (d, mpt) in saved.items():
+            states[i].dense, states[i].min_prefill_tokens = d, mpt
+    for st in states.values():
+        st.reset()
+    rows: List[Dict[str, Any]] = []
+    total, total_dense = 0.0, 0.0
+    for i in sorted(states):
+        st = states[i]
+        q, k, v = store[i][0], store[i][1], store[i][-1]
+        B, Hq, Nq, D = q.shape
+        Nk = k.shape[2]
+        off = Nk - Nq
+        pairs = float(sum(min(Nk, r + off + 1) for r in range(Nq)))  # causal pairs per query head
+        dense_flops = 4.0 * pairs * D * B * Hq
+        exact = _dense_attention(q, k, v, causal=True, scale=None)
+        if st.dense or st.method.name == "dense" or Nk < st.min_prefill_tokens:
+            out, density, role = exact, 1.0, "dense"
+        else:
+            m = st.method
+            if m.capabilities.gate_inputs:
+                mask = m.estimate(q, k, causal=True, q_gate=store[i][2], k_gate=store[i][3])
+                out = sparse_attention(q, k, v, mask, causal=True)
+            elif m.capabilities.own_output or m.capabilities.value_inputs:
+                out = m(q, k, v, causal=True)
+                mask = m.last_info["mask"]
+            else:
+                mask = m.estimate(q, k, causal=True)
+                out = sparse_attention(q, k, v, mask, causal=True)
+            dens = mask.density(causal=True) if isinstance(mask, BlockMask) else mask.density(q_len=Nq, causal=True)
+            density, role = float(np.mean(dens)), "sparse"
+        flops = density * dense_flops
+        total += flops
+        total_dense += dense_flops
+        rows.append({"layer": i, "role": role, "method": "dense" if role == "dense" else st.method.name,
+                     "density": density, "flops": flops, "dense_flops": dense_flops,
+                     "rel_error": float(relative_error(out, exact))})
+    rows.append({"layer": "total", "flops": total, "dense_flops": total_dense,
+                 "flops_ratio": total / total_dense if total_dense else None})
+    return rows
 
 
 def fit(model, input_ids, *, layers_to_fit: Optional[Iterable[int]] = None, progress: bool = False,
