@@ -69,7 +69,7 @@ def test_the_registry_holds_an_exact_baseline():
 
 FORMATS = {"block": spattn.BlockMask, "none": spattn.BlockMask, "token": spattn.TokenIndices,
            "vertical_slash": spattn.VerticalSlashMask, "window": spattn.WindowMask,
-           "permuted": spattn.PermutedBlockMask}
+           "permuted": spattn.PermutedBlockMask, "row_block": spattn.RowBlockIndices}
 
 
 def test_every_mask_format_has_a_class():

@@ -234,6 +234,14 @@ void bind_kernels(py::module_& m) {
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("indices"), py::arg("group_size"), py::arg("kv_len"),
      py::arg("causal"), py::arg("scale"));
 
+  m.def("row_block_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& blocks, int block_k,
+                                         int kv_len, bool causal, const OptScale& scale) {
+    const RowBlockIndicesView rv = row_block_view(blocks, block_k, kv_len);
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { row_block_sparse_attention(a, rv); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("blocks"), py::arg("block_k"), py::arg("kv_len"),
+     py::arg("causal"), py::arg("scale"),
+     "Attention restricted per query row to the listed key blocks (RowBlockIndices, H = Hq, Hkv or 1).");
+
   m.def("window_attention", [](const FArr& q, const FArr& k, const FArr& v, long long sinks, long long left,
                                long long right, bool causal, const OptScale& scale) {
     const WindowSpec w{sinks, left, right};

@@ -17,9 +17,9 @@ from . import _core, integrations, methods, metrics, models, synthetic, training
 from .cache import KVCache
 from .evaluate import Record, evaluate
 from .kernels import (BlockPlan, attention, block_sparse_attention, merge_states, permuted_block_attention, plan,
-                      sparse_attention, token_sparse_attention, vertical_slash_attention, window_attention)
+                      row_block_sparse_attention, sparse_attention, token_sparse_attention, vertical_slash_attention, window_attention)
 from .layer_plan import LayerPlan
-from .masks import BlockMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from .masks import BlockMask, PermutedBlockMask, RowBlockIndices, TokenIndices, VerticalSlashMask, WindowMask
 from .neighborhood import gna_tile_stats, na1d, na2d, na3d, na_mask
 from .selection import gaussian_topk, normal_quantile, statistical_topk
 
@@ -45,9 +45,9 @@ def num_threads() -> int:
 
 __all__ = [
     "attention", "block_sparse_attention", "token_sparse_attention", "window_attention", "vertical_slash_attention",
-    "permuted_block_attention", "sparse_attention", "merge_states", "plan", "BlockPlan",
+    "permuted_block_attention", "row_block_sparse_attention", "sparse_attention", "merge_states", "plan", "BlockPlan",
     "na1d", "na2d", "na3d", "na_mask", "gna_tile_stats",
-    "BlockMask", "TokenIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask", "KVCache",
+    "BlockMask", "TokenIndices", "RowBlockIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask", "KVCache",
     "LayerPlan", "statistical_topk", "gaussian_topk", "normal_quantile",
     "methods", "metrics", "models", "integrations", "synthetic", "training", "evaluate",
     "Record",

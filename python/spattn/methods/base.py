@@ -19,10 +19,10 @@ import numpy as np
 from .. import _core
 from .._validation import as_causal, as_scale, check_qkv
 from ..kernels import sparse_attention
-from ..masks import BlockMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from ..masks import BlockMask, PermutedBlockMask, RowBlockIndices, TokenIndices, VerticalSlashMask, WindowMask
 
-Mask = Union[BlockMask, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask]
-MASK_FORMATS = ("block", "token", "vertical_slash", "window", "permuted", "none")
+Mask = Union[BlockMask, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask, RowBlockIndices]
+MASK_FORMATS = ("block", "token", "vertical_slash", "window", "permuted", "row_block", "none")
 GQA_LAYOUTS = ("grouped", "interleaved")
 
 _REGISTRY: Dict[str, Type["Method"]] = {}
@@ -55,7 +55,7 @@ class Capabilities:
         and, as an option of the method, "interleaved" (h % Hkv).
     mask_format : str
         "block" (BlockMask), "token" (TokenIndices), "vertical_slash" (VerticalSlashMask),
-        "window" (WindowMask), "permuted" (PermutedBlockMask) or "none" (no mask is read: the kernel is exact; ``estimate``
+        "window" (WindowMask), "permuted" (PermutedBlockMask), "row_block" (RowBlockIndices) or "none" (no mask is read: the kernel is exact; ``estimate``
         returns the full BlockMask so metrics apply).
     exact : bool
         Its output is exact attention.
