@@ -819,6 +819,21 @@ PYBIND11_MODULE(_core, m) {
   // One line per method: its parameter class and its estimator.
   bind_block_estimator<StreamingParams>(m, "streaming", "StreamingParams", &estimate_streaming,
                                         "StreamingLLM sinks + local window parameters.");
+  bind_params<InfLLMv2Params>(m, "InfLLMv2Params", "infllmv2",
+                              "InfLLM-V2 parameters (MiniCPM4 sparse_config defaults).");
+  m.def("estimate_infllmv2", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
+                                const InfLLMv2Params& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_infllmv2(a, p, &K);
+    }
+    return adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K});
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "InfLLM-V2's key blocks per query row and kv head (B, Hkv, Nq, K), ascending, -1 padded.");
   bind_block_estimator<PowerAttentionParams>(m, "powerattention", "PowerAttentionParams", &estimate_powerattention,
                                              "PowerAttention parameters (the paper's Algorithm 1 and setting).");
   bind_block_estimator<RadialParams>(m, "radial", "RadialParams", &estimate_radial,

@@ -20,6 +20,15 @@ class _Params:
     @staticmethod
     def field_names() -> List[str]: ...
 
+class InfLLMv2Params(_Params):
+    kernel_size: int
+    kernel_stride: int
+    block_size: int
+    init_blocks: int
+    window_size: int
+    topk: int
+    dense_len: int
+
 class PowerAttentionParams(_Params):
     block_size: int
     window_blocks: int
@@ -199,6 +208,8 @@ def compressed_attention_targets(q: np.ndarray, k: np.ndarray, causal: bool, sca
                                  width: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 # ---------------------------------------------------------------------------- estimators
+def estimate_infllmv2(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                      params: InfLLMv2Params) -> np.ndarray: ...
 def estimate_powerattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                             params: PowerAttentionParams) -> np.ndarray: ...
 def estimate_radial(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
