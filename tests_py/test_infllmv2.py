@@ -19,7 +19,8 @@ import spattn
 from conftest import make_qkv, ref_attention
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
-from make_infllmv2_fixture import CASES, case_inputs  # noqa: E402
+from infllm_cases import INFLLMV2_CASES as CASES  # noqa: E402
+from infllm_cases import infllmv2_inputs as case_inputs  # noqa: E402
 
 SMALL = dict(kernel_size=8, kernel_stride=4, block_size=16, init_blocks=1, window_size=32, topk=3, dense_len=0)
 

@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <string>
@@ -235,11 +236,22 @@ void bind_kernels(py::module_& m) {
      py::arg("causal"), py::arg("scale"));
 
   m.def("row_block_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& blocks, int block_k,
-                                         int kv_len, bool causal, const OptScale& scale) {
+                                         int kv_len, bool causal, const OptScale& scale,
+                                         const std::optional<FArr>& key_bias) {
     const RowBlockIndicesView rv = row_block_view(blocks, block_k, kv_len);
-    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { row_block_sparse_attention(a, rv); });
+    const float* bias = nullptr;
+    if (key_bias) {
+      need_ndim(*key_bias, 3, "key_bias");
+      if (key_bias->shape(0) != k.shape(0) || key_bias->shape(1) != k.shape(1) || key_bias->shape(2) != k.shape(2))
+        throw py::value_error("key_bias must have shape (B, Hkv, Nk) of k, got " + shape_str(*key_bias) + " for k " +
+                              shape_str(k));
+      bias = key_bias->data();
+      for (py::ssize_t c = 0; c < key_bias->size(); ++c)
+        if (!std::isfinite(bias[c])) throw py::value_error("key_bias must be finite, got " + std::to_string(bias[c]));
+    }
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { row_block_sparse_attention(a, rv, bias); });
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("blocks"), py::arg("block_k"), py::arg("kv_len"),
-     py::arg("causal"), py::arg("scale"),
+     py::arg("causal"), py::arg("scale"), py::arg("key_bias") = py::none(),
      "Attention restricted per query row to the listed key blocks (RowBlockIndices, H = Hq, Hkv or 1).");
 
   m.def("window_attention", [](const FArr& q, const FArr& k, const FArr& v, long long sinks, long long left,
@@ -834,6 +846,23 @@ PYBIND11_MODULE(_core, m) {
     return adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K});
   }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
      "InfLLM-V2's key blocks per query row and kv head (B, Hkv, Nq, K), ascending, -1 padded.");
+  bind_params<NOSAParams>(m, "NOSAParams", "nosa", "NOSA parameters (proxy-model defaults of thunlp/NOSA).");
+  m.def("estimate_nosa", [](const FArr& q, const FArr& k, const FArr& cis, bool causal, const OptScale& scale,
+                            const NOSAParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    need_ndim(cis, 3, "cis");
+    if (cis.shape(0) != a.shape.B || cis.shape(1) != a.shape.Hkv || cis.shape(2) != a.shape.Nk)
+      throw py::value_error("cis must have shape (B, Hkv, Nk) of k, got " + shape_str(cis) + " for k " + shape_str(k));
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_nosa(a, cis.data(), p, &K);
+    }
+    return adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K});
+  }, py::arg("q"), py::arg("k"), py::arg("cis"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "NOSA's key blocks per query row and kv head (B, Hkv, Nq, K) from q, k and the eviction scores cis (B, Hkv, Nk).");
   bind_block_estimator<PowerAttentionParams>(m, "powerattention", "PowerAttentionParams", &estimate_powerattention,
                                              "PowerAttention parameters (the paper's Algorithm 1 and setting).");
   bind_block_estimator<RadialParams>(m, "radial", "RadialParams", &estimate_radial,

@@ -29,6 +29,16 @@ class InfLLMv2Params(_Params):
     topk: int
     dense_len: int
 
+class NOSAParams(_Params):
+    kernel_size: int
+    kernel_stride: int
+    block_size: int
+    init_blocks: int
+    window_size: int
+    topk: int
+    select_blocks: int
+    dense_len: int
+
 class PowerAttentionParams(_Params):
     block_size: int
     window_blocks: int
@@ -169,7 +179,8 @@ def block_sparse_attention_mask(q: np.ndarray, k: np.ndarray, v: np.ndarray, blo
 def token_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, indices: np.ndarray, group_size: int,
                            kv_len: int, causal: bool, scale: Optional[float]) -> Pair: ...
 def row_block_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, blocks: np.ndarray, block_k: int,
-                               kv_len: int, causal: bool, scale: Optional[float]) -> Pair: ...
+                               kv_len: int, causal: bool, scale: Optional[float],
+                               key_bias: Optional[np.ndarray] = None) -> Pair: ...
 def window_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, sinks: int, left: int, right: int, causal: bool,
                      scale: Optional[float]) -> Pair: ...
 def window_lse(q: np.ndarray, k: np.ndarray, sinks: int, left: int, right: int, causal: bool,
@@ -210,6 +221,8 @@ def compressed_attention_targets(q: np.ndarray, k: np.ndarray, causal: bool, sca
 # ---------------------------------------------------------------------------- estimators
 def estimate_infllmv2(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                       params: InfLLMv2Params) -> np.ndarray: ...
+def estimate_nosa(q: np.ndarray, k: np.ndarray, cis: np.ndarray, causal: bool, scale: Optional[float],
+                  params: NOSAParams) -> np.ndarray: ...
 def estimate_powerattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                             params: PowerAttentionParams) -> np.ndarray: ...
 def estimate_radial(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],

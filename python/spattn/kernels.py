@@ -185,20 +185,24 @@ def vertical_slash_attention(q, k, v, mask: VerticalSlashMask, *, causal: bool =
 
 
 def row_block_sparse_attention(q, k, v, blocks: RowBlockIndices, *, causal: bool = False,
-                               scale: Optional[float] = None, return_lse: bool = False) -> Result:
+                               scale: Optional[float] = None, return_lse: bool = False,
+                               key_bias=None) -> Result:
     """Attention restricted, per query row, to the key blocks listed in `blocks` (a
     spattn.RowBlockIndices: InfLLM-V2's per-token top-k blocks).
 
     The query heads of a GQA group share their kv head's lists when ``blocks`` has H = Hkv (or
     1). With `causal`, keys past a row's causal limit are ignored inside the listed blocks; rows
     with no visible listed key get out = 0, lse = -inf. Per work item the union of the blocks of
-    a tile of rows is read in place; memory O(Nq K).
+    a tile of rows is read in place; memory O(Nq K). `key_bias` (B, Hkv, Nk), optional: an
+    additive logit bias per key, softmax(q.k * scale + bias) (NOSA's eviction bias).
     """
     q, k, v = check_qkv(q, k, v)
     if not isinstance(blocks, RowBlockIndices):
         raise TypeError(f"blocks must be a spattn.RowBlockIndices, got {type(blocks).__name__}")
+    if key_bias is not None:
+        key_bias = as_float_array(key_bias, "key_bias")
     out, lse = _core.row_block_sparse_attention(q, k, v, blocks.blocks, blocks.block_size, blocks.kv_len,
-                                                as_causal(causal), as_scale(scale))
+                                                as_causal(causal), as_scale(scale), key_bias)
     return _finish(out, lse, return_lse)
 
 

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from infllm_cases import INFLLMV2_CASES as CASES
+from infllm_cases import infllmv2_inputs as case_inputs
+
 
 def load_functions(path: Path, names):
     """The named top-level functions of an official file, defined in a fresh namespace."""
@@ -68,19 +71,6 @@ def official_selection(ns, q, k, block_size, init_blocks, local_blocks, topk):
     q_idx = torch.arange(T) // block_size
     idx[idx > q_idx[None, :, None]] = -1
     return idx.to(torch.int32)
-
-
-# (Hq, Hkv, T, D, window_size, topk): block 64, init 1, kernel 32 / stride 16 (the defaults)
-CASES = [(4, 2, 777, 64, 128, 3), (16, 1, 1000, 64, 192, 4), (2, 2, 641, 80, 64, 2)]
-
-
-def case_inputs(n, Hq, Hkv, T, D):
-    """The inputs of case n, (1, Hq, T, D) and (1, Hkv, T, D) float32, from a seeded numpy
-    generator (tests_py/test_infllmv2.py rebuilds them the same way; only the blocks are stored)."""
-    rng = np.random.default_rng(100 + n)
-    q = rng.standard_normal((1, Hq, T, D)).astype(np.float32)
-    k = (rng.standard_normal((1, Hkv, T, D)) + 0.5 * rng.standard_normal((1, Hkv, 1, D))).astype(np.float32)
-    return q, k
 
 
 def main(repo: str) -> None:

@@ -30,8 +30,10 @@ void token_sparse_attention(const AttnArgs& args, const TokenIndicesView& indice
 
 // Attention restricted, per query row, to the key blocks listed for it (RowBlockIndices: InfLLM-V2's
 // and NSA's per-token top-k blocks); the causal rule applies per element inside the blocks. Query
-// heads of a GQA group share the list of their kv head when indices.H = Hkv (or 1).
-void row_block_sparse_attention(const AttnArgs& args, const RowBlockIndicesView& indices);
+// heads of a GQA group share the list of their kv head when indices.H = Hkv (or 1). `key_bias`
+// (B, Hkv, Nk), optional: an additive logit bias per key, softmax(q.k scale + bias) (NOSA).
+void row_block_sparse_attention(const AttnArgs& args, const RowBlockIndicesView& indices,
+                                const float* key_bias = nullptr);
 
 // Token-level window with sinks: query i (position p = i + Nk - Nq, bottom-right aligned as the
 // causal rule) sees key j iff (j < sinks or (j >= p - left and j <= p + right)) and, when causal,

@@ -202,15 +202,19 @@ inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nse
 // When `hide` is set (row-block kernel), hide[r * nseg + g] != 0 hides segment g from row r: its
 // logits become -inf too, and value rows of such segments that are not finite are multiplied only
 // into the rows that see them.
+// When `key_bias` is set, key_bias[j] is added to the (scaled) logit of key position j of every
+// row (NOSA's per-key eviction bias): softmax(q.k scale + bias).
 struct OnlineSoftmax {
   bool lower = false;
   const uint8_t* hide = nullptr;
+  const float* key_bias = nullptr;
 
   void operator()(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) const {
     const int cols = tile_columns(seg, nseg);
     if (cols == 0) return;
     tile_scores(t, rows, seg, nseg, cols);
     float* S = t.s.data();
+    if (key_bias != nullptr) add_key_bias(t, rows, seg, nseg, cols);
     for (int r = 0; r < rows; ++r) t.ncols[r] = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
     if (hide != nullptr) hide_segments(t, rows, seg, nseg, cols);
     bool low = false;
@@ -242,6 +246,15 @@ struct OnlineSoftmax {
       }
       t.simd.pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());
     }
+  }
+
+  void add_key_bias(TileScratch& t, int rows, const KeySegment* seg, int nseg, int cols) const {
+    float* S = t.s.data();
+    for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g)
+      for (int c = 0; c < seg[g].len; ++c) {
+        const float bias = key_bias[seg[g].pos ? seg[g].pos[c] : seg[g].k0 + c];
+        for (int r = 0; r < rows; ++r) S[size_t(r) * cols + n0 + c] += bias;
+      }
   }
 
   // Logits of the segments hidden from a row become -inf; a row left without a visible key in the
