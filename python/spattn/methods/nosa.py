@@ -127,6 +127,7 @@ class NOSA(Method):
         q, k, v = check_qkv(q, k, v)
         mask = self.estimate(q, k, causal=as_causal(causal), scale=scale, v=v)
         bias = self.eviction_scores(v) if q.shape[2] > 1 and self.params["A"] is not None else None
+        self.last_info["mask"] = mask  # what the transformers backend reads after a value-input call
         return row_block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse,
                                           key_bias=bias)
 
