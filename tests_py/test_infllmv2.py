@@ -141,7 +141,8 @@ def test_dense_below_the_switch_length():
 
 def test_defaults_are_the_model_sparse_config():
     assert spattn.methods.get("infllmv2").params == dict(kernel_size=32, kernel_stride=16, block_size=64,
-                                                         init_blocks=1, window_size=2048, topk=64, dense_len=8192)
+                                                         init_blocks=1, window_size=2048, topk=64, dense_len=8192,
+                                                         dense_layers=0, layer_plan=None)
 
 
 @pytest.mark.parametrize("kw, match", [(dict(block_size=60), "kernel_stride"), (dict(topk=-1), "topk"),
@@ -155,3 +156,40 @@ def test_noncausal_is_refused():
     q, k, _ = make_qkv(1, 2, 1, 10, 10, 64)
     with pytest.raises(ValueError, match="causal"):
         spattn.methods.get("infllmv2").estimate(q, k, causal=False)
+
+
+def test_decode_over_a_cache_equals_the_call_on_arrays():
+    B, Hq, Hkv, N, D = 1, 4, 2, 300, 64
+    q, k, v = make_qkv(B, Hq, Hkv, 8, N + 8, D, seed=11)
+    m = spattn.methods.get("infllmv2", **SMALL)
+    cache = spattn.KVCache(initial_capacity=64)
+    cache.append(0, k[:, :, :N], v[:, :, :N])
+    for step in range(8):  # windows of k1 (stride 4) and k2 (stride 16) complete along the way
+        n = N + step + 1
+        cache.append(0, k[:, :, n - 1:n], v[:, :, n - 1:n])
+        qs = q[:, :, step:step + 1]
+        out = m(qs, cache, layer=0)
+        ref = m(qs, k[:, :, :n], v[:, :, :n], causal=True)
+        np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)
+        blocks = m.estimate(qs, k[:, :, :n], causal=True).blocks
+        np.testing.assert_array_equal(blocks, ref_blocks(qs, k[:, :, :n], **SMALL))
+        idx = m.select(qs, cache, layer=0)
+        expect = np.repeat(m.block_positions(blocks, n, Hq).indices, 1, axis=1)
+        np.testing.assert_array_equal(idx.indices, expect)
+    pools = m.pools(cache, 0)
+    fresh = spattn.methods.infllmv2.InfLLMv2Pools(SMALL["kernel_size"], SMALL["kernel_stride"])
+    fresh.update(cache.buffers(0)[0], 0, cache.length(0))
+    for lvl in (0, 1):
+        assert pools.counts[lvl] == fresh.counts[lvl]
+        np.testing.assert_array_equal(pools.buffers[lvl][:, :, :pools.counts[lvl]],
+                                      fresh.buffers[lvl][:, :, :fresh.counts[lvl]])
+
+
+def test_block_positions_list_each_selected_block_for_the_group():
+    m = spattn.methods.get("infllmv2", block_size=4, kernel_stride=4)
+    blocks = np.array([[[[0, 2, -1]], [[1, -1, -1]]]], np.int32)
+    idx = m.block_positions(blocks, 10, 4).indices
+    assert idx.shape == (1, 4, 1, 12)
+    np.testing.assert_array_equal(idx[0, 0, 0], [0, 1, 2, 3, 8, 9] + [-1] * 6)
+    np.testing.assert_array_equal(idx[0, 1, 0], idx[0, 0, 0])
+    np.testing.assert_array_equal(idx[0, 3, 0], [4, 5, 6, 7] + [-1] * 8)

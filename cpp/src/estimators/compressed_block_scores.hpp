@@ -123,37 +123,54 @@ struct CompressedScoreVariant {
   }
 };
 
-// Runs the passes over every (batch, kv head, query row) of qk (causal positions t = i + Nk - Nq).
+// Mean-pooled keys (B, Hkv, cap, D) of which the first C rows per head are the compressed tokens.
+struct PooledKeys {
+  const float* k = nullptr;
+  int C = 0, cap = 0;
+};
+
+// Runs the passes over every (batch, kv head, query row) of qk (causal positions t = i + Nk - Nq)
+// with the pooled keys given (k1, and the lse keys kl; kl.k == k1.k when coarse == 1); qk.k is not read.
 template <class Select>
-void compressed_block_scores(const AttnArgs& qk, const CompressedScoreSpec& p, const Select& select) {
+void compressed_block_scores_pooled(const AttnArgs& qk, const CompressedScoreSpec& p, PooledKeys k1, PooledKeys kl,
+                                    const Select& select) {
   const AttnShape& s = qk.shape;
   if (s.Nq == 0) return;
-  int C1 = 0, CL = 0;
-  const std::vector<float> k1 = mean_pooled_keys(qk, p.kernel, p.stride, &C1);
-  std::vector<float> kl;
-  if (p.coarse != 1) kl = mean_pooled_keys(qk, p.coarse * p.kernel, p.coarse * p.stride, &CL);
-  else CL = C1;
   AttnArgs a1 = statistics_args(qk), al = statistics_args(qk);
-  a1.k = k1.data();
-  a1.shape.Nk = C1;
-  a1.shape.kv_capacity = 0;
-  al.k = p.coarse != 1 ? kl.data() : k1.data();
-  al.shape.Nk = CL;
-  al.shape.kv_capacity = 0;
+  a1.k = k1.k;
+  a1.shape.Nk = k1.C;
+  a1.shape.kv_capacity = k1.cap;
+  al.k = kl.k;
+  al.shape.Nk = kl.C;
+  al.shape.kv_capacity = kl.cap;
   const int G = s.group();
   const int nq_tile = std::max(1, std::min(s.Nq, kRowsTarget / 4 / G));
   const bool transposed = use_transposed_k(G * nq_tile);
+  const bool own_lse = kl.k != k1.k;
   const TransposedK kt1(a1, transposed);
-  const TransposedK ktl_own(al, transposed && p.coarse != 1);
-  const TransposedK& ktl = p.coarse != 1 ? ktl_own : kt1;
+  const TransposedK ktl_own(al, transposed && own_lse);
+  const TransposedK& ktl = own_lse ? ktl_own : kt1;
   CompressedScoreVariant<Select> var{a1, kt1, ktl, p, select};
-  var.C1 = C1;
-  var.CL = CL;
+  var.C1 = k1.C;
+  var.CL = kl.C;
   var.Nk = s.Nk;
   var.nq_tile = nq_tile;
   var.ntiles = ceil_div(s.Nq, nq_tile);
   var.nblocks = ceil_div(s.Nk, p.block_size);
   run_tiles(a1, var, G * nq_tile, 0);
+}
+
+// Same, pooling k1 (and the lse keys) from qk.k.
+template <class Select>
+void compressed_block_scores(const AttnArgs& qk, const CompressedScoreSpec& p, const Select& select) {
+  if (qk.shape.Nq == 0) return;
+  int C1 = 0, CL = 0;
+  const std::vector<float> k1 = mean_pooled_keys(qk, p.kernel, p.stride, &C1);
+  std::vector<float> kl;
+  if (p.coarse != 1) kl = mean_pooled_keys(qk, p.coarse * p.kernel, p.coarse * p.stride, &CL);
+  const PooledKeys pk1{k1.data(), C1, C1};
+  const PooledKeys pkl = p.coarse != 1 ? PooledKeys{kl.data(), CL, CL} : pk1;
+  compressed_block_scores_pooled(qk, p, pk1, pkl, select);
 }
 
 }  // namespace spattn::detail

@@ -50,11 +50,11 @@ std::vector<float> mean_pooled_keys(const AttnArgs& qk, int kernel, int stride, 
   return out;
 }
 
-std::vector<int32_t> estimate_infllmv2(const AttnArgs& qk, const InfLLMv2Params& p, int* K_out) {
-  p.validate();
-  const AttnShape& s = qk.shape;
-  s.validate();
-  if (!qk.causal) throw std::invalid_argument("infllmv2: the method is defined for causal attention only");
+namespace {
+
+// The selection of every row, the block scores coming from `scores(spec, select)`.
+template <class Scores>
+std::vector<int32_t> infllmv2_select(const AttnShape& s, const InfLLMv2Params& p, int* K_out, const Scores& scores) {
   const int nblocks = ceil_div(s.Nk, p.block_size);
   if (s.Nk < p.dense_len) {  // dense: every block up to the query's own
     *K_out = nblocks;
@@ -70,7 +70,8 @@ std::vector<int32_t> estimate_infllmv2(const AttnArgs& qk, const InfLLMv2Params&
   *K_out = K;
   std::vector<int32_t> out(size_t(s.B) * s.Hkv * s.Nq * K, -1);
   if (s.Nq == 0 || K == 0) return out;
-  detail::CompressedScoreSpec spec{p.kernel_size, p.kernel_stride, p.block_size, p.init_blocks, p.local_blocks(), 4};
+  const detail::CompressedScoreSpec spec{p.kernel_size, p.kernel_stride, p.block_size, p.init_blocks,
+                                         p.local_blocks(), 4};
   int32_t* o = out.data();
   const auto select = [&](int b, int hk, int i, long long qb, const float* S, int nb) {
     std::vector<int> top = topk_select(S, nb, K);
@@ -78,8 +79,38 @@ std::vector<int32_t> estimate_infllmv2(const AttnArgs& qk, const InfLLMv2Params&
     int32_t* row = o + ((size_t(b) * s.Hkv + hk) * s.Nq + i) * size_t(K);
     for (int c = 0; c < K; ++c) row[c] = top[size_t(c)] > qb ? -1 : top[size_t(c)];
   };
-  detail::compressed_block_scores(qk, spec, select);
+  scores(spec, select);
   return out;
+}
+
+int pooled_count(int n, int kernel, int stride) { return n >= kernel ? (n - kernel) / stride + 1 : 0; }
+
+}  // namespace
+
+std::vector<int32_t> estimate_infllmv2(const AttnArgs& qk, const InfLLMv2Params& p, int* K_out) {
+  p.validate();
+  qk.shape.validate();
+  if (!qk.causal) throw std::invalid_argument("infllmv2: the method is defined for causal attention only");
+  return infllmv2_select(qk.shape, p, K_out, [&](const detail::CompressedScoreSpec& spec, const auto& select) {
+    detail::compressed_block_scores(qk, spec, select);
+  });
+}
+
+std::vector<int32_t> estimate_infllmv2_pooled(const AttnArgs& q, const float* k1, int C1, int cap1, const float* k2,
+                                              int C2, int cap2, const InfLLMv2Params& p, int* K_out) {
+  p.validate();
+  const AttnShape& s = q.shape;
+  s.validate();
+  const int e1 = pooled_count(s.Nk, p.kernel_size, p.kernel_stride);
+  const int e2 = pooled_count(s.Nk, 4 * p.kernel_size, 4 * p.kernel_stride);
+  if (C1 != e1 || C2 != e2 || C1 > cap1 || C2 > cap2)
+    throw std::invalid_argument("infllmv2: the pooled keys of kv_len=" + std::to_string(s.Nk) + " are " +
+                                std::to_string(e1) + " k1 and " + std::to_string(e2) + " k2 tokens, got " +
+                                std::to_string(C1) + " (of " + std::to_string(cap1) + " rows) and " +
+                                std::to_string(C2) + " (of " + std::to_string(cap2) + " rows)");
+  return infllmv2_select(s, p, K_out, [&](const detail::CompressedScoreSpec& spec, const auto& select) {
+    detail::compressed_block_scores_pooled(q, spec, {k1, C1, cap1}, {k2, C2, cap2}, select);
+  });
 }
 
 }  // namespace spattn

@@ -14,12 +14,56 @@ from typing import Optional
 import numpy as np
 
 from .. import _core
-from ..masks import RowBlockIndices
+from .._validation import check_int
+from ..cache import KVCache
+from ..masks import RowBlockIndices, TokenIndices
+from ._decode import CacheDecode
 from .base import Capabilities, Method, register
 
 
+class InfLLMv2Pools:
+    """InfLLM-V2's compressed keys of one cache layer, as the model keeps them beside its decode
+    cache: k1 (B, Hkv, capacity, D), the means of k[s j : s j + w] (w = kernel_size, s =
+    kernel_stride), and k2 with 4w and 4s, for every complete window. Registered on a
+    :class:`spattn.KVCache`, it is updated on every append: only the windows completed by the new
+    rows are pooled (``_core.mean_pooled_keys``, the same sums as the full pooling); its buffers
+    double like the cache's."""
+
+    def __init__(self, kernel_size: int, kernel_stride: int):
+        self.levels = [(check_int(kernel_size, "kernel_size", lo=1), check_int(kernel_stride, "kernel_stride", lo=1))]
+        self.levels.append((4 * self.levels[0][0], 4 * self.levels[0][1]))
+        self.buffers = [None, None]
+        self.counts = [0, 0]
+        self.kv_len = 0
+
+    def update(self, k_buffer: np.ndarray, start: int, stop: int) -> None:
+        """Rows [start, stop) of `k_buffer` (B, Hkv, capacity, D) were written (start is the
+        previous length, or 0 to build from scratch)."""
+        if start == 0:
+            self.counts = [0, 0]
+        for lvl, (w, s) in enumerate(self.levels):
+            old, new = self.counts[lvl], (stop - w) // s + 1 if stop >= w else 0
+            if new > old:
+                pooled = _core.mean_pooled_keys(k_buffer[:, :, s * old:s * (new - 1) + w], w, s)
+                buf = self.buffers[lvl]
+                if buf is None or buf.shape[2] < new:
+                    grown = np.empty(k_buffer.shape[:2] + (max(new, 16 if buf is None else 2 * buf.shape[2]),)
+                                     + k_buffer.shape[3:], np.float32)
+                    if buf is not None:
+                        grown[:, :, :old] = buf[:, :, :old]
+                    self.buffers[lvl] = buf = grown
+                buf[:, :, old:new] = pooled
+            self.counts[lvl] = new
+        self.kv_len = stop
+
+    def pooled(self, lvl: int, like: np.ndarray) -> np.ndarray:
+        """Level `lvl`'s buffer (an empty one shaped after `like` before the first window)."""
+        buf = self.buffers[lvl]
+        return np.zeros(like.shape[:2] + (0,) + like.shape[3:], np.float32) if buf is None else buf
+
+
 @register
-class InfLLMv2(Method):
+class InfLLMv2(CacheDecode, Method):
     """InfLLM-V2's per-token block selection, as OpenBMB/infllmv2_cuda_impl (HEAD f908e73) and
     the MiniCPM4 model code compute it.
 
@@ -54,6 +98,17 @@ class InfLLMv2(Method):
         Each row keeps topk + local_blocks (96) blocks.
     dense_len : int, default 8192
         The switch length: dense attention while Nk < dense_len.
+    dense_layers : int, default 0
+        Layers ``0 .. dense_layers - 1`` run dense in decode over a cache (the model: none).
+    layer_plan : spattn.LayerPlan or dict, optional
+        The role of each layer in decode over a cache (default: the first ``dense_layers`` dense).
+
+    Decode over a :class:`spattn.KVCache`: append the step's k / v first, then
+    ``m(q, cache, layer=i)`` / ``select(q, cache, layer=i)``; the compressed keys k1 / k2 live on
+    the cache (:class:`InfLLMv2Pools`, pooled once per completed window as the model's decode
+    buffers), and the selected blocks are attended as key positions by the token-sparse kernel
+    (the runs are read in place). A call over a cache with Nq > 1 is dense (the generic decode
+    path); prefill runs on arrays, ``m(q, k, v, causal=True)``.
 
     Notes
     -----
@@ -73,13 +128,44 @@ class InfLLMv2(Method):
     pattern = ("per token: mean-pooled keys at two granularities, compressed-LSE scores, max-pooled blocks, "
                "init + local blocks forced, top blocks; dense below the switch length")
     params_struct = _core.InfLLMv2Params
+    extra_defaults = {"dense_layers": 0, "layer_plan": None}
     capabilities = Capabilities(noncausal=False, mask_format="row_block")
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        self.params["dense_layers"] = check_int(self.params["dense_layers"], "dense_layers", lo=0)
 
     def _estimate(self, q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float]) -> RowBlockIndices:
         blocks = _core.estimate_infllmv2(q, k, causal, scale, self.cparams)
         dense = k.shape[2] < self.params["dense_len"]
         self.last_info = {"dense": dense, "blocks_per_row": int(blocks.shape[-1])}
         return RowBlockIndices(blocks, self.params["block_size"], k.shape[2], assume_sorted=True)
+
+    # ------------------------------------------------------------------ decode over a KVCache
+    def pools(self, cache: KVCache, layer: int) -> InfLLMv2Pools:
+        """This method's compressed keys on `layer` of `cache` (registered on first use)."""
+        w, s = self.params["kernel_size"], self.params["kernel_stride"]
+        return cache.state(layer, ("infllmv2", w, s), lambda: InfLLMv2Pools(w, s))
+
+    def _select_cache(self, q: np.ndarray, cache: KVCache, layer: int) -> TokenIndices:
+        kb, _, n = cache.buffers(layer)
+        pools = self.pools(cache, layer)
+        blocks = _core.estimate_infllmv2_pooled(q, pools.pooled(0, kb), pools.counts[0], pools.pooled(1, kb),
+                                                pools.counts[1], n, None, self.cparams)
+        self.last_info = {"dense": n < self.params["dense_len"], "blocks_per_row": int(blocks.shape[-1])}
+        return self.block_positions(blocks, n, q.shape[1])
+
+    def block_positions(self, blocks: np.ndarray, kv_len: int, Hq: int) -> TokenIndices:
+        """Decode block lists (B, Hkv, 1, K) as the key positions of those blocks (B, Hq, 1,
+        K * block_size), ascending, -1 padded, each kv head's list repeated for its query heads."""
+        bs = self.params["block_size"]
+        B, Hkv, _, K = blocks.shape
+        pos = blocks[..., None].astype(np.int64) * bs + np.arange(bs)
+        pos = np.where((blocks[..., None] >= 0) & (pos < kv_len), pos, -1).reshape(B, Hkv, 1, K * bs)
+        pos = np.repeat(pos, Hq // Hkv, axis=1)
+        keep = pos >= 0  # valid positions first, in order (blocks ascend)
+        order = np.argsort(~keep, axis=-1, kind="stable")
+        return TokenIndices(np.take_along_axis(pos, order, axis=-1), 1, kv_len, assume_sorted=True)
 
 
 __all__ = ["InfLLMv2"]

@@ -53,6 +53,12 @@ struct InfLLMv2Params {
 // and -1 padded; `K_out` receives K. Reads q, k, shape and scale; causal only.
 std::vector<int32_t> estimate_infllmv2(const AttnArgs& qk, const InfLLMv2Params& p, int* K_out);
 
+// The same selection from mean-pooled keys kept beside a decode cache: k1 (B, Hkv, cap1, D) with
+// C1 compressed tokens and k2 (B, Hkv, cap2, D) with C2, for the first q.shape.Nk keys (C1 and C2
+// must be the counts of that length); q.k is not read. Causal positions as estimate_infllmv2.
+std::vector<int32_t> estimate_infllmv2_pooled(const AttnArgs& q, const float* k1, int C1, int cap1, const float* k2,
+                                              int C2, int cap2, const InfLLMv2Params& p, int* K_out);
+
 // The mean-pooled keys k_j = mean(k[stride j, stride j + kernel)) of every kv head for j while
 // stride j + kernel <= Nk: (B, Hkv, C, D) with C returned in `C_out` (0 when Nk < kernel).
 std::vector<float> mean_pooled_keys(const AttnArgs& qk, int kernel, int stride, int* C_out);
