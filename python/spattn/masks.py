@@ -650,16 +650,20 @@ class RowBlockIndices:
             raise ValueError(f"blocks must have shape (B, H, Nq, K) = ({B}, H, {Nq}, K) with H dividing Hq={Hq} "
                              f"(Hq, Hkv or 1); got {self.blocks.shape}")
 
-    def _row_keys(self, causal: bool) -> np.ndarray:
-        """Visible keys of every listed block per row, (B, H, Nq, K) int64 (0 for -1 slots)."""
+    def _kept_keys(self, causal: bool) -> np.ndarray:
+        """Visible keys of the listed blocks summed over rows and slots, (B, H) int64; rows in
+        chunks, so the int64 temporaries stay small at long lengths."""
         B, H, Nq, K = self.blocks.shape
-        idx = self.blocks.astype(np.int64)
-        start = idx * self.block_size
-        end = np.minimum(start + self.block_size, self.kv_len)
-        if causal:
-            p = np.arange(Nq, dtype=np.int64) + (self.kv_len - Nq)
-            end = np.minimum(end, p[:, None] + 1)
-        return np.where(idx >= 0, np.clip(end - start, 0, None), 0)
+        kept = np.zeros((B, H), np.int64)
+        for i0 in range(0, Nq, 4096):
+            idx = self.blocks[:, :, i0:i0 + 4096].astype(np.int64)
+            start = idx * self.block_size
+            end = np.minimum(start + self.block_size, self.kv_len)
+            if causal:
+                p = np.arange(i0, i0 + idx.shape[2], dtype=np.int64) + (self.kv_len - Nq)
+                end = np.minimum(end, p[:, None] + 1)
+            kept += np.where(idx >= 0, np.clip(end - start, 0, None), 0).sum(axis=(-1, -2))
+        return kept
 
     def density(self, q_len: Optional[int] = None, causal: bool = False) -> np.ndarray:
         """Share of visible (query, key) pairs selected, per (B, H)."""
@@ -667,7 +671,7 @@ class RowBlockIndices:
         Nq = self.blocks.shape[2]
         if q_len is not None and check_int(q_len, "q_len") != Nq:
             raise ValueError(f"q_len must be the blocks' Nq {Nq}, got {q_len}")
-        kept = self._row_keys(causal).sum(axis=(-1, -2))
+        kept = self._kept_keys(causal)
         total = _total_visible(Nq, self.kv_len, causal)
         return kept / total if total > 0 else kept.astype(np.float64)
 
