@@ -93,3 +93,19 @@ def test_kernel_refuses_lists_of_another_shape():
         spattn.row_block_sparse_attention(q, k[:, :, :90], v[:, :, :90], spattn.RowBlockIndices(np.zeros((1, 2, 5, 1), np.int32), 16, 100))
     with pytest.raises(TypeError, match="RowBlockIndices"):
         spattn.row_block_sparse_attention(q, k, v, np.zeros((1, 2, 5, 1), np.int32))
+
+
+def test_row_overlap_is_the_share_of_blocks_kept_from_the_previous_row():
+    idx = np.array([[[[0, 1, 2], [0, 2, 5], [-1, -1, -1], [7, -1, -1]]]])
+    m = spattn.RowBlockIndices(idx, 4, 40)
+    np.testing.assert_allclose(m.row_overlap(), [[(2 / 3 + 1 + 0) / 3]])
+    big = random_blocks(1, 2, 1500, 20, 6, seed=4)
+    m = spattn.RowBlockIndices(big, 8, 160)
+    b = m.blocks
+    ref = np.zeros((1, 2))
+    for h in range(2):
+        for i in range(1, 1500):
+            cur = set(b[0, h, i][b[0, h, i] >= 0].tolist())
+            prev = set(b[0, h, i - 1][b[0, h, i - 1] >= 0].tolist())
+            ref[0, h] += len(cur & prev) / len(cur) if cur else 1.0
+    np.testing.assert_allclose(m.row_overlap(), ref / 1499)

@@ -675,6 +675,23 @@ class RowBlockIndices:
         total = _total_visible(Nq, self.kv_len, causal)
         return kept / total if total > 0 else kept.astype(np.float64)
 
+    def row_overlap(self) -> np.ndarray:
+        """Selection locality: per (B, H) the mean over rows i >= 1 of |S_i & S_(i-1)| / |S_i|, the
+        share of a row's blocks its predecessor also listed (for decode steps, the blocks kept
+        from the previous step; NOSA's diagnostic). Rows with no block count as 1; NaN for
+        Nq < 2."""
+        B, H, Nq, K = self.blocks.shape
+        if Nq < 2:
+            return np.full((B, H), np.nan)
+        total = np.zeros((B, H))
+        for i0 in range(1, Nq, 512):
+            cur = self.blocks[:, :, i0:i0 + 512]
+            prev = self.blocks[:, :, i0 - 1:i0 - 1 + cur.shape[2]]
+            common = ((cur[..., :, None] == prev[..., None, :]) & (cur[..., :, None] >= 0)).any(-1).sum(-1)
+            n = (cur >= 0).sum(-1)
+            total += np.where(n > 0, common / np.maximum(n, 1), 1.0).sum(-1)
+        return total / (Nq - 1)
+
     def to_dense(self, q_len: Optional[int] = None, causal: bool = False) -> np.ndarray:
         """Element mask (B, H, Nq, kv_len) bool, for small sizes."""
         causal = as_causal(causal)

@@ -64,6 +64,9 @@ class NOSA(Method):
     delta_weight, delta_bias : arrays (Hkv, Hkv * Dv) and (Hkv,), optional
         The eviction head's linear layer ``delta``; None: zeros.
 
+    The locality the constraint is meant to raise (the blocks a step keeps from the previous
+    one) is ``mask.row_overlap()`` of the selection.
+
     Notes
     -----
     Deviations: float32 scores (official bf16), ties to the lower index (torch.topk on CUDA);
