@@ -69,7 +69,8 @@ def test_the_registry_holds_an_exact_baseline():
 
 FORMATS = {"block": spattn.BlockMask, "none": spattn.BlockMask, "token": spattn.TokenIndices,
            "vertical_slash": spattn.VerticalSlashMask, "window": spattn.WindowMask,
-           "permuted": spattn.PermutedBlockMask, "clustered": spattn.ClusteredMask}
+           "permuted": spattn.PermutedBlockMask, "clustered": spattn.ClusteredMask,
+           "row_block": spattn.RowBlockIndices}
 
 
 def test_every_mask_format_has_a_class():

@@ -113,6 +113,13 @@ inline TokenIndicesView index_view(const IArr& idx, int group_size, int kv_len) 
           group_size, kv_len};
 }
 
+inline RowBlockIndicesView row_block_view(const IArr& blocks, int block_k, int kv_len) {
+  need_ndim(blocks, 4, "blocks");
+  need_positive(block_k, "block_k");
+  return {blocks.data(), dim(blocks, 0, "blocks"), dim(blocks, 1, "blocks"), dim(blocks, 2, "blocks"),
+          dim(blocks, 3, "blocks"), block_k, kv_len};
+}
+
 inline VerticalSlashView vertical_slash_view(const IArr& vertical, const IArr& slash, int block, int len) {
   need_ndim(vertical, 3, "vertical");
   need_ndim(slash, 3, "slash");

@@ -9,6 +9,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <string>
@@ -234,6 +235,25 @@ void bind_kernels(py::module_& m) {
     return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { token_sparse_attention(a, iv); });
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("indices"), py::arg("group_size"), py::arg("kv_len"),
      py::arg("causal"), py::arg("scale"));
+
+  m.def("row_block_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& blocks, int block_k,
+                                         int kv_len, bool causal, const OptScale& scale,
+                                         const std::optional<FArr>& key_bias) {
+    const RowBlockIndicesView rv = row_block_view(blocks, block_k, kv_len);
+    const float* bias = nullptr;
+    if (key_bias) {
+      need_ndim(*key_bias, 3, "key_bias");
+      if (key_bias->shape(0) != k.shape(0) || key_bias->shape(1) != k.shape(1) || key_bias->shape(2) != k.shape(2))
+        throw py::value_error("key_bias must have shape (B, Hkv, Nk) of k, got " + shape_str(*key_bias) + " for k " +
+                              shape_str(k));
+      bias = key_bias->data();
+      for (py::ssize_t c = 0; c < key_bias->size(); ++c)
+        if (!std::isfinite(bias[c])) throw py::value_error("key_bias must be finite, got " + std::to_string(bias[c]));
+    }
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { row_block_sparse_attention(a, rv, bias); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("blocks"), py::arg("block_k"), py::arg("kv_len"),
+     py::arg("causal"), py::arg("scale"), py::arg("key_bias") = py::none(),
+     "Attention restricted per query row to the listed key blocks (RowBlockIndices, H = Hq, Hkv or 1).");
 
   m.def("window_attention", [](const FArr& q, const FArr& k, const FArr& v, long long sinks, long long left,
                                long long right, bool causal, const OptScale& scale) {
@@ -1018,6 +1038,79 @@ PYBIND11_MODULE(_core, m) {
   // One line per method: its parameter class and its estimator.
   bind_block_estimator<StreamingParams>(m, "streaming", "StreamingParams", &estimate_streaming,
                                         "StreamingLLM sinks + local window parameters.");
+  bind_params<InfLLMv2Params>(m, "InfLLMv2Params", "infllmv2",
+                              "InfLLM-V2 parameters (MiniCPM4 sparse_config defaults).");
+  m.def("estimate_infllmv2", [](const FArr& q, const FArr& k, bool causal, const OptScale& scale,
+                                const InfLLMv2Params& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_infllmv2(a, p, &K);
+    }
+    return adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K});
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "InfLLM-V2's key blocks per query row and kv head (B, Hkv, Nq, K), ascending, -1 padded.");
+  m.def("estimate_infllmv2_pooled", [](const FArr& q, const FArr& k1, int C1, const FArr& k2, int C2, int kv_len,
+                                       const OptScale& scale, const InfLLMv2Params& p) {
+    AttnArgs a = make_args(q, k1, nullptr, true, scale);
+    p.validate();
+    need_ndim(k2, 4, "k2");
+    if (k2.shape(0) != k1.shape(0) || k2.shape(1) != k1.shape(1) || k2.shape(3) != k1.shape(3))
+      throw py::value_error("k2 must have shape (B, Hkv, cap2, D) like k1 " + shape_str(k1) + ", got " + shape_str(k2));
+    if (kv_len < 0) throw py::value_error("kv_len must be >= 0, got " + std::to_string(kv_len));
+    a.k = nullptr;
+    a.shape.Nk = kv_len;
+    a.shape.kv_capacity = 0;
+    const int cap1 = int(k1.shape(2)), cap2 = int(k2.shape(2));
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_infllmv2_pooled(a, k1.data(), C1, cap1, k2.data(), C2, cap2, p, &K);
+    }
+    return adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K});
+  }, py::arg("q"), py::arg("k1"), py::arg("C1"), py::arg("k2"), py::arg("C2"), py::arg("kv_len"), py::arg("scale"),
+     py::arg("params"),
+     "InfLLM-V2's blocks (B, Hkv, Nq, K) for the last Nq of kv_len keys from their pooled keys k1 / k2 (first C1 / C2 rows).");
+  m.def("mean_pooled_keys", [](const FArr& k, int kernel, int stride) {
+    need_ndim(k, 4, "k");
+    need_positive(kernel, "kernel");
+    need_positive(stride, "stride");
+    AttnArgs a;
+    a.k = k.data();
+    a.shape.B = int(k.shape(0));
+    a.shape.Hq = a.shape.Hkv = int(k.shape(1));
+    a.shape.Nk = int(k.shape(2));
+    a.shape.D = int(k.shape(3));
+    int C = 0;
+    std::vector<float> out;
+    {
+      py::gil_scoped_release nogil;
+      out = mean_pooled_keys(a, kernel, stride, &C);
+    }
+    return adopt(std::move(out), {a.shape.B, a.shape.Hkv, C, a.shape.D});
+  }, py::arg("k"), py::arg("kernel"), py::arg("stride"),
+     "Means of k[:, :, stride j : stride j + kernel] for every complete window: (B, Hkv, C, D).");
+  bind_params<NOSAParams>(m, "NOSAParams", "nosa", "NOSA parameters (proxy-model defaults of thunlp/NOSA).");
+  m.def("estimate_nosa", [](const FArr& q, const FArr& k, const FArr& cis, bool causal, const OptScale& scale,
+                            const NOSAParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, scale);
+    p.validate();
+    need_ndim(cis, 3, "cis");
+    if (cis.shape(0) != a.shape.B || cis.shape(1) != a.shape.Hkv || cis.shape(2) != a.shape.Nk)
+      throw py::value_error("cis must have shape (B, Hkv, Nk) of k, got " + shape_str(cis) + " for k " + shape_str(k));
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_nosa(a, cis.data(), p, &K);
+    }
+    return adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K});
+  }, py::arg("q"), py::arg("k"), py::arg("cis"), py::arg("causal"), py::arg("scale"), py::arg("params"),
+     "NOSA's key blocks per query row and kv head (B, Hkv, Nq, K) from q, k and the eviction scores cis (B, Hkv, Nk).");
   bind_block_estimator<PowerAttentionParams>(m, "powerattention", "PowerAttentionParams", &estimate_powerattention,
                                              "PowerAttention parameters (the paper's Algorithm 1 and setting).");
   bind_block_estimator<RadialParams>(m, "radial", "RadialParams", &estimate_radial,

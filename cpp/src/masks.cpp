@@ -58,4 +58,30 @@ void TokenIndicesView::check_against(const AttnShape& s) const {
   }
 }
 
+
+void RowBlockIndicesView::check_against(const AttnShape& s) const {
+  if (block_k < 1) throw std::invalid_argument("block_k must be >= 1, got " + std::to_string(block_k));
+  if (kv_len >= 0 && kv_len != s.Nk)
+    throw std::invalid_argument("row-block indices were made for kv_len=" + std::to_string(kv_len) +
+                                ", but k has Nk=" + std::to_string(s.Nk));
+  if (B != s.B || (H != s.Hq && H != s.Hkv && H != 1) || Nq != s.Nq || K < 0)
+    throw std::invalid_argument("row-block indices must have shape (B, H, Nq, K) = (" + std::to_string(s.B) +
+                                ", Hq=" + std::to_string(s.Hq) + " or Hkv=" + std::to_string(s.Hkv) +
+                                " or 1, " + std::to_string(s.Nq) + ", K); got " + dims(B, H, Nq, K));
+  const int nkb = ceil_div(s.Nk, block_k);
+  const size_t rows = size_t(B) * H * Nq;
+  for (size_t r = 0; r < rows; ++r) {
+    int last = -1;
+    for (int c = 0; c < K; ++c) {
+      const int j = blocks[r * K + c];
+      if (j < -1 || j >= nkb)
+        throw std::invalid_argument("block id " + std::to_string(j) + " out of range [-1, " + std::to_string(nkb) +
+                                    ") for Nk=" + std::to_string(s.Nk) + ", block_k=" + std::to_string(block_k));
+      if (j < 0) continue;
+      if (j <= last) throw std::invalid_argument("block ids of a row must be strictly increasing (-1 = unused)");
+      last = j;
+    }
+  }
+}
+
 }  // namespace spattn

@@ -17,11 +17,12 @@ from . import _core, integrations, linear, methods, metrics, models, synthetic, 
 from .cache import KVCache
 from .evaluate import Record, evaluate
 from .kernels import (BlockPlan, attention, block_sparse_attention, cluster_block_attention, merge_states,
-                      permuted_block_attention, plan, sparse_attention, token_sparse_attention, vertical_slash_attention,
-                      window_attention)
+                      permuted_block_attention, plan, row_block_sparse_attention, sparse_attention,
+                      token_sparse_attention, vertical_slash_attention, window_attention)
 from .layer_plan import LayerPlan
 from .linear import sse_attention
-from .masks import BlockMask, ClusteredMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from .masks import (BlockMask, ClusteredMask, PermutedBlockMask, RowBlockIndices, TokenIndices, VerticalSlashMask,
+                    WindowMask)
 from .neighborhood import gna_tile_stats, na1d, na2d, na3d, na_mask, na_work
 from .selection import gaussian_topk, normal_quantile, statistical_topk
 
@@ -47,9 +48,11 @@ def num_threads() -> int:
 
 __all__ = [
     "attention", "block_sparse_attention", "token_sparse_attention", "window_attention", "vertical_slash_attention",
-    "permuted_block_attention", "cluster_block_attention", "sparse_attention", "merge_states", "plan", "BlockPlan",
+    "permuted_block_attention", "cluster_block_attention", "row_block_sparse_attention", "sparse_attention",
+    "merge_states", "plan", "BlockPlan",
     "na1d", "na2d", "na3d", "na_mask", "gna_tile_stats", "na_work", "sse_attention",
-    "BlockMask", "TokenIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask", "ClusteredMask", "KVCache",
+    "BlockMask", "TokenIndices", "RowBlockIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask",
+    "ClusteredMask", "KVCache",
     "LayerPlan", "statistical_topk", "gaussian_topk", "normal_quantile",
     "methods", "metrics", "models", "integrations", "synthetic", "training", "linear", "evaluate",
     "Record",

@@ -20,6 +20,25 @@ class _Params:
     @staticmethod
     def field_names() -> List[str]: ...
 
+class InfLLMv2Params(_Params):
+    kernel_size: int
+    kernel_stride: int
+    block_size: int
+    init_blocks: int
+    window_size: int
+    topk: int
+    dense_len: int
+
+class NOSAParams(_Params):
+    kernel_size: int
+    kernel_stride: int
+    block_size: int
+    init_blocks: int
+    window_size: int
+    topk: int
+    select_blocks: int
+    dense_len: int
+
 class PowerAttentionParams(_Params):
     block_size: int
     window_blocks: int
@@ -183,6 +202,9 @@ def block_sparse_attention_mask(q: np.ndarray, k: np.ndarray, v: np.ndarray, blo
                                 block_k: int, q_len: int, kv_len: int, causal: bool, scale: Optional[float]) -> Pair: ...
 def token_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, indices: np.ndarray, group_size: int,
                            kv_len: int, causal: bool, scale: Optional[float]) -> Pair: ...
+def row_block_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, blocks: np.ndarray, block_k: int,
+                               kv_len: int, causal: bool, scale: Optional[float],
+                               key_bias: Optional[np.ndarray] = None) -> Pair: ...
 def window_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, sinks: int, left: int, right: int, causal: bool,
                      scale: Optional[float]) -> Pair: ...
 def window_lse(q: np.ndarray, k: np.ndarray, sinks: int, left: int, right: int, causal: bool,
@@ -234,6 +256,13 @@ def compressed_attention_targets(q: np.ndarray, k: np.ndarray, causal: bool, sca
                                  width: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 # ---------------------------------------------------------------------------- estimators
+def estimate_infllmv2(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                      params: InfLLMv2Params) -> np.ndarray: ...
+def estimate_infllmv2_pooled(q: np.ndarray, k1: np.ndarray, C1: int, k2: np.ndarray, C2: int, kv_len: int,
+                             scale: Optional[float], params: InfLLMv2Params) -> np.ndarray: ...
+def mean_pooled_keys(k: np.ndarray, kernel: int, stride: int) -> np.ndarray: ...
+def estimate_nosa(q: np.ndarray, k: np.ndarray, cis: np.ndarray, causal: bool, scale: Optional[float],
+                  params: NOSAParams) -> np.ndarray: ...
 def estimate_powerattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                             params: PowerAttentionParams) -> np.ndarray: ...
 def estimate_radial(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],

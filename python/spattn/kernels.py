@@ -15,7 +15,8 @@ import numpy as np
 
 from . import _core
 from ._validation import as_causal, as_float_array, as_scale, check_int, check_qkv, half_bits
-from .masks import BlockMask, ClusteredMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from .masks import (BlockMask, ClusteredMask, PermutedBlockMask, RowBlockIndices, TokenIndices, VerticalSlashMask,
+                    WindowMask)
 
 Result = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 BlockPlan = _core.BlockPlan
@@ -184,6 +185,28 @@ def vertical_slash_attention(q, k, v, mask: VerticalSlashMask, *, causal: bool =
     return _finish(out, lse, return_lse)
 
 
+def row_block_sparse_attention(q, k, v, blocks: RowBlockIndices, *, causal: bool = False,
+                               scale: Optional[float] = None, return_lse: bool = False,
+                               key_bias=None) -> Result:
+    """Attention restricted, per query row, to the key blocks listed in `blocks` (a
+    spattn.RowBlockIndices: InfLLM-V2's per-token top-k blocks).
+
+    The query heads of a GQA group share their kv head's lists when ``blocks`` has H = Hkv (or
+    1). With `causal`, keys past a row's causal limit are ignored inside the listed blocks; rows
+    with no visible listed key get out = 0, lse = -inf. Per work item the union of the blocks of
+    a tile of rows is read in place; memory O(Nq K). `key_bias` (B, Hkv, Nk), optional: an
+    additive logit bias per key, softmax(q.k * scale + bias) (NOSA's eviction bias).
+    """
+    q, k, v = check_qkv(q, k, v)
+    if not isinstance(blocks, RowBlockIndices):
+        raise TypeError(f"blocks must be a spattn.RowBlockIndices, got {type(blocks).__name__}")
+    if key_bias is not None:
+        key_bias = as_float_array(key_bias, "key_bias")
+    out, lse = _core.row_block_sparse_attention(q, k, v, blocks.blocks, blocks.block_size, blocks.kv_len,
+                                                as_causal(causal), as_scale(scale), key_bias)
+    return _finish(out, lse, return_lse)
+
+
 def permuted_block_attention(q, k, v, mask: PermutedBlockMask, *, causal: bool = True,
                              scale: Optional[float] = None, return_lse: bool = False) -> Result:
     """Block-sparse attention over permuted keys (PBS-Attn), causal on original positions.
@@ -226,12 +249,14 @@ def cluster_block_attention(q, k, v, mask: ClusteredMask, *, causal: bool = Fals
 def sparse_attention(q, k, v, mask, *, causal: bool = False, scale: Optional[float] = None,
                      return_lse: bool = False) -> Result:
     """Attention restricted to any spattn mask: BlockMask or plan (block-sparse kernel),
-    TokenIndices (token-sparse), VerticalSlashMask (vertical-slash), WindowMask (window),
-    PermutedBlockMask (permuted block-sparse), ClusteredMask (cluster block-sparse)."""
+    TokenIndices (token-sparse), RowBlockIndices (row-block sparse), VerticalSlashMask (vertical-slash),
+    WindowMask (window), PermutedBlockMask (permuted block-sparse), ClusteredMask (cluster block-sparse)."""
     if isinstance(mask, (BlockMask, BlockPlan)):
         return block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, TokenIndices):
         return token_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
+    if isinstance(mask, RowBlockIndices):
+        return row_block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, PermutedBlockMask):
         return permuted_block_attention(q, k, v, mask, causal=causal, scale=scale, return_lse=return_lse)
     if isinstance(mask, ClusteredMask):
@@ -243,8 +268,8 @@ def sparse_attention(q, k, v, mask, *, causal: bool = False, scale: Optional[flo
         mask.check_against(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         return window_attention(q, k, v, sinks=mask.sinks, left=mask.left, right=mask.right, causal=causal,
                                 scale=scale, return_lse=return_lse)
-    raise TypeError("mask must be a BlockMask, plan, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask or "
-                    "ClusteredMask, got "
+    raise TypeError("mask must be a BlockMask, plan, TokenIndices, RowBlockIndices, VerticalSlashMask, WindowMask, "
+                    "PermutedBlockMask or ClusteredMask, got "
                     f"{type(mask).__name__}")
 
 

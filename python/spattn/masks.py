@@ -686,3 +686,132 @@ class ClusteredMask:
         if as_causal(causal):
             m = m & (np.arange(self.kv_len)[None, :] <= np.arange(self.q_len)[:, None] + (self.kv_len - self.q_len))
         return m
+class RowBlockIndices:
+    """Key blocks per query row: InfLLM-V2's / NSA's per-token top-k block selection.
+
+    Parameters
+    ----------
+    blocks : array_like of int, shape (B, H, Nq, K)
+        Ids of the key blocks (keys ``[b * block_size, (b + 1) * block_size)``) each query row
+        attends to; -1 marks an unused slot. H is Hq (one list per query head), Hkv (one list
+        per kv head, shared by the query heads of its GQA group, as InfLLM-V2's ``topk_idx``)
+        or 1. Each row is treated as a set: sorted ascending, duplicates dropped, -1 slots last.
+    block_size : int
+        Keys per block.
+    kv_len : int
+        Number of keys the blocks refer to.
+    assume_sorted : bool, default False
+        Skip the sort when every row is already strictly increasing with -1 slots last (as the
+        estimators produce them); ranges are still checked.
+
+    Memory is O(Nq K), where the same selection as TokenIndices would take O(Nq K block_size).
+    Executed by :func:`spattn.kernels.row_block_sparse_attention`, causal rule per element.
+    """
+
+    def __init__(self, blocks, block_size: int, kv_len: int, assume_sorted: bool = False):
+        self.block_size = check_positive_int(block_size, "block_size")
+        self.kv_len = check_int(kv_len, "kv_len")
+        if self.kv_len < 0:
+            raise ValueError(f"kv_len must be >= 0, got {self.kv_len}")
+        if not isinstance(assume_sorted, (bool, np.bool_)):
+            raise TypeError(f"assume_sorted must be a bool, got {type(assume_sorted).__name__}")
+        arr = np.asarray(blocks)
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"blocks must be an integer array, got dtype {arr.dtype}")
+        if arr.ndim != 4:
+            raise ValueError(f"blocks must have shape (B, H, Nq, K), got {arr.shape}")
+        nkb = self.num_kv_blocks
+        if arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < -1 or hi >= nkb:
+                raise ValueError(f"blocks must lie in [-1, ceil(kv_len / block_size)={nkb}), got values in [{lo}, {hi}]")
+        if assume_sorted:
+            self.blocks = np.ascontiguousarray(arr, dtype=np.int32)
+            return
+        big = np.iinfo(np.int64).max
+        s = np.sort(np.where(arr < 0, big, arr.astype(np.int64)), axis=-1)
+        dup = np.zeros(s.shape, dtype=bool)
+        dup[..., 1:] = s[..., 1:] == s[..., :-1]
+        s = np.sort(np.where(dup, big, s), axis=-1)
+        self.blocks = np.ascontiguousarray(np.where(s == big, -1, s).astype(np.int32))
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return -(-self.kv_len // self.block_size)
+
+    @property
+    def shape(self) -> tuple:
+        return self.blocks.shape
+
+    def __repr__(self) -> str:
+        return (f"RowBlockIndices(shape={self.blocks.shape}, block_size={self.block_size}, kv_len={self.kv_len}, "
+                f"used={(self.blocks >= 0).mean() if self.blocks.size else 0.0:.3f})")
+
+    def check_against(self, B: int, Hq: int, Nq: int, Nk: int) -> None:
+        """Raise ValueError unless the blocks fit attention of the given shape (H must divide Hq;
+        the kernel further needs H in (Hq, Hkv, 1))."""
+        if self.kv_len != Nk:
+            raise ValueError(f"blocks were made for kv_len={self.kv_len}, but k has Nk={Nk}")
+        b, h, n, _ = self.blocks.shape
+        if b != B or n != Nq or h < 1 or Hq % h:
+            raise ValueError(f"blocks must have shape (B, H, Nq, K) = ({B}, H, {Nq}, K) with H dividing Hq={Hq} "
+                             f"(Hq, Hkv or 1); got {self.blocks.shape}")
+
+    def _kept_keys(self, causal: bool) -> np.ndarray:
+        """Visible keys of the listed blocks summed over rows and slots, (B, H) int64; rows in
+        chunks, so the int64 temporaries stay small at long lengths."""
+        B, H, Nq, K = self.blocks.shape
+        kept = np.zeros((B, H), np.int64)
+        for i0 in range(0, Nq, 4096):
+            idx = self.blocks[:, :, i0:i0 + 4096].astype(np.int64)
+            start = idx * self.block_size
+            end = np.minimum(start + self.block_size, self.kv_len)
+            if causal:
+                p = np.arange(i0, i0 + idx.shape[2], dtype=np.int64) + (self.kv_len - Nq)
+                end = np.minimum(end, p[:, None] + 1)
+            kept += np.where(idx >= 0, np.clip(end - start, 0, None), 0).sum(axis=(-1, -2))
+        return kept
+
+    def density(self, q_len: Optional[int] = None, causal: bool = False) -> np.ndarray:
+        """Share of visible (query, key) pairs selected, per (B, H)."""
+        causal = as_causal(causal)
+        Nq = self.blocks.shape[2]
+        if q_len is not None and check_int(q_len, "q_len") != Nq:
+            raise ValueError(f"q_len must be the blocks' Nq {Nq}, got {q_len}")
+        kept = self._kept_keys(causal)
+        total = _total_visible(Nq, self.kv_len, causal)
+        return kept / total if total > 0 else kept.astype(np.float64)
+
+    def row_overlap(self) -> np.ndarray:
+        """Selection locality: per (B, H) the mean over rows i >= 1 of |S_i & S_(i-1)| / |S_i|, the
+        share of a row's blocks its predecessor also listed (for decode steps, the blocks kept
+        from the previous step; NOSA's diagnostic). Rows with no block count as 1; NaN for
+        Nq < 2."""
+        B, H, Nq, K = self.blocks.shape
+        if Nq < 2:
+            return np.full((B, H), np.nan)
+        total = np.zeros((B, H))
+        for i0 in range(1, Nq, 512):
+            cur = self.blocks[:, :, i0:i0 + 512]
+            prev = self.blocks[:, :, i0 - 1:i0 - 1 + cur.shape[2]]
+            common = ((cur[..., :, None] == prev[..., None, :]) & (cur[..., :, None] >= 0)).any(-1).sum(-1)
+            n = (cur >= 0).sum(-1)
+            total += np.where(n > 0, common / np.maximum(n, 1), 1.0).sum(-1)
+        return total / (Nq - 1)
+
+    def to_dense(self, q_len: Optional[int] = None, causal: bool = False) -> np.ndarray:
+        """Element mask (B, H, Nq, kv_len) bool, for small sizes."""
+        causal = as_causal(causal)
+        B, H, Nq, K = self.blocks.shape
+        if q_len is not None and check_int(q_len, "q_len") != Nq:
+            raise ValueError(f"q_len must be the blocks' Nq {Nq}, got {q_len}")
+        if B * H * Nq * self.kv_len > _DENSE_LIMIT:
+            raise ValueError("to_dense is meant for small masks")
+        nkb = self.num_kv_blocks
+        sel = np.zeros((B, H, Nq, nkb + 1), dtype=bool)
+        np.put_along_axis(sel, np.where(self.blocks < 0, nkb, self.blocks).astype(np.int64), True, axis=-1)
+        m = sel[..., np.arange(self.kv_len) // self.block_size]
+        if causal:
+            p = np.arange(Nq)[:, None] + (self.kv_len - Nq)
+            m = m & (np.arange(self.kv_len)[None, :] <= p)
+        return np.ascontiguousarray(m)

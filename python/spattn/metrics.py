@@ -11,7 +11,8 @@ import numpy as np
 
 from . import _core
 from ._validation import as_causal, as_scale, check_qkv
-from .masks import BlockMask, ClusteredMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from .masks import (BlockMask, ClusteredMask, PermutedBlockMask, RowBlockIndices, TokenIndices, VerticalSlashMask,
+                    WindowMask)
 
 
 def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
@@ -24,9 +25,8 @@ def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
 
     BlockMask: computed from the exact block-summed attention map (two flash-style passes).
     TokenIndices: exact row log-sum-exp, then the mass of the listed keys.
-    VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask: exp(lse of the pattern's keys - exact lse) per
-    row, both from
-    the kernels (no values read).
+    VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask, RowBlockIndices: exp(lse of the pattern's
+    keys - exact lse) per row, both from the kernels (no values read).
     """
     q, k, _ = check_qkv(q, k)
     causal, scale = as_causal(causal), as_scale(scale)
@@ -39,7 +39,7 @@ def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
     elif isinstance(mask, TokenIndices):
         mass, lse = _core.token_attention_mass(q, k, mask.indices, mask.group_size, mask.kv_len, causal, scale)
         kept = np.where(lse == -np.inf, np.float32(0), mass).sum(axis=-1, dtype=np.float64)
-    elif isinstance(mask, (VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask)):
+    elif isinstance(mask, (VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask, RowBlockIndices)):
         B, Hq, Nq, _ = q.shape
         mask.check_against(B, Hq, Nq, k.shape[2])
         _, lse = _core.dense_attention(q, k, np.zeros(k.shape[:3] + (0,), np.float32), causal, scale)
@@ -48,6 +48,9 @@ def recall(q, k, mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
                 raise ValueError(f"a {type(mask).__name__} is causal; pass causal=True")
         if isinstance(mask, VerticalSlashMask):
             part = _core.vertical_slash_lse(q, k, mask.vertical, mask.slash, mask.block, scale)
+        elif isinstance(mask, RowBlockIndices):
+            _, part = _core.row_block_sparse_attention(q, k, np.zeros(k.shape[:3] + (0,), np.float32), mask.blocks,
+                                                       mask.block_size, mask.kv_len, causal, scale)
         elif isinstance(mask, PermutedBlockMask):
             part = _core.permuted_block_lse(q, k, mask.perm, mask.blocks.blocks.view(np.uint8), mask.block, scale)
         elif isinstance(mask, ClusteredMask):
@@ -73,7 +76,7 @@ def density(mask: Union[BlockMask, TokenIndices], *, causal: bool = False,
     """Share of the visible (query, key) pairs that `mask` computes, per (B, H)."""
     if isinstance(mask, BlockMask):
         return mask.density(causal=causal)
-    if isinstance(mask, (TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask)):
+    if isinstance(mask, (TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask, RowBlockIndices)):
         return mask.density(q_len=q_len, causal=causal)
     raise TypeError("mask must be a BlockMask, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask or "
                     f"ClusteredMask, got {type(mask).__name__}")

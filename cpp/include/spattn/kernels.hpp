@@ -28,6 +28,13 @@ void block_sparse_attention(const AttnArgs& args, const BlockMaskView& mask);
 // Attention restricted to the key positions listed per query group (decode when Nq = 1).
 void token_sparse_attention(const AttnArgs& args, const TokenIndicesView& indices);
 
+// Attention restricted, per query row, to the key blocks listed for it (RowBlockIndices: InfLLM-V2's
+// and NSA's per-token top-k blocks); the causal rule applies per element inside the blocks. Query
+// heads of a GQA group share the list of their kv head when indices.H = Hkv (or 1). `key_bias`
+// (B, Hkv, Nk), optional: an additive logit bias per key, softmax(q.k scale + bias) (NOSA).
+void row_block_sparse_attention(const AttnArgs& args, const RowBlockIndicesView& indices,
+                                const float* key_bias = nullptr);
+
 // Token-level window with sinks: query i (position p = i + Nk - Nq, bottom-right aligned as the
 // causal rule) sees key j iff (j < sinks or (j >= p - left and j <= p + right)) and, when causal,
 // j <= p. left / right = -1: unbounded on that side. MInference's A-shape (`streaming_forward`)

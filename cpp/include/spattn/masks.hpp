@@ -56,6 +56,24 @@ struct TokenIndicesView {
   void check_against(const AttnShape& s) const;
 };
 
+// Row-block indices: int32 (B, H, Nq, K) ids of the key blocks (block_k keys each) that every
+// query row attends to, per (batch, row head); H = Hq (one list per query head), Hkv (one list per
+// kv head, shared by its GQA group: InfLLM-V2's topk_idx [H_kv, T, topk], NSA's selection) or 1.
+// Valid ids strictly increasing within a row, -1 marks an unused slot (anywhere). Per-row
+// selections of a few blocks each: O(Nq K) memory where TokenIndices would need O(Nq K block_k).
+struct RowBlockIndicesView {
+  const int32_t* blocks = nullptr;
+  int B = 1, H = 1, Nq = 0, K = 0, block_k = 64;
+  int kv_len = -1;  // length the indices were made for; -1 = not recorded
+
+  const int32_t* row(int b, int h, int i) const { return blocks + ((size_t(b) * H + h) * Nq + i) * size_t(K); }
+  // Row head of query head h: h (H = Hq), its kv head (H = Hkv) or 0 (H = 1).
+  int row_head(const AttnShape& s, int h) const { return H == s.Hq ? h : (H == 1 ? 0 : h / s.group()); }
+  // Throws std::invalid_argument unless B and Nq match, H is Hq, Hkv or 1, block_k >= 1, and every
+  // row holds ids in [0, ceil(Nk / block_k)) strictly increasing (-1 = unused).
+  void check_against(const AttnShape& s) const;
+};
+
 // Vertical-slash indices (MInference's `vertical_slash_sparse_attention` inputs), per (b, query
 // head): key positions of the vertical lines, ascending, and diagonal offsets o = i - j of the
 // slash lines, descending, each row -1 padded at its end. Executed token-exactly per query block of

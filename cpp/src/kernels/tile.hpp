@@ -199,15 +199,24 @@ inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nse
 // When `lower` (window kernels), keys below a row's lowest visible position qlo[r] are hidden too:
 // their logits become -inf before the update (exp gives exactly 0) and a row with no key left in
 // the tile skips it.
+// When `hide` is set (row-block kernel), hide[r * nseg + g] != 0 hides segment g from row r: its
+// logits become -inf too, and value rows of such segments that are not finite are multiplied only
+// into the rows that see them.
+// When `key_bias` is set, key_bias[j] is added to the (scaled) logit of key position j of every
+// row (NOSA's per-key eviction bias): softmax(q.k scale + bias).
 struct OnlineSoftmax {
   bool lower = false;
+  const uint8_t* hide = nullptr;
+  const float* key_bias = nullptr;
 
   void operator()(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) const {
     const int cols = tile_columns(seg, nseg);
     if (cols == 0) return;
     tile_scores(t, rows, seg, nseg, cols);
     float* S = t.s.data();
+    if (key_bias != nullptr) add_key_bias(t, rows, seg, nseg, cols);
     for (int r = 0; r < rows; ++r) t.ncols[r] = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
+    if (hide != nullptr) hide_segments(t, rows, seg, nseg, cols);
     bool low = false;
     if (lower) {
       for (int r = 0; r < rows; ++r) {
@@ -223,6 +232,10 @@ struct OnlineSoftmax {
     t.simd.online_softmax(S, rows, cols, t.ncols.data(), t.m.data(), t.l.data(), t.acc.data(), t.dv);
     if (t.dv == 0) return;
     for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
+      if (hide != nullptr && !segment_values_finite_or_seen(t, rows, seg[g], g, nseg)) {
+        pv_seeing_rows(t, rows, cols, seg[g], n0, g, nseg);
+        continue;
+      }
       if (low && !hidden_values_finite(t, rows, seg[g], n0, true)) {
         pv_window_rows(t, rows, cols, seg[g], n0);
         continue;
@@ -232,6 +245,52 @@ struct OnlineSoftmax {
         continue;
       }
       t.simd.pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());
+    }
+  }
+
+  void add_key_bias(TileScratch& t, int rows, const KeySegment* seg, int nseg, int cols) const {
+    float* S = t.s.data();
+    for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g)
+      for (int c = 0; c < seg[g].len; ++c) {
+        const float bias = key_bias[seg[g].pos ? seg[g].pos[c] : seg[g].k0 + c];
+        for (int r = 0; r < rows; ++r) S[size_t(r) * cols + n0 + c] += bias;
+      }
+  }
+
+  // Logits of the segments hidden from a row become -inf; a row left without a visible key in the
+  // tile skips it (ncols = 0), as its running max may still be -inf.
+  void hide_segments(TileScratch& t, int rows, const KeySegment* seg, int nseg, int cols) const {
+    float* S = t.s.data();
+    for (int r = 0; r < rows; ++r) {
+      const uint8_t* hr = hide + size_t(r) * nseg;
+      bool seen = false;
+      for (int g = 0, n0 = 0; g < nseg && n0 < t.ncols[r]; n0 += seg[g].len, ++g) {
+        const int e = std::min(n0 + seg[g].len, t.ncols[r]);
+        if (hr[g]) std::fill(S + size_t(r) * cols + n0, S + size_t(r) * cols + e, kNegInf);
+        else seen = true;
+      }
+      if (!seen) t.ncols[r] = 0;
+    }
+  }
+
+  // True when no row hides segment g or its value rows are all finite.
+  bool segment_values_finite_or_seen(const TileScratch& t, int rows, const KeySegment& sg, int g, int nseg) const {
+    bool hidden = false;
+    for (int r = 0; r < rows && !hidden; ++r) hidden = hide[size_t(r) * nseg + g] != 0;
+    if (!hidden) return true;
+    for (int j = 0; j < sg.len; ++j)
+      for (int c = 0; c < t.dv; ++c)
+        if (!std::isfinite(sg.v[size_t(j) * sg.ldv + c])) return false;
+    return true;
+  }
+
+  // O += P V row by row, for the rows that see segment g, over their visible keys of it.
+  void pv_seeing_rows(TileScratch& t, int rows, int cols, const KeySegment& sg, int n0, int g, int nseg) const {
+    const float* S = t.s.data();
+    for (int r = 0; r < rows; ++r) {
+      const int vis = std::clamp(t.ncols[r] - n0, 0, sg.len);
+      if (hide[size_t(r) * nseg + g] || vis == 0) continue;
+      t.simd.pv(S + size_t(r) * cols + n0, 1, cols, sg.v, sg.ldv, vis, t.dv, t.acc.data() + size_t(r) * t.dv);
     }
   }
 

@@ -19,10 +19,11 @@ import numpy as np
 from .. import _core
 from .._validation import as_causal, as_scale, check_qkv
 from ..kernels import sparse_attention
-from ..masks import BlockMask, ClusteredMask, PermutedBlockMask, TokenIndices, VerticalSlashMask, WindowMask
+from ..masks import (BlockMask, ClusteredMask, PermutedBlockMask, RowBlockIndices, TokenIndices, VerticalSlashMask,
+                     WindowMask)
 
-Mask = Union[BlockMask, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask]
-MASK_FORMATS = ("block", "token", "vertical_slash", "window", "permuted", "clustered", "none")
+Mask = Union[BlockMask, TokenIndices, VerticalSlashMask, WindowMask, PermutedBlockMask, ClusteredMask, RowBlockIndices]
+MASK_FORMATS = ("block", "token", "vertical_slash", "window", "permuted", "clustered", "row_block", "none")
 GQA_LAYOUTS = ("grouped", "interleaved")
 
 _REGISTRY: Dict[str, Type["Method"]] = {}
@@ -55,8 +56,8 @@ class Capabilities:
         and, as an option of the method, "interleaved" (h % Hkv).
     mask_format : str
         "block" (BlockMask), "token" (TokenIndices), "vertical_slash" (VerticalSlashMask),
-        "window" (WindowMask), "permuted" (PermutedBlockMask), "clustered" (ClusteredMask) or "none" (no mask is
-        read: the kernel is exact; ``estimate``
+        "window" (WindowMask), "permuted" (PermutedBlockMask), "clustered" (ClusteredMask), "row_block"
+        (RowBlockIndices) or "none" (no mask is read: the kernel is exact; ``estimate``
         returns the full BlockMask so metrics apply).
     exact : bool
         Its output is exact attention.
