@@ -93,6 +93,8 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
     assert out.shape == w.q.shape and np.isfinite(out).all()
     if m.capabilities.exact:
         np.testing.assert_array_equal(out, spattn.attention(w.q, w.k, w.v, causal=causal))
+    elif m.capabilities.own_output:  # its own reduction over the mask's keys: the mask is the output's support
+        _check_output_reads_only_the_mask(m, w, mask, out, causal)
     elif isinstance(mask, spattn.BlockMask):  # the method is its mask run by the kernel
         ref = spattn.block_sparse_attention(w.q, w.k, w.v, mask, causal=causal)
         np.testing.assert_array_equal(out, ref)
@@ -111,6 +113,18 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
     d = mask.density(causal=causal)
     assert np.all((d > 0) & (d <= 1))
     assert repr(m).startswith("spattn.methods.get(")
+
+
+def _check_output_reads_only_the_mask(m, w, mask, out, causal):
+    """Values of keys that no query of a kv head's group selects never change the output, and
+    ``last_info["mask"]`` is the mask of the call."""
+    B, Hq, Nq, _ = w.q.shape
+    Hkv, Nk = w.k.shape[1], w.k.shape[2]
+    used = mask.to_dense(Nq).reshape(B, Hkv, Hq // Hkv, Nq, Nk).any(axis=(2, 3))
+    v2 = w.v.copy()
+    v2[~used] = 1e3
+    np.testing.assert_array_equal(m(w.q, w.k, v2, causal=causal), out)
+    np.testing.assert_array_equal(m.last_info["mask"].indices, mask.indices)
 
 
 @pytest.mark.parametrize("name", ALL)

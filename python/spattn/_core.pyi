@@ -89,6 +89,15 @@ class PbsAttnParams(_Params):
     threshold: Union[float, List[float]]
     force_select_first_block: bool
 
+class RoutingParams(_Params):
+    window_size: int
+    num_clusters: int
+    kmeans_init_iters: int
+    shared_qk: bool
+    seed: int
+    ema_decay: float
+    commitment: float
+
 class ProxyAttnParams(_Params):
     block_size: int
     gamma: float
@@ -213,6 +222,14 @@ def estimate_minference_vertical_slash(q: np.ndarray, k: np.ndarray, causal: boo
                                        params: MInferenceVerticalSlashParams) -> Pair: ...
 def estimate_pbs_attn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                       params: PbsAttnParams) -> Tuple[np.ndarray, np.ndarray, bool]: ...
+def route_routing(q: np.ndarray, k: np.ndarray, centroids: np.ndarray, causal: bool,
+                  params: RoutingParams) -> Pair: ...
+def routing_kmeans_step(x: np.ndarray, means: np.ndarray, normalize: bool) -> Pair: ...
+def routing_token_indices(q_idx: np.ndarray, k_idx: np.ndarray, q_len: int, kv_len: int,
+                          causal: bool) -> np.ndarray: ...
+def routing_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_idx: np.ndarray, k_idx: np.ndarray,
+                      mem_key: Optional[np.ndarray], mem_value: Optional[np.ndarray], shared_qk: bool,
+                      causal: bool, scale: Optional[float]) -> np.ndarray: ...
 def estimate_proxyattn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                        params: ProxyAttnParams) -> Pair: ...
 def estimate_flexprefill(q: np.ndarray, k: np.ndarray, causal: bool,

@@ -68,6 +68,12 @@ class Capabilities:
         ``estimate`` also takes ``v`` (SEA's learned encoder reads V), and ``__call__`` may do
         more than attention over the mask (SEA's output gates): harnesses pass ``v`` to
         ``estimate`` and take the output from ``__call__``. Other methods refuse ``v`` (TypeError).
+    own_output : bool
+        ``__call__`` computes an output that is not one softmax over the mask's keys (Routing
+        Transformer: the mean of per-cluster softmaxes); the mask ``estimate`` returns is the
+        support the output reads (keys outside it never change it), for density and recall.
+        Harnesses take the output from ``__call__`` (its mask is in ``last_info["mask"]``), never
+        from running the mask on a kernel.
     """
 
     causal: bool = True
@@ -83,6 +89,7 @@ class Capabilities:
     exact: bool = False
     gate_inputs: bool = False
     value_inputs: bool = False
+    own_output: bool = False
 
     def __post_init__(self):
         if not (self.causal or self.noncausal):
