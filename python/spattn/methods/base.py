@@ -72,8 +72,8 @@ class Capabilities:
         ``__call__`` computes an output that is not one softmax over the mask's keys (Routing
         Transformer: the mean of per-cluster softmaxes); the mask ``estimate`` returns is the
         support the output reads (keys outside it never change it), for density and recall.
-        Harnesses take the output from ``__call__`` (its mask is in ``last_info["mask"]``), never
-        from running the mask on a kernel.
+        Harnesses take the output from ``__call__`` (its mask is in ``last_info["mask"]`` when the
+        method records it, else from ``estimate``), never from running the mask on a kernel.
     """
 
     causal: bool = True
