@@ -92,11 +92,8 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
     mask.check_against(1, 4, 700, 700)
     out = m(w.q, w.k, w.v, causal=causal)
     assert out.shape == w.q.shape and np.isfinite(out).all()
-    if m.capabilities.own_output:  # more than its mask (keys counted twice, dense rows, summaries): mask in last_info
-        got = m.last_info["mask"]
-        assert type(got) is type(mask)
-        np.testing.assert_array_equal(got.indices if isinstance(mask, spattn.TokenIndices) else got.blocks,
-                                      mask.indices if isinstance(mask, spattn.TokenIndices) else mask.blocks)
+    if m.capabilities.own_output:  # its own output step: the recorded mask is the call's, and the output
+        _check_output_reads_only_the_mask(m, w, mask, out, causal)  # reads no value outside the mask's support
     elif m.capabilities.exact:
         np.testing.assert_array_equal(out, spattn.attention(w.q, w.k, w.v, causal=causal))
     elif isinstance(mask, spattn.BlockMask):  # the method is its mask run by the kernel
@@ -117,6 +114,29 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
     d = mask.density(causal=causal)
     assert np.all((d > 0) & (d <= 1))
     assert repr(m).startswith("spattn.methods.get(")
+
+
+def _dense_of(mask, Nq, causal):
+    if isinstance(mask, spattn.BlockMask):
+        return mask.to_dense(causal=causal)
+    return mask.to_dense(Nq, causal=causal)
+
+
+def _check_output_reads_only_the_mask(m, w, mask, out, causal):
+    """``last_info["mask"]``, when recorded, is the mask of the call; and, unless the method reads
+    values through summaries of keys outside its mask (``reads_outside_mask``: Combiner's span
+    summaries), values of keys that no query of a kv head's group selects never change the output."""
+    B, Hq, Nq, _ = w.q.shape
+    Hkv, Nk = w.k.shape[1], w.k.shape[2]
+    dense = _dense_of(mask, Nq, causal)
+    if "mask" in m.last_info:
+        np.testing.assert_array_equal(_dense_of(m.last_info["mask"], Nq, causal), dense)
+    if getattr(m, "reads_outside_mask", False):
+        return
+    used = np.broadcast_to(dense, (B, Hq, Nq, Nk)).reshape(B, Hkv, Hq // Hkv, Nq, Nk).any(axis=(2, 3))
+    v2 = w.v.copy()
+    v2[~used] = 1e3
+    np.testing.assert_array_equal(m(w.q, w.k, v2, causal=causal), out)
 
 
 @pytest.mark.parametrize("name", ALL)

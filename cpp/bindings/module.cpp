@@ -1029,6 +1029,121 @@ void bind_dhsa(py::module_& m) {
      "(B, C + 1) int32 from 0 to N or None (fixed chunks); causal prefill only.");
 }
 
+void bind_routing(py::module_& m) {
+  bind_params<RoutingParams>(m, "RoutingParams", "routing",
+                             "Routing Transformer parameters (lucidrains/routing-transformer defaults).");
+  m.def("route_routing", [](const FArr& q, const FArr& k, const FArr& centroids, bool causal, const RoutingParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, std::nullopt);
+    p.validate();
+    need_ndim(centroids, 3, "centroids");
+    if (centroids.shape(0) != a.shape.Hq || centroids.shape(2) != a.shape.D || centroids.shape(1) < 1)
+      throw py::value_error("centroids must have shape (Hq=" + std::to_string(a.shape.Hq) + ", C >= 1, D=" +
+                            std::to_string(a.shape.D) + "), got " + shape_str(centroids));
+    const int C = dim(centroids, 1, "centroids");
+    RoutingAssignment r;
+    {
+      py::gil_scoped_release nogil;
+      r = route_routing(a, centroids.data(), C, p);
+    }
+    const int B = r.B, H = r.H, wq = r.wq, wk = r.wk;
+    return py::make_tuple(adopt(std::move(r.q_idx), {B, H, C, wq}), adopt(std::move(r.k_idx), {B, H, C, wk}));
+  }, py::arg("q"), py::arg("k"), py::arg("centroids"), py::arg("causal"), py::arg("params"),
+     "(q_idx (B, Hq, C, wq), k_idx (B, Hq, C, wk)) int32: the top-min(window_size, N) queries and keys of every "
+     "cluster by cosine similarity to the centroids (Hq, C, D), best first, ties to the lower position.");
+
+  m.def("routing_kmeans_step", [](const FArr& x, const FArr& means, bool normalize) {
+    need_ndim(x, 3, "x");
+    need_ndim(means, 3, "means");
+    const int H = dim(x, 0, "x"), D = dim(x, 2, "x");
+    const long long n = x.shape(1);
+    if (H < 1 || D < 1) throw py::value_error("x must have shape (H >= 1, n, D >= 1), got " + shape_str(x));
+    if (means.shape(0) != H || means.shape(2) != D || means.shape(1) < 1)
+      throw py::value_error("means must have shape (H=" + std::to_string(H) + ", C >= 1, D=" + std::to_string(D) +
+                            "), got " + shape_str(means));
+    const int C = dim(means, 1, "means");
+    std::vector<int32_t> buckets(size_t(H) * size_t(n));
+    std::vector<float> out;
+    {
+      py::gil_scoped_release nogil;
+      out = routing_kmeans_step(x.data(), H, n, D, means.data(), C, normalize, buckets.data());
+    }
+    return py::make_tuple(adopt(std::move(out), {H, C, D}), adopt(std::move(buckets), {H, py::ssize_t(n)}));
+  }, py::arg("x"), py::arg("means"), py::arg("normalize"),
+     "One k-means step of the reference (kmeans_iter) per head: (new means (H, C, D), buckets (H, n) int32).");
+
+  m.def("routing_token_indices", [](const IArr& q_idx, const IArr& k_idx, int q_len, int kv_len, bool causal) {
+    need_ndim(q_idx, 4, "q_idx");
+    need_ndim(k_idx, 4, "k_idx");
+    RoutingAssignment r;
+    r.B = dim(q_idx, 0, "q_idx"); r.H = dim(q_idx, 1, "q_idx"); r.C = dim(q_idx, 2, "q_idx");
+    r.wq = dim(q_idx, 3, "q_idx"); r.wk = dim(k_idx, 3, "k_idx");
+    if (k_idx.shape(0) != r.B || k_idx.shape(1) != r.H || k_idx.shape(2) != r.C)
+      throw py::value_error("k_idx must agree with q_idx on (B, H, C), got " + shape_str(k_idx) + " and " +
+                            shape_str(q_idx));
+    AttnShape s;
+    s.B = r.B; s.Hq = r.H; s.Hkv = r.H; s.Nq = q_len; s.Nk = kv_len; s.D = 1;
+    RoutingClustersView rc;
+    rc.q_idx = q_idx.data(); rc.k_idx = k_idx.data();
+    rc.B = r.B; rc.H = r.H; rc.C = r.C; rc.wq = r.wq; rc.wk = r.wk;
+    rc.check_against(s);
+    r.q_idx.assign(q_idx.data(), q_idx.data() + q_idx.size());
+    r.k_idx.assign(k_idx.data(), k_idx.data() + k_idx.size());
+    int kmax = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = routing_token_indices(r, q_len, kv_len, causal, &kmax);
+    }
+    return adopt(std::move(idx), {r.B, r.H, q_len, kmax});
+  }, py::arg("q_idx"), py::arg("k_idx"), py::arg("q_len"), py::arg("kv_len"), py::arg("causal"),
+     "The union of the keys of the clusters that took each query, (B, H, Nq, K) ascending, -1 padded.");
+
+  m.def("routing_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& q_idx, const IArr& k_idx,
+                                const std::optional<FArr>& mem_k, const std::optional<FArr>& mem_v, bool shared_qk,
+                                bool causal, const OptScale& scale) {
+    AttnArgs a = make_args(q, k, &v, causal, scale);
+    const AttnShape& s = a.shape;
+    need_ndim(q_idx, 4, "q_idx");
+    need_ndim(k_idx, 4, "k_idx");
+    RoutingClustersView rc;
+    rc.q_idx = q_idx.data(); rc.k_idx = k_idx.data();
+    rc.B = dim(q_idx, 0, "q_idx"); rc.H = dim(q_idx, 1, "q_idx"); rc.C = dim(q_idx, 2, "q_idx");
+    rc.wq = dim(q_idx, 3, "q_idx"); rc.wk = dim(k_idx, 3, "k_idx");
+    if (k_idx.shape(0) != rc.B || k_idx.shape(1) != rc.H || k_idx.shape(2) != rc.C)
+      throw py::value_error("k_idx must agree with q_idx on (B, H, C), got " + shape_str(k_idx) + " and " +
+                            shape_str(q_idx));
+    rc.shared_qk = shared_qk;
+    if (mem_k.has_value() != mem_v.has_value()) throw py::value_error("mem_key and mem_value must be given together");
+    if (mem_k) {
+      need_ndim(*mem_k, 4, "mem_key");
+      need_ndim(*mem_v, 4, "mem_value");
+      const int M = dim(*mem_k, 2, "mem_key");
+      if (mem_k->shape(0) != s.Hq || mem_k->shape(1) != rc.C || mem_k->shape(3) != s.D)
+        throw py::value_error("mem_key must have shape (Hq=" + std::to_string(s.Hq) + ", C=" + std::to_string(rc.C) +
+                              ", M, D=" + std::to_string(s.D) + "), got " + shape_str(*mem_k));
+      if (mem_v->shape(0) != s.Hq || mem_v->shape(1) != rc.C || mem_v->shape(2) != M || mem_v->shape(3) != s.Dv)
+        throw py::value_error("mem_value must have shape (Hq=" + std::to_string(s.Hq) + ", C=" + std::to_string(rc.C) +
+                              ", M=" + std::to_string(M) + ", Dv=" + std::to_string(s.Dv) + "), got " +
+                              shape_str(*mem_v));
+      rc.M = M;
+      rc.mem_k = mem_k->data();
+      rc.mem_v = mem_v->data();
+    }
+    rc.check_against(s);
+    FArr out({s.B, s.Hq, s.Nq, s.Dv});
+    a.out = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      routing_attention(a, rc);
+    }
+    return out;
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("q_idx"), py::arg("k_idx"), py::arg("mem_key"),
+     py::arg("mem_value"), py::arg("shared_qk"), py::arg("causal"), py::arg("scale"),
+     "Routing Transformer attention over the clusters (q_idx, k_idx): per cluster softmax over its memory keys "
+     "(mem_key/mem_value (Hq, C, M, D/Dv) or None) and its keys, causal on original positions; each query's output "
+     "is the sum over the clusters that took it / (count + 1e-5), 0 when none did. Returns out (B, Hq, Nq, Dv).");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -1139,6 +1254,7 @@ PYBIND11_MODULE(_core, m) {
   bind_tidaldecode(m);
   bind_statistical(m);
   bind_seerattention_r(m);
+  bind_routing(m);
   m.def("max_threads", []() { return omp_get_max_threads(); });
   m.def("build_info", []() {
     py::dict d;

@@ -116,6 +116,14 @@ class Svg2Params(_Params):
     kmeans_iter_init: int
     kmeans_iter_step: int
     seed: int
+class RoutingParams(_Params):
+    window_size: int
+    num_clusters: int
+    kmeans_init_iters: int
+    shared_qk: bool
+    seed: int
+    ema_decay: float
+    commitment: float
 
 class ProxyAttnParams(_Params):
     block_size: int
@@ -282,6 +290,14 @@ def estimate_pbs_attn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optiona
 def estimate_svg2(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float], params: Svg2Params,
                   q_centroids: Optional[np.ndarray] = None, k_centroids: Optional[np.ndarray] = None,
                   warm: bool = False) -> Dict[str, np.ndarray]: ...
+def route_routing(q: np.ndarray, k: np.ndarray, centroids: np.ndarray, causal: bool,
+                  params: RoutingParams) -> Pair: ...
+def routing_kmeans_step(x: np.ndarray, means: np.ndarray, normalize: bool) -> Pair: ...
+def routing_token_indices(q_idx: np.ndarray, k_idx: np.ndarray, q_len: int, kv_len: int,
+                          causal: bool) -> np.ndarray: ...
+def routing_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, q_idx: np.ndarray, k_idx: np.ndarray,
+                      mem_key: Optional[np.ndarray], mem_value: Optional[np.ndarray], shared_qk: bool,
+                      causal: bool, scale: Optional[float]) -> np.ndarray: ...
 def estimate_proxyattn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                        params: ProxyAttnParams) -> Pair: ...
 def estimate_anchor_attention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],

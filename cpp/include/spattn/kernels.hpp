@@ -87,6 +87,34 @@ void cluster_block_attention(const AttnArgs& args, const ClusteredView& cv);
 std::vector<double> cluster_block_pairs(const ClusteredView& cv, bool causal);
 std::vector<int32_t> cluster_block_token_indices(const ClusteredView& cv, bool causal, int* kmax);
 
+// Routing Transformer clusters (Roy et al. 2021; lucidrains/routing-transformer
+// `KmeansAttention.forward`): per (b, query head h, cluster c) the positions of its wq queries
+// and its wk keys (kv head h / (Hq / Hkv)), plus optional memory keys/values per (h, c) that every
+// query of the cluster sees (the reference's learned num_mem_kv).
+struct RoutingClustersView {
+  const int32_t* q_idx = nullptr;  // (B, H, C, wq) query positions, distinct per cluster
+  const int32_t* k_idx = nullptr;  // (B, H, C, wk) key positions, distinct per cluster
+  int B = 0, H = 0, C = 0, wq = 0, wk = 0;
+  const float* mem_k = nullptr;  // (H, C, M, D), or null when M = 0
+  const float* mem_v = nullptr;  // (H, C, M, Dv)
+  int M = 0;
+  bool shared_qk = false;      // the key at the query's own position gets logit self_value
+  float self_value = -5e4f;    // the reference's TOKEN_SELF_ATTN_VALUE (set after scaling)
+  float eps = 1e-5f;           // scatter_mean's eps
+  // Throws std::invalid_argument unless the view fits the shape (B, H = Hq, positions in range and
+  // distinct per cluster, wq <= Nq, wk <= Nk; shared_qk needs Nq == Nk).
+  void check_against(const AttnShape& s) const;
+};
+
+// Routing attention: each cluster is a work item of the tile engine (its wq gathered query rows,
+// its memory keys then its wk keys sorted by position, causal rule element-wise on original
+// positions, bottom-right aligned); softmax inside the cluster; then every query's output is the
+// sum of the outputs of the clusters that took it divided by (their count + eps) (scatter_mean),
+// 0 for queries no cluster took. A cluster row with no visible key (causal, no memory keys)
+// contributes 0 but still counts. Writes args.out only (the output is a mean of softmaxes: there
+// is no row log-sum-exp). Memory: the cluster outputs (B, H, C, wq, Dv), the size of out when C * W = N.
+void routing_attention(const AttnArgs& args, const RoutingClustersView& rc);
+
 // Exact merge of two attention states over disjoint key sets:
 // lse = logaddexp(lse_a, lse_b), out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.
 // Rows empty on both sides give out = 0, lse = -inf. `rows` rows of `dv` values each.

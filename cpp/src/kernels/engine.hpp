@@ -14,10 +14,15 @@
 //                                                  the variant's nested type)
 //   void keys(TileScratch&, const WorkItem&, Local&) const;    feed the item's key tiles
 //   void finish(const TileScratch&, const WorkItem&, Local&) const;  write the item's results
+// Optional:
+//   void queries(TileScratch&, const WorkItem&, Local&, float scale) const;  load the item's query
+//                                                  rows itself (gathered rows: Routing clusters)
+//                                                  instead of rows [i0, i1) of each stacked head
 #pragma once
 
 #include <omp.h>
 
+#include <type_traits>
 #include <utility>
 
 #include "tile.hpp"
@@ -33,6 +38,11 @@ struct WorkItem {
   int rows() const { return stack * (i1 - i0); }
 };
 
+template <class V, class = void>
+struct loads_own_queries : std::false_type {};
+template <class V>
+struct loads_own_queries<V, std::void_t<decltype(&V::queries)>> : std::true_type {};
+
 template <class Variant>
 void run_tiles(const AttnArgs& a, const Variant& var, int max_rows, int dv) {
   const float scale = a.effective_scale();
@@ -45,7 +55,11 @@ void run_tiles(const AttnArgs& a, const Variant& var, int max_rows, int dv) {
     for (long long it = 0; it < n_items; ++it) {
       const WorkItem w = var.item(it);
       if (w.n() <= 0) continue;
-      for (int g = 0; g < w.stack; ++g) t.load_queries(a, w.b, w.h0 + g, w.i0, w.i1, g * w.n(), scale);
+      if constexpr (loads_own_queries<Variant>::value) {
+        var.queries(t, w, local, scale);
+      } else {
+        for (int g = 0; g < w.stack; ++g) t.load_queries(a, w.b, w.h0 + g, w.i0, w.i1, g * w.n(), scale);
+      }
       t.reset(w.rows());
       var.keys(t, w, local);
       var.finish(t, w, local);

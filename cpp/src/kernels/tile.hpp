@@ -51,12 +51,13 @@ struct TileScratch {
   std::vector<int> pos;   // key position of each column of the current tile (ProbabilitySweep)
   std::vector<int> ncols; // visible keys of each row in the current tile (OnlineSoftmax)
   std::vector<int> nfirst; // keys hidden below qlo at the start of the current tile (OnlineSoftmax::lower)
+  std::vector<int> qpos;  // own position of each row (OnlineSoftmax::self_logit; set by load_query_rows)
 
   TileScratch(int max_rows_, int d_, int dv_, int bk_)
       : max_rows(max_rows_), d(d_), dv(dv_), bk(bk_),
         q(size_t(max_rows_) * d_), s(size_t(max_rows_) * bk_), acc(size_t(max_rows_) * dv_),
         m(max_rows_), l(max_rows_), qlim(max_rows_), qlo(max_rows_), pos(bk_), ncols(max_rows_),
-        nfirst(max_rows_) {}
+        nfirst(max_rows_), qpos(max_rows_) {}
 
   void reset(int rows) {
     std::fill(m.begin(), m.begin() + rows, kNegInf);
@@ -74,6 +75,20 @@ struct TileScratch {
     for (size_t t = 0; t < n; ++t) dst[t] = src[t] * scale;
     const int off = sh.causal_offset();
     for (int i = i0; i < i1; ++i) qlim[r0 + i - i0] = i + off;
+  }
+
+  // Copy the rows idx[0 .. n) of query head h (gathered, any order), times `scale`, to stacked
+  // rows 0 .. n - 1, with their causal limits and own positions (qpos).
+  void load_query_rows(const AttnArgs& a, int b, int h, const int32_t* idx, int n, float scale) {
+    const AttnShape& sh = a.shape;
+    const int off = sh.causal_offset();
+    for (int r = 0; r < n; ++r) {
+      const float* src = a.q + sh.q_index(b, h, idx[r]);
+      float* dst = q.data() + size_t(r) * d;
+      for (int p = 0; p < d; ++p) dst[p] = src[p] * scale;
+      qlim[r] = idx[r] + off;
+      qpos[r] = idx[r];
+    }
   }
 };
 
@@ -204,10 +219,15 @@ inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nse
 // into the rows that see them.
 // When `key_bias` is set, key_bias[j] is added to the (scaled) logit of key position j of every
 // row (NOSA's per-key eviction bias): softmax(q.k scale + bias).
+// When `self_logit` (Routing Transformer's shared-QK rule), the logit of the key at a row's own
+// position qpos[r] is replaced by `self_value` (after scaling, before the softmax; the key stays
+// visible).
 struct OnlineSoftmax {
   bool lower = false;
   const uint8_t* hide = nullptr;
   const float* key_bias = nullptr;
+  bool self_logit = false;
+  float self_value = 0.f;
 
   void operator()(TileScratch& t, int rows, const KeySegment* seg, int nseg, bool masked) const {
     const int cols = tile_columns(seg, nseg);
@@ -215,6 +235,7 @@ struct OnlineSoftmax {
     tile_scores(t, rows, seg, nseg, cols);
     float* S = t.s.data();
     if (key_bias != nullptr) add_key_bias(t, rows, seg, nseg, cols);
+    if (self_logit) set_self_logits(t, rows, seg, nseg, cols, self_value);
     for (int r = 0; r < rows; ++r) t.ncols[r] = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
     if (hide != nullptr) hide_segments(t, rows, seg, nseg, cols);
     bool low = false;
@@ -291,6 +312,24 @@ struct OnlineSoftmax {
       const int vis = std::clamp(t.ncols[r] - n0, 0, sg.len);
       if (hide[size_t(r) * nseg + g] || vis == 0) continue;
       t.simd.pv(S + size_t(r) * cols + n0, 1, cols, sg.v, sg.ldv, vis, t.dv, t.acc.data() + size_t(r) * t.dv);
+    }
+  }
+
+  // S[r][c] = value for the column c whose key position equals qpos[r] (positions ascend).
+  static void set_self_logits(TileScratch& t, int rows, const KeySegment* seg, int nseg, int cols, float value) {
+    for (int r = 0; r < rows; ++r) {
+      const int p = t.qpos[r];
+      for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
+        const KeySegment& sg = seg[g];
+        int c = -1;
+        if (sg.pos == nullptr) {
+          if (p >= sg.k0 && p < sg.k0 + sg.len) c = p - sg.k0;
+        } else {
+          const int* it = std::lower_bound(sg.pos, sg.pos + sg.len, p);
+          if (it != sg.pos + sg.len && *it == p) c = int(it - sg.pos);
+        }
+        if (c >= 0) t.s[size_t(r) * cols + n0 + c] = value;
+      }
     }
   }
 

@@ -73,8 +73,9 @@ class Capabilities:
     own_output : bool
         ``__call__`` computes more than the kernel of the mask ``estimate`` returns (AnchorAttention
         counts some keys twice in its softmax, as its official kernel does; Combiner adds span
-        summaries; SSE is a linear-attention recurrence): harnesses take the output from
-        ``__call__`` and the mask of that call from ``last_info["mask"]``.
+        summaries; SSE is a linear-attention recurrence; Routing Transformer averages per-cluster
+        softmaxes): harnesses take the output from ``__call__`` and the mask of that call from
+        ``last_info["mask"]`` when the method records it, else from ``estimate``.
     """
 
     causal: bool = True

@@ -99,6 +99,7 @@ class Combiner(Method):
     params_struct = None
     extra_defaults = {"variant": "fixed", "segment": 128, "pool": "max"}
     capabilities = Capabilities(chunked=False, decode=False, mask_format="token", own_output=True)
+    reads_outside_mask = True  # the span summaries read every key of earlier segments
 
     def _check_params(self) -> None:
         if self.params["variant"] not in VARIANTS:
