@@ -167,13 +167,16 @@ struct Box {
 // A box extent along an axis with stride s > 1 (GNA): queries of one stride group share their
 // window, so a box that holds whole stride groups, or a part of one, reads no key that none of
 // its queries sees for that reason. The extent t becomes a multiple of s (the nearest, >= s) when
-// t >= s, else the largest divisor of s not above t; boxes then start at multiples of it.
+// t >= s; else the largest divisor of s not above t when it keeps at least half of t, and else
+// one whole stride group (s, when s <= 4 t: a 7x7x7 or 13x13 group is one box rather than boxes
+// of one query); boxes then start at multiples of it.
 int stride_aligned(int t, int s, int m) {
   if (s <= 1 || t >= m) return t;
   if (t >= s) return std::min(m, std::max(s, (t + s / 2) / s * s));
   int d = t;
   while (s % d != 0) --d;
-  return d;
+  if (2 * d >= t) return d;
+  return s <= 4 * t ? std::min(s, m) : t;
 }
 
 std::array<int, 3> box_shape(const Padded& p, const Group& g, int bq) {
