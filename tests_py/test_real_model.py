@@ -59,3 +59,17 @@ def test_evaluation_end_to_end(smollm2, tmp_path):
     model_eval.plot_masks({"streaming": kept["streaming"][15]}, *captured[1024][15], str(tmp_path / "m.png"),
                           layer=15, head=0)
     assert (tmp_path / "p.png").stat().st_size > 10000 and (tmp_path / "m.png").stat().st_size > 5000
+
+
+def test_m4le_tasks_on_the_model(smollm2):
+    from spattn import m4le
+    model, tok = smollm2
+    single = m4le.model_tasks(model, tok, "explicit_single", 700, layers=[3], seed=1)[0]
+    assert single.q.shape[:2] == (1, 9) and single.k.shape[:2] == (1, 3)
+    assert single.gold_items == [m4le.DEPTHS[2]] and single.gold.size > 0
+    assert single.question[-1] == single.q.shape[2] - 1 and single.gold.max() < single.question[0]
+    r = m4le.score(spattn.methods.get("dense"), single)
+    assert r["gold_recall"] == pytest.approx(1.0) and r["rel_error"] == 0
+    multi = m4le.model_tasks(model, tok, "explicit_multiple", 700, layers=[3])[0]
+    assert multi.gold_items == [0, 4, 9]
+    assert model.config._attn_implementation != "spattn"  # the capture pass restored the model

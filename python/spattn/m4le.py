@@ -178,6 +178,111 @@ def evaluate(method_names: Optional[Iterable[str]] = None, lengths: Sequence[int
     return recs
 
 
+MODEL_ABILITIES = ("explicit_single", "explicit_multiple", "global")
+_CATEGORIES = ("apple", "river", "violin", "granite", "falcon", "tulip", "comet", "marble")
+
+
+def model_tasks(model, tokenizer, ability: str, n: int, *, item_words: int = 40, question_tokens: Optional[int] = None,
+                n_gold: int = 3, seed: int = 0, layers: Optional[Sequence[int]] = None) -> List[M4LETask]:
+    """The M4LE construction on a real model: a prompt of about `n` tokens packed from items
+    ``"ID 3FA2C1 (category: river): <item_words words of the licence texts>"`` with M4LE's random
+    6-hex ids, gold item(s) at the item positions {4, 9, 14, ...} (single: by seed) or {0, 4, 9}
+    (multiple: the gold items share a category no other item has), then a question: the category of
+    one id (explicit single-span), the ids of every item of a category (explicit multiple-span) or a
+    summary of the whole text (global). The model runs once with exact attention (spattn backend,
+    ``dense``) while each layer's q, k, v are captured; returns one task per layer (of `layers`,
+    default all): gold = the gold items' token positions, question = the question's rows. The model
+    is left on the attention it had before spattn (a spattn configuration on it is removed)."""
+    from . import models as _models
+    from .integrations import hf
+
+    if ability not in MODEL_ABILITIES:
+        raise ValueError(f"ability must be one of {MODEL_ABILITIES} on a model, got {ability!r}")
+    torch, _ = hf._require_transformers()
+    rng = np.random.default_rng((seed, 77))
+    words = _models.long_text().split()
+    enc = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    questions = {
+        "explicit_single": "\nQuestion: what is the category of the item with ID {id}? Answer:",
+        "explicit_multiple": "\nQuestion: list the IDs of all items of category {cat}. Answer:",
+        "global": "\nQuestion: summarise all the items above in one sentence. Answer:",
+    }
+    pieces, spans, ids_, cats = [], [], [], []
+    total, w0 = 0, int(rng.integers(0, 1000))
+    while True:
+        hid = "".join(rng.choice(list("0123456789ABCDEF"), 6))
+        cat = _CATEGORIES[int(rng.integers(1, len(_CATEGORIES)))]
+        body = " ".join(words[(w0 + len(pieces) * item_words + i) % len(words)] for i in range(item_words))
+        toks = enc(f"ID {hid} (category: {cat}): {body}\n")
+        if total + len(toks) > n - 40:
+            break
+        pieces.append(toks)
+        spans.append((total, total + len(toks)))
+        ids_.append(hid)
+        cats.append(cat)
+        total += len(toks)
+    items = len(pieces)
+    depths = [d for d in DEPTHS if d < items]
+    if ability == "explicit_single":
+        gold_items = [depths[1 + seed % (len(depths) - 1)] if len(depths) > 1 else 0]
+        question = questions[ability].format(id=ids_[gold_items[0]])
+    elif ability == "explicit_multiple":
+        gold_items = depths[:max(1, min(n_gold, len(depths)))]
+        for i in gold_items:  # the gold category, on the gold items only
+            pieces[i] = enc(tokenizer.decode(pieces[i]).replace(f"category: {cats[i]}", f"category: {_CATEGORIES[0]}"))
+        total, spans = 0, []
+        for p in pieces:
+            spans.append((total, total + len(p)))
+            total += len(p)
+        question = questions[ability].format(cat=_CATEGORIES[0])
+    else:
+        gold_items = []
+        question = questions[ability]
+    qtoks = enc(question)
+    ids = [t for p in pieces for t in p] + qtoks
+    input_ids = torch.tensor([ids])
+    gold = np.asarray([j for i in gold_items for j in range(*spans[i])], dtype=np.int64)
+    qrows = np.arange(len(ids) - len(qtoks), len(ids))
+    if question_tokens is not None:
+        qrows = qrows[-int(question_tokens):]
+    hf.use(model, "dense")
+    try:
+        with hf.capture(model, values=True) as store, torch.no_grad():
+            model(input_ids=input_ids, use_cache=False, logits_to_keep=1)
+    finally:
+        hf.restore(model)
+    todo = sorted(store) if layers is None else [int(i) for i in layers]
+    return [M4LETask(ability, np.ascontiguousarray(store[i][0]), np.ascontiguousarray(store[i][1]),
+                     np.ascontiguousarray(store[i][-1]), gold, qrows, list(gold_items)) for i in todo]
+
+
+def evaluate_model(model, tokenizer, method_names: Optional[Iterable[str]] = None,
+                   lengths: Sequence[int] = (2048, 4096, 8192), abilities: Sequence[str] = MODEL_ABILITIES, *,
+                   layers: Optional[Sequence[int]] = None, seed: int = 0, params: Optional[Dict[str, Dict]] = None,
+                   progress: bool = False) -> List[Dict[str, Any]]:
+    """:func:`evaluate` on a real model's captured attention (:func:`model_tasks`): one record per
+    (method, ability, n), the metrics averaged over the chosen layers and their heads."""
+    params = params or {}
+    if method_names is None:
+        method_names = [n for n in _methods.available()
+                        if _methods.get(n).capabilities.causal and _methods.get(n).capabilities.prefill
+                        and not _methods.get(n).capabilities.exact_reference_only
+                        and not _methods.get(n).capabilities.needs_fit]
+    names = list(method_names)
+    recs: List[Dict[str, Any]] = []
+    it = [(a, n) for n in lengths for a in abilities]
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="m4le model tasks")
+    for ability, n in it:
+        tasks = model_tasks(model, tokenizer, ability, int(n), seed=seed, layers=layers)
+        for name in names:
+            runs = [score(_methods.get(name, **params.get(name, {})), t) for t in tasks]
+            recs.append({"method": name, "ability": ability, "n": int(n),
+                         **{key: float(np.mean([r[key] for r in runs])) for key in runs[0]}})
+    return recs
+
+
 def table(records: List[Dict[str, Any]], metric: str = "gold_recall") -> str:
     """Markdown: one row per method, one column per length, each cell the metric averaged over
     the abilities (and the global task's mass recall), then the per-ability means."""
@@ -196,4 +301,5 @@ def table(records: List[Dict[str, Any]], metric: str = "gold_recall") -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ABILITIES", "M4LETask", "make_task", "score", "evaluate", "table"]
+__all__ = ["ABILITIES", "MODEL_ABILITIES", "M4LETask", "make_task", "score", "evaluate", "model_tasks",
+           "evaluate_model", "table"]
