@@ -103,7 +103,11 @@ def _bidirectional_llama(torch, transformers):
     return model
 
 
-def test_stateful_method_under_the_transformers_backend_keeps_per_layer_state(tmp_path):
+@pytest.mark.parametrize("name, params", [
+    ("rettention", dict(sparsity=0.1, full_steps=3, refresh_period=3)),
+    ("sparsed", dict(block_size=16, select=0.3, new_generation=32, whole_steps=10, skip=0.2)),  # dense 0..3
+])
+def test_stateful_method_under_the_transformers_backend_keeps_per_layer_state(tmp_path, name, params):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from spattn.integrations import hf
@@ -120,10 +124,11 @@ def test_stateful_method_under_the_transformers_backend_keeps_per_layer_state(tm
 
     hf.use(model, method="dense", min_prefill_tokens=0)
     exact = [step(t) for t in range(12)]
-    hf.use(model, method="rettention", min_prefill_tokens=0, sparsity=0.1, full_steps=3, refresh_period=3)
+    hf.use(model, method=name, min_prefill_tokens=0, **params)
     got = [step(t) for t in range(7)]
     for t in range(3):  # warm-up steps are exact attention
         torch.testing.assert_close(got[t], exact[t], atol=1e-5, rtol=1e-5)
+    assert all(s.phase() == "reuse" for s in hf.method_states(model).values())  # step 7
     states = hf.method_states(model)
     assert sorted(states) == [0, 1] and all(s.step == 7 for s in states.values())
     assert states[0] is not states[1]  # one state per layer

@@ -28,6 +28,12 @@ What runs where, per call of a layer:
   chunked prefill for a method defined for Nq == Nk only) runs exact attention; the reason is
   counted in :func:`stats` and warned about once per layer and reason.
 
+Stateful methods (``capabilities.stateful``: Re-ttention, SparseD, diffusion methods whose calls
+are denoising steps) need a bidirectional model (their attention is non-causal); each layer's
+method keeps its own state, one step per call of the layer; :func:`method_states`,
+:func:`reset_states` (a new generation), :func:`save_states` and :func:`load_states` (one
+``.npz``) reach them.
+
 Tensors: q arrives from transformers as a transposed view (B, H, Nq, D) of (B, Nq, H, D); it is
 copied once to contiguous float32. k and v (the cache) are used without a copy when float32 and
 contiguous. GQA is not expanded: spattn's query head h reads kv head h // (Hq / Hkv), which is
