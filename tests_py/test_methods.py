@@ -90,8 +90,14 @@ def test_every_method_runs_and_returns_valid_mask(name, causal):
     mask = m.estimate(w.q, w.k, causal=causal)
     assert isinstance(mask, tuple(FORMATS.values()))
     mask.check_against(1, 4, 700, 700)
+    snapshot = None
+    if m.capabilities.stateful:  # calls are steps: check its first reuse (sparse) step, state built on w
+        assert m.warm_up(w.q, w.k, w.v, causal=causal) > 0
+        snapshot = m.state.copy()
     out = m(w.q, w.k, w.v, causal=causal)
     assert out.shape == w.q.shape and np.isfinite(out).all()
+    if snapshot is not None:
+        m.state.restore(snapshot)  # the next call below runs the same step again
     if m.capabilities.own_output:  # its own output step: the recorded mask is the call's, and the output
         _check_output_reads_only_the_mask(m, w, mask, out, causal)  # reads no value outside the mask's support
     elif m.capabilities.exact:

@@ -13,7 +13,7 @@ numpy; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right a
 (1, 8)
 """
 
-from . import _core, integrations, linear, methods, metrics, models, synthetic, training
+from . import _core, integrations, linear, methods, metrics, models, state, synthetic, training
 from .cache import KVCache
 from .evaluate import Record, evaluate
 from .kernels import (BlockPlan, attention, block_sparse_attention, cluster_block_attention, merge_states,
@@ -25,6 +25,7 @@ from .masks import (BlockMask, ClusteredMask, PermutedBlockMask, RowBlockIndices
                     WindowMask)
 from .neighborhood import gna_tile_stats, na1d, na2d, na3d, na_mask, na_work
 from .selection import gaussian_topk, normal_quantile, statistical_topk
+from .state import MethodState, Schedule
 
 __version__ = "0.1.0"
 
@@ -53,8 +54,8 @@ __all__ = [
     "na1d", "na2d", "na3d", "na_mask", "gna_tile_stats", "na_work", "sse_attention",
     "BlockMask", "TokenIndices", "RowBlockIndices", "VerticalSlashMask", "WindowMask", "PermutedBlockMask",
     "ClusteredMask", "KVCache",
-    "LayerPlan", "statistical_topk", "gaussian_topk", "normal_quantile",
-    "methods", "metrics", "models", "integrations", "synthetic", "training", "linear", "evaluate",
+    "LayerPlan", "MethodState", "Schedule", "statistical_topk", "gaussian_topk", "normal_quantile",
+    "methods", "metrics", "models", "integrations", "synthetic", "training", "linear", "evaluate", "state",
     "Record",
     "num_threads", "build_info", "__version__",
 ]

@@ -189,3 +189,43 @@ def held_out_inputs(workload, *, seeds: Sequence[int] = (1, 2, 3), max_len: int 
         raise ValueError(f"max_len must be an int >= 1, got {max_len!r}")
     N = min(int(k.shape[2]), int(max_len))
     return [tuple(structured_qkv(B=1, N=N, seed=s, **model))[:2] for s in seeds]
+
+
+def denoising_steps(workload, steps: int, *, drift: float = 0.02, seed: int = 0
+                    ) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Slowly varying attention inputs, one (q, k, v) per denoising step, for stateful methods.
+
+    A diffusion model calls each attention layer once per step on inputs that change a little
+    from step to step. Step 0 is `workload` itself; each next step adds a Gaussian random walk
+    increment of ``drift`` times each tensor's RMS, so step t lies about ``drift * sqrt(t)``
+    (relative) from step 0.
+
+    Parameters
+    ----------
+    workload : Workload or (q, k, v)
+    steps : int
+        Number of steps (>= 1).
+    drift : float
+        Relative size of each step's change (>= 0).
+    seed : int
+        Seed of the increments.
+
+    Returns
+    -------
+    list of (q, k, v), float32
+    """
+    q, k, v = (np.asarray(x, dtype=np.float32) for x in tuple(workload)[:3])
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if isinstance(drift, bool) or not isinstance(drift, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(drift) or drift < 0:
+        raise ValueError(f"drift must be a finite number >= 0, got {drift!r}")
+    rng = np.random.default_rng(seed)
+    cur = [x.copy() for x in (q, k, v)]
+    out = [tuple(x.copy() for x in cur)]
+    rms = [float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0 for x in cur]
+    for _ in range(int(steps) - 1):
+        for x, r in zip(cur, rms):
+            x += (float(drift) * r * rng.standard_normal(x.shape)).astype(np.float32)
+        out.append(tuple(x.copy() for x in cur))
+    return out

@@ -28,6 +28,12 @@ What runs where, per call of a layer:
   chunked prefill for a method defined for Nq == Nk only) runs exact attention; the reason is
   counted in :func:`stats` and warned about once per layer and reason.
 
+Stateful methods (``capabilities.stateful``: Re-ttention, SparseD, diffusion methods whose calls
+are denoising steps) need a bidirectional model (their attention is non-causal); each layer's
+method keeps its own state, one step per call of the layer; :func:`method_states`,
+:func:`reset_states` (a new generation), :func:`save_states` and :func:`load_states` (one
+``.npz``) reach them.
+
 Tensors: q arrives from transformers as a transposed view (B, H, Nq, D) of (B, Nq, H, D); it is
 copied once to contiguous float32. k and v (the cache) are used without a copy when float32 and
 contiguous. GQA is not expanded: spattn's query head h reads kv head h // (Hq / Hkv), which is
@@ -456,6 +462,42 @@ def stats(model, reset: bool = False) -> List[Dict[str, Any]]:
     return out
 
 
+def method_states(model) -> Dict[int, Any]:
+    """The :class:`spattn.state.MethodState` of each layer whose method keeps state across calls
+    (``capabilities.stateful``: diffusion methods whose calls are denoising steps), by layer index.
+
+    Every call of a layer's method is one step of its schedule; calls the backend runs exact
+    without the method (dense layers, short prompts, decode without a decode method) are not
+    steps. The states are the methods' own objects (changing one changes the layer)."""
+    return {st.layer_idx: st.method.state for st in layers(model)
+            if st.method.capabilities.stateful and not st.dense}
+
+
+def reset_states(model) -> None:
+    """Restart every stateful layer method at step 0 with no state (a new generation)."""
+    for state in method_states(model).values():
+        state.reset()
+
+
+def save_states(model, path) -> None:
+    """Write the per-layer method states to one ``.npz`` (``layer<i>/<array>``; no pickle)."""
+    arrays: Dict[str, np.ndarray] = {}
+    for i, state in method_states(model).items():
+        arrays.update(state.to_arrays(f"layer{i}/"))
+    np.savez(path, **arrays)
+
+
+def load_states(model, path) -> None:
+    """Restore the per-layer method states written by :func:`save_states` (every stateful layer
+    of `model` must be in the file)."""
+    from ..state import MethodState
+
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    for i, state in method_states(model).items():
+        state.restore(MethodState.from_arrays(arrays, f"layer{i}/"))
+
+
 @contextmanager
 def capture(model, gate_inputs: bool = False, values: bool = False):
     """Within the block, every attention call also stores this layer's float32 (q, k) in the
@@ -834,4 +876,5 @@ def _model_state_of(module) -> Optional[_ModelState]:
 
 
 __all__ = ["use", "restore", "register", "layers", "stats", "capture", "fit", "attention_forward",
+           "method_states", "reset_states", "save_states", "load_states",
            "KeyMask", "LayerState", "NAME"]

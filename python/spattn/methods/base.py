@@ -76,6 +76,16 @@ class Capabilities:
         summaries; SSE is a linear-attention recurrence; Routing Transformer averages per-cluster
         softmaxes): harnesses take the output from ``__call__`` and the mask of that call from
         ``last_info["mask"]`` when the method records it, else from ``estimate``.
+    stateful : bool
+        The method keeps per-instance state across calls (``method.state``, a
+        :class:`spattn.state.MethodState`: arrays, a step counter and a :class:`spattn.state.Schedule`
+        of dense warm-up, search and reuse steps), as diffusion methods do over denoising steps
+        (Re-ttention, SparseD): successive calls are successive steps, so the output of a call
+        depends on the calls before it. ``method.reset()`` starts a new run; a call whose shapes
+        differ from the state's starts one too; ``method.warm_up(q, k, v)`` runs the schedule to
+        its next reuse (sparse) step, where harnesses measure it. Requires ``own_output`` (``last_info["mask"]`` is
+        the mask of the call: the full map on dense and search steps). The transformers backend
+        copies the method per layer, so the state is per layer.
     """
 
     causal: bool = True
@@ -92,6 +102,7 @@ class Capabilities:
     gate_inputs: bool = False
     value_inputs: bool = False
     own_output: bool = False
+    stateful: bool = False
 
     def __post_init__(self):
         if not (self.causal or self.noncausal):
@@ -105,6 +116,8 @@ class Capabilities:
                              f"got {self.gqa_layouts}")
         if self.needs_fit and not self.fittable:
             raise ValueError("needs_fit requires fittable")
+        if self.stateful and not self.own_output:
+            raise ValueError("stateful requires own_output (the output of a call depends on the calls before it)")
 
     def supports(self, *, causal: bool, q_len: int, kv_len: int) -> bool:
         """Whether a call with this causality and these lengths is defined for the method."""
