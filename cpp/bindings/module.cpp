@@ -1226,6 +1226,33 @@ PYBIND11_MODULE(_core, m) {
     return adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K});
   }, py::arg("q"), py::arg("k"), py::arg("cis"), py::arg("causal"), py::arg("scale"), py::arg("params"),
      "NOSA's key blocks per query row and kv head (B, Hkv, Nq, K) from q, k and the eviction scores cis (B, Hkv, Nk).");
+  bind_params<NSAParams>(m, "NSAParams", "nsa", "NSA / FSA parameters (paper and FSA README defaults).");
+  m.def("nsa_compressed_attention", [](const FArr& q, const FArr& kc, const FArr& vc, int C, int kv_len,
+                                       const OptScale& scale, const NSAParams& p) {
+    AttnArgs a = make_args(q, kc, &vc, true, scale);
+    p.validate();
+    if (kv_len < 0) throw py::value_error("kv_len must be >= 0, got " + std::to_string(kv_len));
+    const int cap = int(kc.shape(2)), Dv = a.shape.Dv;
+    a.k = nullptr;
+    a.v = nullptr;
+    a.shape.Nk = kv_len;
+    a.shape.kv_capacity = 0;
+    std::vector<float> out(size_t(a.shape.B) * a.shape.Hq * a.shape.Nq * Dv);
+    std::vector<float> lse(size_t(a.shape.B) * a.shape.Hq * a.shape.Nq);
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = nsa_compressed_attention(a, kc.data(), vc.data(), C, cap, Dv, p, out.data(), lse.data(), &K);
+    }
+    return py::make_tuple(adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K}),
+                          adopt(std::move(out), {a.shape.B, a.shape.Hq, a.shape.Nq, Dv}),
+                          adopt(std::move(lse), {a.shape.B, a.shape.Hq, a.shape.Nq}));
+  }, py::arg("q"), py::arg("kc"), py::arg("vc"), py::arg("C"), py::arg("kv_len"), py::arg("scale"),
+     py::arg("params"),
+     "NSA's compressed branch and selection for the last Nq of kv_len keys from the compressed keys / values kc "
+     "(B, Hkv, cap, D), vc (B, Hkv, cap, Dv) (first C rows): (blocks (B, Hkv, Nq, K), out (B, Hq, Nq, Dv), "
+     "lse (B, Hq, Nq)).");
   bind_block_estimator<PowerAttentionParams>(m, "powerattention", "PowerAttentionParams", &estimate_powerattention,
                                              "PowerAttention parameters (the paper's Algorithm 1 and setting).");
   bind_block_estimator<RadialParams>(m, "radial", "RadialParams", &estimate_radial,

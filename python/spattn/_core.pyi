@@ -39,6 +39,17 @@ class NOSAParams(_Params):
     select_blocks: int
     dense_len: int
 
+class NSAParams(_Params):
+    kernel_size: int
+    kernel_stride: int
+    block_size: int
+    topk: int
+    init_blocks: int
+    local_blocks: int
+    window_size: int
+    window_inclusive: bool
+    first_head_only: bool
+
 class PowerAttentionParams(_Params):
     block_size: int
     window_blocks: int
@@ -271,6 +282,9 @@ def estimate_infllmv2_pooled(q: np.ndarray, k1: np.ndarray, C1: int, k2: np.ndar
 def mean_pooled_keys(k: np.ndarray, kernel: int, stride: int) -> np.ndarray: ...
 def estimate_nosa(q: np.ndarray, k: np.ndarray, cis: np.ndarray, causal: bool, scale: Optional[float],
                   params: NOSAParams) -> np.ndarray: ...
+def nsa_compressed_attention(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, C: int, kv_len: int,
+                             scale: Optional[float],
+                             params: NSAParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def estimate_powerattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                             params: PowerAttentionParams) -> np.ndarray: ...
 def estimate_radial(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],

@@ -7,6 +7,9 @@
 // (batch, kv head, tile of query rows, the group's heads stacked) an OnlineSoftmax pass over the
 // lse keys and a ProbabilitySweep over k1; each row's block scores are handed to a selector.
 // Compressed token j (kernel w, stride s) is visible to a query at position t iff t >= s j + w - 1.
+// NSA (estimators/nsa.cpp) runs the same passes with the lse over k1 itself, values on the lse pass
+// (its output is NSA's compressed branch), overlap-weighted block sums instead of the max pooling
+// and the strict lower end of the local blocks.
 #pragma once
 
 #include <algorithm>
@@ -29,18 +32,37 @@ inline int last_visible(long long t, int kernel, int stride) {
 struct CompressedScoreSpec {
   int kernel = 32, stride = 16, block_size = 64, init_blocks = 1, local_blocks = 32;
   int coarse = 4;  // lse keys: pooled with coarse x kernel and coarse x stride (1: k1 itself)
+  bool overlap_pooling = false;  // NSA transform_score: S[b] = sum_o w[o] sc[b m - pad + o]; else max pooling
+  bool local_strict = false;     // NSA: qb - local_blocks < b <= qb; InfLLM-V2: qb - local_blocks <= b <= qb
+  bool first_head_only = false;  // FSA nsa_ref score_kernel: only the group's first query head is summed
 };
+
+// NSA's overlap weight of offset o (0 <= o <= r + m - 2): #{(i, k): i < r, k < m, i + k = o}, the
+// number of d-token pieces a compressed token starting o - (r - 1) pieces before a block shares with it.
+inline int overlap_weight(int o, int r, int m) { return std::min({o, r - 1, m - 1, r + m - 2 - o}) + 1; }
 
 // Max pooling of one row's k1 scores sc (C1) into block scores S (nblocks): +inf for the forced
 // blocks (b < init_blocks or qb - local_blocks <= b <= qb), else the max over
-// j in [r b - 1, r b + r) (r = block_size / stride, clipped), -inf when empty.
+// j in [r b - 1, r b + r) (r = block_size / stride, clipped), -inf when empty. With
+// overlap_pooling / local_strict: NSA's weighted sums and strict lower end instead.
 inline void pool_block_scores(const float* sc, int C1, const CompressedScoreSpec& p, long long qb, int nblocks,
                               float* S) {
   const float inf = std::numeric_limits<float>::infinity();
   const int r = p.block_size / p.stride;
   for (int b = 0; b < nblocks; ++b) {
-    if (b < p.init_blocks || (qb >= b && qb <= (long long)b + p.local_blocks)) {
+    if (b < p.init_blocks || (qb >= b && (p.local_strict ? qb < (long long)b + p.local_blocks
+                                                         : qb <= (long long)b + p.local_blocks))) {
       S[b] = inf;
+      continue;
+    }
+    if (p.overlap_pooling) {
+      const int rk = p.kernel / p.stride, m = p.block_size / p.stride;
+      float acc = 0.f;
+      for (int o = 0; o <= rk + m - 2; ++o) {
+        const int j = b * m - (rk - 1) + o;
+        if (j >= 0 && j < C1) acc += float(overlap_weight(o, rk, m)) * sc[j];
+      }
+      S[b] = acc;
       continue;
     }
     const int j0 = std::max(0, b * r - 1), j1 = std::min(C1, b * r + r);
@@ -63,6 +85,11 @@ struct CompressedScoreVariant {
   const CompressedScoreSpec& p;
   const Select& select;
   int C1 = 0, CL = 0, Nk = 0, nq_tile = 1, ntiles = 1, nblocks = 0;
+  // optional: values of the lse keys (B, Hkv, cap, dv) and where the lse pass's attention rows go
+  // (out (B, Hq, Nq, dv), lse (B, Hq, Nq); NSA's compressed branch)
+  const float* vl = nullptr;
+  int vl_cap = 0, dv = 0;
+  const AttnArgs* out = nullptr;
 
   struct Local {
     std::vector<float> score, row_lse, block;
@@ -82,8 +109,11 @@ struct CompressedScoreVariant {
       t.qlim[r] = last_visible(position(w.i0 + r % n), p.coarse * p.kernel, p.coarse * p.stride);
       min_lim = std::min(min_lim, t.qlim[r]);
     }
-    run_key_span(t, rows, ktl, w.b, w.hk, nullptr, 0, 0, CL, true, min_lim);
+    const float* v_head = vl != nullptr ? vl + (size_t(w.b) * a1.shape.Hkv + w.hk) * vl_cap * dv : nullptr;
+    run_key_span(t, rows, ktl, w.b, w.hk, v_head, v_head ? dv : 0, 0, CL, true, min_lim);
     for (int r = 0; r < rows; ++r) l.row_lse[r] = t.l[r] == 0.f ? kNegInf : t.m[r] + std::log(t.l[r]);
+    if (out != nullptr)
+      for (int r = 0; r < rows; ++r) store_row(t, r, *out, w.b, w.h0 + r / n, w.i0 + r % n);
     // pass 2: exp(s - lse) over the visible k1 tokens, summed over the group's heads
     min_lim = std::numeric_limits<int>::max();
     for (int r = 0; r < rows; ++r) {
@@ -93,11 +123,13 @@ struct CompressedScoreVariant {
     struct GroupSum {
       float* score;
       int n, C1;
+      bool first_only;
       void operator()(int r, const float* pr, const int* pos, int cnt) {
+        if (first_only && r >= n) return;
         float* row = score + size_t(r % n) * C1;
         for (int c = 0; c < cnt; ++c) row[pos[c]] += pr[c];
       }
-    } reduce{l.score.data(), n, C1};
+    } reduce{l.score.data(), n, C1, p.first_head_only};
     const ProbabilitySweep<GroupSum> step{l.row_lse.data(), reduce};
     run_key_span(t, rows, kt1, w.b, w.hk, nullptr, 0, 0, C1, true, min_lim, step);
     // rows without a visible lse key: lse = -inf and exp(s + inf) = +inf on their visible k1
@@ -131,9 +163,11 @@ struct PooledKeys {
 
 // Runs the passes over every (batch, kv head, query row) of qk (causal positions t = i + Nk - Nq)
 // with the pooled keys given (k1, and the lse keys kl; kl.k == k1.k when coarse == 1); qk.k is not read.
+// `out` (optional): the attention of every row over the lse keys with the values `vl` (B, Hkv,
+// kl.cap, out->shape.Dv), written to out->out / out->lse.
 template <class Select>
 void compressed_block_scores_pooled(const AttnArgs& qk, const CompressedScoreSpec& p, PooledKeys k1, PooledKeys kl,
-                                    const Select& select) {
+                                    const Select& select, const float* vl = nullptr, const AttnArgs* out = nullptr) {
   const AttnShape& s = qk.shape;
   if (s.Nq == 0) return;
   AttnArgs a1 = statistics_args(qk), al = statistics_args(qk);
@@ -157,7 +191,13 @@ void compressed_block_scores_pooled(const AttnArgs& qk, const CompressedScoreSpe
   var.nq_tile = nq_tile;
   var.ntiles = ceil_div(s.Nq, nq_tile);
   var.nblocks = ceil_div(s.Nk, p.block_size);
-  run_tiles(a1, var, G * nq_tile, 0);
+  if (out != nullptr && vl != nullptr && out->shape.Dv > 0) {
+    var.vl = vl;
+    var.vl_cap = kl.cap;
+    var.dv = out->shape.Dv;
+    var.out = out;
+  }
+  run_tiles(a1, var, G * nq_tile, var.dv);
 }
 
 // Same, pooling k1 (and the lse keys) from qk.k.

@@ -762,7 +762,13 @@ def _run_method(state: LayerState, m: Method, q, k, v, causal: bool, scale, gate
         if gate is None:
             raise ValueError(f"spattn layer {state.layer_idx}: {m.name} needs the q/k before RoPE, which were not "
                              "captured for this call (q_proj / k_proj outputs do not match the attention inputs)")
-        mask = m.estimate(q, k, causal=causal, scale=scale, q_gate=gate[0], k_gate=gate[1])
+        if m.capabilities.own_output:  # NSA: its compression reads the pre-RoPE keys, its output is its own
+            out = m(q, k, v, causal=causal, scale=scale, q_gate=gate[0], k_gate=gate[1])
+            mask = m.last_info.get("mask")
+            if mask is None:
+                mask = m.estimate(q, k, causal=causal, scale=scale, q_gate=gate[0], k_gate=gate[1])
+        else:
+            mask = m.estimate(q, k, causal=causal, scale=scale, q_gate=gate[0], k_gate=gate[1])
     elif m.capabilities.value_inputs or m.capabilities.own_output:  # the method's own output step (SEA's
         out = m(q, k, v, causal=causal, scale=scale)                # gates, Routing's cluster mean)
         mask = m.last_info.get("mask")
@@ -770,7 +776,7 @@ def _run_method(state: LayerState, m: Method, q, k, v, causal: bool, scale, gate
             mask = m.estimate(q, k, causal=causal, scale=scale)
     else:
         mask = m.estimate(q, k, causal=causal, scale=scale)
-    if not (m.capabilities.value_inputs or m.capabilities.own_output) or m.capabilities.gate_inputs:
+    if not (m.capabilities.value_inputs or m.capabilities.own_output):
         out = sparse_attention(q, k, v, mask, causal=causal, scale=scale)
     if isinstance(mask, BlockMask):
         state.densities.append(float(np.mean(mask.density(causal=causal))))
