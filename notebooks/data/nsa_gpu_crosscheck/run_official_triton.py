@@ -1,4 +1,4 @@
-import os, sys, json, numpy as np, torch
+import os, sys, numpy as np, torch
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
 from native_sparse_attention.ops import compressed_attention, topk_sparse_attention
