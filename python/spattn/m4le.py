@@ -158,19 +158,27 @@ def evaluate(method_names: Optional[Iterable[str]] = None, lengths: Sequence[int
     registered method that runs causal prefill (Nq == Nk) and is not an exact-attention
     reference. Returns one record per (method, ability, n), the metrics averaged over `seeds`
     (other backgrounds and single-span gold depths)."""
+    return _run(method_names, lengths, abilities, params, progress, "m4le tasks", False,
+                lambda ability, n: [make_task(ability, n, seed=s, **task_kw) for s in seeds])
+
+
+def _run(method_names, lengths, abilities, params, progress, desc, skip_fit, tasks_of) -> List[Dict[str, Any]]:
+    """Score every method on the tasks of every (ability, length): one record each, the metrics
+    averaged over the tasks. Default methods: every registered one that runs causal prefill and
+    is not an exact-attention reference (nor needs a trained state, with `skip_fit`)."""
     params = params or {}
     if method_names is None:
-        method_names = [n for n in _methods.available()
-                        if _methods.get(n).capabilities.causal and _methods.get(n).capabilities.prefill
-                        and not _methods.get(n).capabilities.exact_reference_only]
+        caps = {n: _methods.get(n).capabilities for n in _methods.available()}
+        method_names = [n for n, c in caps.items() if c.causal and c.prefill and not c.exact_reference_only
+                        and not (skip_fit and c.needs_fit)]
     names = list(method_names)
     recs: List[Dict[str, Any]] = []
     it = [(a, n) for n in lengths for a in abilities]
     if progress:
         from tqdm.auto import tqdm
-        it = tqdm(it, desc="m4le tasks")
+        it = tqdm(it, desc=desc)
     for ability, n in it:
-        tasks = [make_task(ability, int(n), seed=s, **task_kw) for s in seeds]
+        tasks = tasks_of(ability, int(n))
         for name in names:
             runs = [score(_methods.get(name, **params.get(name, {})), t) for t in tasks]
             recs.append({"method": name, "ability": ability, "n": int(n),
@@ -262,25 +270,8 @@ def evaluate_model(model, tokenizer, method_names: Optional[Iterable[str]] = Non
                    progress: bool = False) -> List[Dict[str, Any]]:
     """:func:`evaluate` on a real model's captured attention (:func:`model_tasks`): one record per
     (method, ability, n), the metrics averaged over the chosen layers and their heads."""
-    params = params or {}
-    if method_names is None:
-        method_names = [n for n in _methods.available()
-                        if _methods.get(n).capabilities.causal and _methods.get(n).capabilities.prefill
-                        and not _methods.get(n).capabilities.exact_reference_only
-                        and not _methods.get(n).capabilities.needs_fit]
-    names = list(method_names)
-    recs: List[Dict[str, Any]] = []
-    it = [(a, n) for n in lengths for a in abilities]
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="m4le model tasks")
-    for ability, n in it:
-        tasks = model_tasks(model, tokenizer, ability, int(n), seed=seed, layers=layers)
-        for name in names:
-            runs = [score(_methods.get(name, **params.get(name, {})), t) for t in tasks]
-            recs.append({"method": name, "ability": ability, "n": int(n),
-                         **{key: float(np.mean([r[key] for r in runs])) for key in runs[0]}})
-    return recs
+    return _run(method_names, lengths, abilities, params, progress, "m4le model tasks", True,
+                lambda ability, n: model_tasks(model, tokenizer, ability, n, seed=seed, layers=layers))
 
 
 def table(records: List[Dict[str, Any]], metric: str = "gold_recall") -> str:

@@ -184,6 +184,16 @@ na2d.__doc__ = _DOC.format(rank=2, last="[B, X, Y, H, D]", first="[B, H, X, Y, D
 na3d.__doc__ = _DOC.format(rank=3, last="[B, X, Y, Z, H, D]", first="[B, H, X, Y, Z, D]", axes="X, Y, Z")
 
 
+def _shape_and_pattern(shape, kernel_size, dilation, stride, is_causal):
+    """The token axes (an int or a tuple of 1 to 3 ints) and the per-axis pattern, checked."""
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
+        shape = (int(shape),)
+    if not isinstance(shape, (tuple, list)) or not 1 <= len(shape) <= 3:
+        raise ValueError(f"shape must be a tuple of 1 to 3 ints (the token axes), got {shape!r}"[:200])
+    axes = _per_axis_int(tuple(shape), len(shape), "shape", 1)
+    return (axes,) + tuple(_pattern(len(shape), kernel_size, dilation, stride, is_causal))
+
+
 def na_mask(shape: Sequence[int], kernel_size: IntOrTuple, dilation: IntOrTuple = 1, stride: IntOrTuple = 1,
             is_causal: BoolOrTuple = False, *, batch: int = 1, heads: int = 1) -> TokenIndices:
     """The neighbourhood pattern of :func:`na1d` / :func:`na2d` / :func:`na3d` as TokenIndices.
@@ -204,13 +214,7 @@ def na_mask(shape: Sequence[int], kernel_size: IntOrTuple, dilation: IntOrTuple 
     q (B, H, N, D) flattened from the axes, ``spattn.token_sparse_attention(q, k, v, mask)``
     equals ``na{rank}d(..., layout="heads_first")`` reshaped.
     """
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
-        shape = (int(shape),)
-    if not isinstance(shape, (tuple, list)) or not 1 <= len(shape) <= 3:
-        raise ValueError(f"shape must be a tuple of 1 to 3 ints (the token axes), got {shape!r}"[:200])
-    rank = len(shape)
-    axes = _per_axis_int(tuple(shape), rank, "shape", 1)
-    kernel, dil, st, causal = _pattern(rank, kernel_size, dilation, stride, is_causal)
+    axes, kernel, dil, st, causal = _shape_and_pattern(shape, kernel_size, dilation, stride, is_causal)
     for name, x in (("batch", batch), ("heads", heads)):
         if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or x < 1:
             raise ValueError(f"{name} must be an int >= 1, got {x!r}"[:200])
@@ -283,13 +287,8 @@ def gna_tile_stats(shape: Sequence[int], kernel_size: IntOrTuple, dilation: IntO
     reaches the FLOP bound), ``dense_pairs`` (N^2) and ``speedup_bound`` (dense_pairs /
     computed_pairs: the largest speedup over dense non-causal attention a tiled kernel can show).
     """
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
-        shape = (int(shape),)
-    if not isinstance(shape, (tuple, list)) or not 1 <= len(shape) <= 3:
-        raise ValueError(f"shape must be a tuple of 1 to 3 ints (the token axes), got {shape!r}"[:200])
-    rank = len(shape)
-    axes = _per_axis_int(tuple(shape), rank, "shape", 1)
-    kernel, dil, st, causal = _pattern(rank, kernel_size, dilation, stride, is_causal)
+    axes, kernel, dil, st, causal = _shape_and_pattern(shape, kernel_size, dilation, stride, is_causal)
+    rank = len(axes)
     tq = _per_axis_int(q_tile, rank, "q_tile", 1)
     tk = _per_axis_int(kv_tile, rank, "kv_tile", 1)
     for i in range(rank):  # the checks of NeighborhoodSpec::validate, with its messages
@@ -340,13 +339,7 @@ def na_work(shape: Sequence[int], kernel_size: IntOrTuple, dilation: IntOrTuple 
     ``visible_pairs``, ``useful_fraction`` (visible / computed), ``dense_pairs`` (N^2) and
     ``speedup_bound`` (dense / computed), all per (batch, query head).
     """
-    if isinstance(shape, (int, np.integer)) and not isinstance(shape, (bool, np.bool_)):
-        shape = (int(shape),)
-    if not isinstance(shape, (tuple, list)) or not 1 <= len(shape) <= 3:
-        raise ValueError(f"shape must be a tuple of 1 to 3 ints (the token axes), got {shape!r}"[:200])
-    rank = len(shape)
-    axes = _per_axis_int(tuple(shape), rank, "shape", 1)
-    kernel, dil, st, causal = _pattern(rank, kernel_size, dilation, stride, is_causal)
+    axes, kernel, dil, st, causal = _shape_and_pattern(shape, kernel_size, dilation, stride, is_causal)
     if isinstance(heads_per_kv, (bool, np.bool_)) or not isinstance(heads_per_kv, (int, np.integer)) \
             or heads_per_kv < 1:
         raise ValueError(f"heads_per_kv must be an int >= 1, got {heads_per_kv!r}"[:200])
