@@ -596,3 +596,28 @@ def test_layer_plan_equals_the_chosen_method_per_layer_by_hand(placement):
     hf.restore(m4)
     with pytest.raises(TypeError, match="layer_plan"):
         hf.use(m4, "streaming", layer_plan=[0, 1])
+
+
+@pytest.mark.parametrize("name,params", [
+    ("nosa", dict(kernel_size=8, kernel_stride=4, block_size=16, window_size=32, topk=5, select_blocks=1)),
+    ("nsa", dict(kernel_size=8, kernel_stride=4, block_size=16, topk=4, window_size=24)),
+    ("infllmv2", dict(kernel_size=8, kernel_stride=4, block_size=16, window_size=32, topk=3, dense_len=0)),
+])
+def test_trainable_sparse_methods_decode_over_the_backends_cache(name, params):
+    """NOSA / NSA / InfLLM-V2 as decode_method: each step runs over the mirrored KVCache with the
+    method's state kept on it (NSA compresses the pre-RoPE keys of the gate mirror) and attends a
+    selection (that a cache step equals the call on arrays is tested per method)."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(num_hidden_layers=2)).eval()
+    ids = ids_of(1, 150)
+    hf.use(model, method="dense", decode_method=spattn.methods.get(name, **params))
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids[:, :140], cache=cache, use_cache=True)
+        for t in range(140, 143):
+            out = model(ids[:, t:t + 1], cache=cache, use_cache=True).logits
+    assert torch.isfinite(out).all()
+    st = hf.stats(model)
+    assert all(s["calls"] == {"dense": 1, "decode_method": 3} for s in st), st
+    assert all(s["density"] < 1.0 for s in st), st
+    hf.restore(model)

@@ -192,3 +192,32 @@ def test_eviction_head_of_the_wrong_shape_is_refused():
         spattn.methods.get("nosa", A=np.ones(3)).estimate(q, k, causal=True, v=v)
     with pytest.raises(ValueError, match="cis"):
         spattn._core.estimate_nosa(q, k, np.zeros((1, 1, 39), np.float32), True, None, spattn._core.NOSAParams())
+
+
+def test_decode_over_a_cache_equals_the_call_on_arrays():
+    """Token by token over a KVCache (pooled keys and eviction scores kept on the cache) equals
+    the array call on the prefix: the same blocks, attended without the bias (decode)."""
+    rng = np.random.default_rng(31)
+    B, Hq, Hkv, N, D, steps = 1, 4, 2, 200, 64, 9
+    q, k, v = make_qkv(B, Hq, Hkv, steps, N + steps, D, seed=32)
+    m = spattn.methods.get("nosa", **SMALL, A=np.ones(2), delta_weight=rng.standard_normal((2, 128)),
+                           delta_bias=rng.standard_normal(2))
+    cache = spattn.KVCache(initial_capacity=64)
+    cache.append(0, k[:, :, :N], v[:, :, :N])
+    for step in range(steps):
+        n = N + step + 1
+        cache.append(0, k[:, :, n - 1:n], v[:, :, n - 1:n])
+        qs = q[:, :, step:step + 1]
+        np.testing.assert_allclose(m(qs, cache, layer=0), m(qs, k[:, :, :n], v[:, :, :n], causal=True),
+                                   atol=2e-6, rtol=1e-5)
+        blocks = m.estimate(qs, k[:, :, :n], causal=True, v=v[:, :, :n]).blocks
+        np.testing.assert_array_equal(blocks, ref_nosa(qs, k[:, :, :n], ref_cis(v[:, :, :n], np.ones(2),
+                                                                                 m.params["delta_weight"],
+                                                                                 m.params["delta_bias"]), **SMALL))
+        expect = spattn.methods.infllmv2.block_positions(blocks, SMALL["block_size"], n, Hq).indices
+        np.testing.assert_array_equal(m.select(qs, cache, layer=0).indices, expect)
+    pools = m.pools(cache, 0)
+    np.testing.assert_allclose(pools.cis[:, :, :N + steps], m.eviction_scores(v), rtol=1e-5, atol=1e-6)
+    other = spattn.methods.get("nosa", **SMALL)  # other weights: its own state on the cache
+    assert other.pools(cache, 0) is not pools
+    np.testing.assert_array_equal(other.pools(cache, 0).cis[:, :, :N + steps], 0)

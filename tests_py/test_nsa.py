@@ -422,3 +422,64 @@ def test_training_lowers_the_loss_through_the_shared_fit_loop():
     out = m(q, k, v, causal=True, hidden=x)
     err = np.mean((out - spattn.attention(q, k, v, causal=True)) ** 2)
     assert err < res.losses[0]
+
+
+@pytest.mark.parametrize("rope", [None, 10000.0])
+def test_decode_over_a_cache_equals_the_call_on_arrays(rope):
+    """Token by token over a KVCache (compressed tokens kept on the cache, windows completing
+    along the way) equals the array call on the prefix, for every step; select gives the
+    selected blocks' positions; the compressed buffers equal compressing from scratch."""
+    rng = np.random.default_rng(21)
+    Hq, Hkv, N, D, steps = 4, 2, 150, 32, 9
+    q, k, v = make_qkv(1, Hq, Hkv, steps, N + steps, D, seed=22)
+    w = _weights(rng, Hq, Hkv, D, 8)
+    x = rng.standard_normal((1, steps, 24)).astype(np.float32)
+    m = spattn.methods.get("nsa", **SMALL, weights=w, rope=rope)
+    cache = spattn.KVCache(initial_capacity=32)
+    cache.append(0, k[:, :, :N], v[:, :, :N])
+    for step in range(steps):
+        n = N + step + 1
+        cache.append(0, k[:, :, n - 1:n], v[:, :, n - 1:n])
+        qs, xs = q[:, :, step:step + 1], x[:, step:step + 1]
+        out = m(qs, cache, layer=0, hidden=xs)
+        ref = m(qs, k[:, :, :n], v[:, :, :n], causal=True, hidden=xs)
+        np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)
+        blocks = m.estimate(qs, k[:, :, :n], causal=True).blocks
+        expect = spattn.methods.infllmv2.block_positions(blocks, SMALL["block_size"], n, Hq).indices
+        np.testing.assert_array_equal(m.select(qs, cache, layer=0).indices, expect)
+    kc, vc, C = m.compressed_cache(cache, 0)
+    kc0, vc0, C0 = m.compress(k, v)
+    assert C == C0 == (N + steps - 8) // 4 + 1
+    np.testing.assert_allclose(kc[:, :, :C], kc0[:, :, :C], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(vc[:, :, :C], vc0[:, :, :C], atol=1e-5, rtol=1e-5)
+
+
+def test_decode_over_a_cache_follows_the_layer_plan():
+    q, k, v = make_qkv(1, 2, 1, 1, 90, 32, seed=23)
+    m = spattn.methods.get("nsa", **SMALL, dense_layers=1)
+    cache = spattn.KVCache()
+    for layer in (0, 1):
+        cache.append(layer, k, v)
+    np.testing.assert_allclose(m(q, cache, layer=0), spattn.attention(q, k, v, causal=True), atol=1e-6)
+    assert m.last_selection is None
+    np.testing.assert_allclose(m(q, cache, layer=1), m(q, k, v, causal=True), atol=2e-6, rtol=1e-5)
+    with pytest.raises(TypeError, match="no v"):
+        m(q, cache, v, layer=1)
+    with pytest.raises(TypeError, match="gate_cache"):
+        m(q, cache, layer=1, gate_cache=k)
+
+
+def test_decode_compresses_the_pre_rope_keys_of_a_gate_cache():
+    """With a gate cache (the backend's pre-RoPE key mirror) the decode step equals the array
+    call with k_gate."""
+    rng = np.random.default_rng(24)
+    q, k, v = make_qkv(1, 4, 2, 1, 120, 32, seed=25)
+    kg = rng.standard_normal(k.shape).astype(np.float32)
+    m = spattn.methods.get("nsa", **SMALL, weights={key: val for key, val in _weights(rng, 4, 2, 32, 8).items() if not key.startswith("gate")}, rope=10000.0)
+    cache, gcache = spattn.KVCache(), spattn.KVCache()
+    cache.append(0, k, v)
+    gcache.append(0, kg, np.zeros(kg.shape[:3] + (0,), np.float32))
+    np.testing.assert_allclose(m(q, cache, layer=0, gate_cache=gcache), m(q, k, v, causal=True, k_gate=kg),
+                               atol=2e-6, rtol=1e-5)
+    with pytest.raises(TypeError, match="layer"):
+        m(q, k, v, layer=1)

@@ -1226,6 +1226,29 @@ PYBIND11_MODULE(_core, m) {
     return adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K});
   }, py::arg("q"), py::arg("k"), py::arg("cis"), py::arg("causal"), py::arg("scale"), py::arg("params"),
      "NOSA's key blocks per query row and kv head (B, Hkv, Nq, K) from q, k and the eviction scores cis (B, Hkv, Nk).");
+  m.def("estimate_nosa_pooled", [](const FArr& q, const FArr& k1, int C1, const FArr& cis, int kv_len,
+                                   const OptScale& scale, const NOSAParams& p) {
+    AttnArgs a = make_args(q, k1, nullptr, true, scale);
+    p.validate();
+    need_ndim(cis, 3, "cis");
+    if (cis.shape(0) != a.shape.B || cis.shape(1) != a.shape.Hkv)
+      throw py::value_error("cis must have shape (B, Hkv, capacity) of k1 " + shape_str(k1) + ", got " + shape_str(cis));
+    if (kv_len < 0) throw py::value_error("kv_len must be >= 0, got " + std::to_string(kv_len));
+    a.k = nullptr;
+    a.shape.Nk = kv_len;
+    a.shape.kv_capacity = 0;
+    const int cap1 = int(k1.shape(2)), cis_cap = int(cis.shape(2));
+    int K = 0;
+    std::vector<int32_t> idx;
+    {
+      py::gil_scoped_release nogil;
+      idx = estimate_nosa_pooled(a, k1.data(), C1, cap1, cis.data(), cis_cap, p, &K);
+    }
+    return adopt(std::move(idx), {a.shape.B, a.shape.Hkv, a.shape.Nq, K});
+  }, py::arg("q"), py::arg("k1"), py::arg("C1"), py::arg("cis"), py::arg("kv_len"), py::arg("scale"),
+     py::arg("params"),
+     "NOSA's blocks (B, Hkv, Nq, K) for the last Nq of kv_len keys from the pooled keys k1 (first C1 rows) and the "
+     "per-token eviction scores cis (B, Hkv, capacity; first kv_len read).");
   bind_params<NSAParams>(m, "NSAParams", "nsa", "NSA / FSA parameters (paper and FSA README defaults).");
   m.def("nsa_compressed_attention", [](const FArr& q, const FArr& kc, const FArr& vc, int C, int kv_len,
                                        const OptScale& scale, const NSAParams& p) {

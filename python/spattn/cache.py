@@ -187,7 +187,7 @@ class KVCache:
         lk.v_buffer[:, :, start:stop] = v
         lk.length = stop
         for st in lk.states.values():
-            st.update(lk.k_buffer, start, stop)
+            self._update_state(st, lk, start, stop)
 
     @staticmethod
     def _grow(lk: LayerKV, capacity: int) -> None:
@@ -200,16 +200,25 @@ class KVCache:
         lk.reallocations += 1
 
     # ------------------------------------------------------------------ method state
+    @staticmethod
+    def _update_state(st: Any, lk: LayerKV, start: int, stop: int) -> None:
+        """``st.update(k_buffer, start, stop)``; a state with ``reads_values = True`` also gets
+        the value buffer (``update(k_buffer, start, stop, v_buffer)``)."""
+        if getattr(st, "reads_values", False):
+            st.update(lk.k_buffer, start, stop, lk.v_buffer)
+        else:
+            st.update(lk.k_buffer, start, stop)
+
     def state(self, layer: int, key: Hashable, factory: Callable[[], Any]) -> Any:
         """The state registered under `key` on `layer`, created by ``factory()`` on first use and
-        brought up to date with the keys already held (``update(k_buffer, 0, length)``); from then
-        on every append updates it."""
+        brought up to date with the keys already held (``update(k_buffer, 0, length)``, plus the
+        value buffer for a state with ``reads_values = True``); from then on every append updates it."""
         lk = self.layer(layer)
         st = lk.states.get(key)
         if st is None:
             st = factory()
             if lk.length:
-                st.update(lk.k_buffer, 0, lk.length)
+                self._update_state(st, lk, 0, lk.length)
             lk.states[key] = st
         return st
 

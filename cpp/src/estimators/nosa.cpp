@@ -28,11 +28,16 @@ void NOSAParams::validate() const {
                                 std::to_string(block_size) + ", kernel_stride=" + std::to_string(kernel_stride));
 }
 
-std::vector<int32_t> estimate_nosa(const AttnArgs& qk, const float* cis, const NOSAParams& p, int* K_out) {
-  p.validate();
-  const AttnShape& s = qk.shape;
-  s.validate();
-  if (!qk.causal) throw std::invalid_argument("nosa: the method is defined for causal attention only");
+namespace {
+
+int pooled_count(int n, int kernel, int stride) { return n >= kernel ? (n - kernel) / stride + 1 : 0; }
+
+// The selection of every row: block scores from `scores(spec, select)`, the eviction scores cis
+// (B, Hkv, cis_cap; the first s.Nk of each row are read) mean-pooled over the complete windows
+// (nosa_mean_pooling), once per (batch, kv head).
+template <class Scores>
+std::vector<int32_t> nosa_select(const AttnShape& s, const float* cis, size_t cis_cap, const NOSAParams& p,
+                                 int* K_out, const Scores& scores) {
   const int nblocks = ceil_div(s.Nk, p.block_size);
   if (s.Nk < p.dense_len) {  // dense: every block up to the query's own
     *K_out = nblocks;
@@ -49,12 +54,11 @@ std::vector<int32_t> estimate_nosa(const AttnArgs& qk, const float* cis, const N
   if (s.Nq == 0 || K == 0) return out;
   const detail::CompressedScoreSpec spec{p.kernel_size, p.kernel_stride, p.block_size, p.init_blocks,
                                          p.local_blocks(), 1};
-  // mean eviction score of every complete window (nosa_mean_pooling), per (batch, kv head)
-  const int C1 = s.Nk >= p.kernel_size ? (s.Nk - p.kernel_size) / p.kernel_stride + 1 : 0;
+  const int C1 = pooled_count(s.Nk, p.kernel_size, p.kernel_stride);
   std::vector<float> cpool(size_t(s.B) * s.Hkv * C1);
   for (size_t bh = 0; bh < size_t(s.B) * s.Hkv; ++bh)
     for (int j = 0; j < C1; ++j) {
-      const float* c = cis + bh * s.Nk + size_t(j) * p.kernel_stride;
+      const float* c = cis + bh * cis_cap + size_t(j) * p.kernel_stride;
       double acc = 0.0;
       for (int r = 0; r < p.kernel_size; ++r) acc += c[r];
       cpool[bh * C1 + j] = float(acc / p.kernel_size);
@@ -74,8 +78,38 @@ std::vector<int32_t> estimate_nosa(const AttnArgs& qk, const float* cis, const N
     int32_t* row = o + ((size_t(b) * s.Hkv + hk) * s.Nq + i) * size_t(K);
     for (int c = 0; c < K; ++c) row[c] = top[size_t(c)] > qb ? -1 : top[size_t(c)];
   };
-  detail::compressed_block_scores(qk, spec, select);
+  scores(spec, select);
   return out;
+}
+
+}  // namespace
+
+std::vector<int32_t> estimate_nosa(const AttnArgs& qk, const float* cis, const NOSAParams& p, int* K_out) {
+  p.validate();
+  const AttnShape& s = qk.shape;
+  s.validate();
+  if (!qk.causal) throw std::invalid_argument("nosa: the method is defined for causal attention only");
+  return nosa_select(s, cis, size_t(s.Nk), p, K_out, [&](const detail::CompressedScoreSpec& spec, const auto& select) {
+    detail::compressed_block_scores(qk, spec, select);
+  });
+}
+
+std::vector<int32_t> estimate_nosa_pooled(const AttnArgs& q, const float* k1, int C1, int cap1, const float* cis,
+                                          int cis_cap, const NOSAParams& p, int* K_out) {
+  p.validate();
+  const AttnShape& s = q.shape;
+  s.validate();
+  const int e1 = pooled_count(s.Nk, p.kernel_size, p.kernel_stride);
+  if (C1 != e1 || C1 > cap1 || cis_cap < s.Nk)
+    throw std::invalid_argument("nosa: the pooled keys of kv_len=" + std::to_string(s.Nk) + " are " +
+                                std::to_string(e1) + " tokens, got " + std::to_string(C1) + " (of " +
+                                std::to_string(cap1) + " rows), with " + std::to_string(cis_cap) +
+                                " eviction-score rows");
+  return nosa_select(s, cis, size_t(cis_cap), p, K_out,
+                     [&](const detail::CompressedScoreSpec& spec, const auto& select) {
+                       const detail::PooledKeys pk{k1, C1, cap1};
+                       detail::compressed_block_scores_pooled(q, spec, pk, pk, select);
+                     });
 }
 
 }  // namespace spattn

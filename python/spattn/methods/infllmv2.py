@@ -29,18 +29,19 @@ class InfLLMv2Pools:
     rows are pooled (``_core.mean_pooled_keys``, the same sums as the full pooling); its buffers
     double like the cache's."""
 
-    def __init__(self, kernel_size: int, kernel_stride: int):
+    def __init__(self, kernel_size: int, kernel_stride: int, coarse: bool = True):
         self.levels = [(check_int(kernel_size, "kernel_size", lo=1), check_int(kernel_stride, "kernel_stride", lo=1))]
-        self.levels.append((4 * self.levels[0][0], 4 * self.levels[0][1]))
-        self.buffers = [None, None]
-        self.counts = [0, 0]
+        if coarse:  # k2 (NOSA keeps k1 only)
+            self.levels.append((4 * self.levels[0][0], 4 * self.levels[0][1]))
+        self.buffers = [None] * len(self.levels)
+        self.counts = [0] * len(self.levels)
         self.kv_len = 0
 
     def update(self, k_buffer: np.ndarray, start: int, stop: int) -> None:
         """Rows [start, stop) of `k_buffer` (B, Hkv, capacity, D) were written (start is the
         previous length, or 0 to build from scratch)."""
         if start == 0:
-            self.counts = [0, 0]
+            self.counts = [0] * len(self.levels)
         for lvl, (w, s) in enumerate(self.levels):
             old, new = self.counts[lvl], (stop - w) // s + 1 if stop >= w else 0
             if new > old:
@@ -156,16 +157,22 @@ class InfLLMv2(CacheDecode, Method):
         return self.block_positions(blocks, n, q.shape[1])
 
     def block_positions(self, blocks: np.ndarray, kv_len: int, Hq: int) -> TokenIndices:
-        """Decode block lists (B, Hkv, 1, K) as the key positions of those blocks (B, Hq, 1,
-        K * block_size), ascending, -1 padded, each kv head's list repeated for its query heads."""
-        bs = self.params["block_size"]
-        B, Hkv, _, K = blocks.shape
-        pos = blocks[..., None].astype(np.int64) * bs + np.arange(bs)
-        pos = np.where((blocks[..., None] >= 0) & (pos < kv_len), pos, -1).reshape(B, Hkv, 1, K * bs)
-        pos = np.repeat(pos, Hq // Hkv, axis=1)
-        keep = pos >= 0  # valid positions first, in order (blocks ascend)
-        order = np.argsort(~keep, axis=-1, kind="stable")
-        return TokenIndices(np.take_along_axis(pos, order, axis=-1), 1, kv_len, assume_sorted=True)
+        """Decode block lists (B, Hkv, 1, K) as the key positions of those blocks (see
+        :func:`block_positions`)."""
+        return block_positions(blocks, self.params["block_size"], kv_len, Hq)
 
 
-__all__ = ["InfLLMv2"]
+def block_positions(blocks: np.ndarray, block_size: int, kv_len: int, Hq: int) -> TokenIndices:
+    """Decode block lists (B, Hkv, 1, K) as the key positions of those blocks (B, Hq, 1,
+    K * block_size), ascending, -1 padded, each kv head's list repeated for its query heads."""
+    bs = block_size
+    B, Hkv, _, K = blocks.shape
+    pos = blocks[..., None].astype(np.int64) * bs + np.arange(bs)
+    pos = np.where((blocks[..., None] >= 0) & (pos < kv_len), pos, -1).reshape(B, Hkv, 1, K * bs)
+    pos = np.repeat(pos, Hq // Hkv, axis=1)
+    keep = pos >= 0  # valid positions first, in order (blocks ascend)
+    order = np.argsort(~keep, axis=-1, kind="stable")
+    return TokenIndices(np.take_along_axis(pos, order, axis=-1), 1, kv_len, assume_sorted=True)
+
+
+__all__ = ["InfLLMv2", "InfLLMv2Pools", "block_positions"]

@@ -9,15 +9,19 @@ prefill.
 
 from __future__ import annotations
 
-from typing import Optional
+import hashlib
+from typing import Callable, Optional
 
 import numpy as np
 
 from .. import _core
 from .._validation import as_causal, check_qkv
+from ..cache import KVCache
 from ..kernels import row_block_sparse_attention
-from ..masks import RowBlockIndices
+from ..masks import RowBlockIndices, TokenIndices
+from ._decode import CacheDecode
 from .base import Capabilities, Method, register
+from .infllmv2 import InfLLMv2Pools, block_positions
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -25,8 +29,34 @@ def _softplus(x: np.ndarray) -> np.ndarray:
     return np.where(x > 20, x, np.log1p(np.exp(np.minimum(x, 20))))
 
 
+class NOSAPools(InfLLMv2Pools):
+    """NOSA's decode state on one cache layer: the kernel_size / kernel_stride mean-pooled keys
+    (k1 only; the lse runs over them) and the per-token eviction scores cis (B, Hkv, capacity),
+    computed once per appended token from its values (cis of token t reads V[t] only)."""
+
+    reads_values = True
+
+    def __init__(self, kernel_size: int, kernel_stride: int, scores: Callable[[np.ndarray], np.ndarray]):
+        super().__init__(kernel_size, kernel_stride, coarse=False)
+        self.scores = scores
+        self.cis: Optional[np.ndarray] = None
+
+    def update(self, k_buffer: np.ndarray, start: int, stop: int, v_buffer: Optional[np.ndarray] = None) -> None:
+        super().update(k_buffer, start, stop)
+        if v_buffer is None:
+            raise TypeError("NOSAPools.update needs the value buffer (the eviction scores read the values)")
+        cap = k_buffer.shape[2]
+        if self.cis is None or self.cis.shape[2] < cap:
+            grown = np.zeros(k_buffer.shape[:2] + (cap,), np.float32)
+            if self.cis is not None and start > 0:
+                grown[:, :, :start] = self.cis[:, :, :start]
+            self.cis = grown
+        if stop > start:
+            self.cis[:, :, start:stop] = self.scores(v_buffer[:, :, start:stop])
+
+
 @register
-class NOSA(Method):
+class NOSA(CacheDecode, Method):
     """NOSA's block selection, as thunlp/NOSA's proxy model (HEAD 94d5f75,
     ``benchmarks/Efficiency/proxy_modeling_nosa.py::compressed_attention``, ``cis_pooling.py``).
 
@@ -64,6 +94,13 @@ class NOSA(Method):
     delta_weight, delta_bias : arrays (Hkv, Hkv * Dv) and (Hkv,), optional
         The eviction head's linear layer ``delta``; None: zeros.
 
+    Decode over a :class:`spattn.KVCache` (``m(q, cache, layer=i)`` / ``select(q, cache,
+    layer=i)`` after appending the step's k / v): the pooled keys and the per-token eviction
+    scores live on the cache (:class:`NOSAPools`, updated per append), the selection is
+    ``_core.estimate_nosa_pooled`` (equal to the selection on arrays) and the selected blocks are
+    attended without the bias (the proxy's decode branch) by the token-sparse kernel, in place.
+    ``dense_layers`` / ``layer_plan`` as the other decode methods.
+
     The locality the constraint is meant to raise (the blocks a step keeps from the previous
     one) is ``mask.row_overlap()`` of the selection.
 
@@ -81,10 +118,11 @@ class NOSA(Method):
     pattern = ("per token: InfLLM-V2 query-aware blocks (init + local + select) united with the blocks of highest "
                "query-agnostic eviction score, top-k in all")
     params_struct = _core.NOSAParams
-    extra_defaults = {"A": None, "delta_weight": None, "delta_bias": None}
+    extra_defaults = {"A": None, "delta_weight": None, "delta_bias": None, "dense_layers": 0, "layer_plan": None}
     capabilities = Capabilities(noncausal=False, mask_format="row_block", value_inputs=True)
 
     def _check_params(self) -> None:
+        super()._check_params()
         for name, ndim in (("A", 1), ("delta_weight", 2), ("delta_bias", 1)):
             val = self.params.get(name)
             if val is None:
@@ -120,10 +158,36 @@ class NOSA(Method):
         self.last_info = {"dense": k.shape[2] < self.params["dense_len"], "blocks_per_row": int(blocks.shape[-1])}
         return RowBlockIndices(blocks, self.params["block_size"], k.shape[2], assume_sorted=True)
 
-    def __call__(self, q, k, v, *, causal: bool = False, scale: Optional[float] = None,
-                 return_lse: bool = False, q_gate=None, k_gate=None):
+    # ------------------------------------------------------------------ decode over a KVCache
+    def _weights_key(self) -> str:
+        h = hashlib.sha1()
+        for name in ("A", "delta_weight", "delta_bias"):
+            val = self.params.get(name)
+            h.update(b"-" if val is None else np.ascontiguousarray(val, np.float32).tobytes() + str(val.shape).encode())
+        return h.hexdigest()
+
+    def pools(self, cache: KVCache, layer: int) -> NOSAPools:
+        """This method's decode state on `layer` of `cache` (registered on first use; keyed by
+        the pooling and the eviction head's weights)."""
+        w, s = self.params["kernel_size"], self.params["kernel_stride"]
+        return cache.state(layer, ("nosa", w, s, self._weights_key()), lambda: NOSAPools(w, s, self.eviction_scores))
+
+    def _select_cache(self, q: np.ndarray, cache: KVCache, layer: int) -> TokenIndices:
+        kb, _, n = cache.buffers(layer)
+        pools = self.pools(cache, layer)
+        blocks = _core.estimate_nosa_pooled(q, pools.pooled(0, kb), pools.counts[0], pools.cis, n, None, self.cparams)
+        self.last_info = {"dense": n < self.params["dense_len"], "blocks_per_row": int(blocks.shape[-1])}
+        return block_positions(blocks, self.params["block_size"], n, q.shape[1])
+
+    def __call__(self, q, k, v=None, *, layer: Optional[int] = None, causal: bool = False,
+                 scale: Optional[float] = None, return_lse: bool = False, q_gate=None, k_gate=None):
         """Select (with the eviction scores of v), then attend the selected blocks: with cis as a
-        per-key logit bias at prefill, without at decode (Nq == 1)."""
+        per-key logit bias at prefill, without at decode (Nq == 1). ``m(q, cache, layer=i)``:
+        decode over a :class:`spattn.KVCache` (see the class)."""
+        if isinstance(k, KVCache):
+            return CacheDecode.__call__(self, q, k, v, layer=layer, causal=causal, scale=scale, return_lse=return_lse)
+        if layer is not None:
+            raise TypeError("layer applies to a call over a spattn.KVCache, not to arrays")
         if q_gate is not None or k_gate is not None:
             raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
                             "capabilities.gate_inputs do")

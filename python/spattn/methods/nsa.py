@@ -18,10 +18,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import _core, training
-from .._validation import as_causal, as_float_array, as_scale, check_qkv
-from ..kernels import attention, row_block_sparse_attention, window_attention
-from ..masks import RowBlockIndices
+from .._validation import as_causal, as_float_array, as_scale, check_int, check_qkv
+from ..cache import KVCache
+from ..kernels import attention, row_block_sparse_attention, token_sparse_attention, window_attention
+from ..masks import RowBlockIndices, TokenIndices
+from ._decode import CacheDecode
 from .base import Capabilities, Method, register
+from .infllmv2 import block_positions
 
 WEIGHT_KEYS = ("compress_key", "compress_value", "intra_block_pe", "gate_weight", "gate_bias")
 
@@ -145,8 +148,49 @@ class NSATrainResult:
     losses: List[float]
 
 
+class NSACompressedCache:
+    """NSA's compressed keys (``part="k"``) or values (``part="v"``) of one cache layer, as the
+    model's decode buffers: the tokens of every complete window, compressed once when the append
+    that completes it arrives (:meth:`NSA.compress` on that window's rows, RoPE at its own
+    position); buffers double like the cache's. Registered on a :class:`spattn.KVCache` by
+    :meth:`NSA.compressed_cache` (the keys on the pre-RoPE key mirror when there is one)."""
+
+    def __init__(self, method: "NSA", part: str):
+        self.method = method
+        self.part = part
+        self.reads_values = part == "v"
+        self.buf: Optional[np.ndarray] = None
+        self.count = 0
+
+    def update(self, k_buffer: np.ndarray, start: int, stop: int, v_buffer: Optional[np.ndarray] = None) -> None:
+        l, d = self.method.params["kernel_size"], self.method.params["kernel_stride"]
+        if start == 0:
+            self.count = 0
+        old, new = self.count, (stop - l) // d + 1 if stop >= l else 0
+        if new > old:
+            rows = slice(d * old, d * (new - 1) + l)
+            if self.part == "k":
+                comp = self.method.compress(k_buffer[:, :, rows], None, first=old)[0]
+            else:
+                comp = self.method.compress(k_buffer[:, :, rows], v_buffer[:, :, rows], first=old)[1]
+            if self.buf is None or self.buf.shape[2] < new:
+                grown = np.zeros(comp.shape[:2] + (max(new, 16 if self.buf is None else 2 * self.buf.shape[2]),
+                                                   comp.shape[3]), np.float32)
+                if self.buf is not None:
+                    grown[:, :, :old] = self.buf[:, :, :old]
+                self.buf = grown
+            self.buf[:, :, old:new] = comp[:, :, :new - old]
+        self.count = new
+
+    def buffer(self, like: np.ndarray) -> np.ndarray:
+        """The buffer (a zero one-row one shaped after `like` before the first window)."""
+        if self.buf is None:
+            return np.zeros(like.shape[:2] + (1, like.shape[3]), np.float32)
+        return self.buf
+
+
 @register
-class NSA(Method):
+class NSA(CacheDecode, Method):
     """NSA's three branches and their gated sum, as XunhaoLai/native-sparse-attention-triton
     (HEAD 9bea856; ``ops/triton/compressed_attention.py``, ``ops/torch/compressed_attention_decode.py``,
     ``module/native_sparse_attention.py``) and Relaxed-System-Lab/Flash-Sparse-Attention
@@ -199,6 +243,16 @@ class NSA(Method):
         (g_cmp, g_slc, g_swa) when no gate weight (and no ``gates=`` argument) is given:
         sigmoid(0), a zero gate layer.
 
+    Decode over a :class:`spattn.KVCache` (``m(q, cache, layer=i, hidden=..., gates=...)`` after
+    appending the step's k / v): the compressed keys and values live on the cache
+    (:class:`NSACompressedCache`, one compression per completed window, from the cached keys
+    or, given ``gate_cache``, from the pre-RoPE keys as ``k_gate`` on arrays); the compressed
+    branch and the selection read them; the selected blocks and the window (keys [t - w, t] or
+    [t - w + 1, t]) are attended in place by the token-sparse kernel; equal to the array call's
+    last row. ``select(q, cache, layer=i)``
+    gives the selected blocks' positions; ``dense_layers`` / ``layer_plan`` as the other decode
+    methods (a dense layer attends every key, no branches).
+
     ``estimate`` returns the selection (RowBlockIndices, H = Hkv); the call's output is the gated
     sum of the three branches (``capabilities.own_output``), so it reads keys outside that mask
     (the window and, through the compressed tokens, every earlier key). ``branches(...)`` returns
@@ -222,11 +276,12 @@ class NSA(Method):
     pattern = ("per token: compressed-key attention (learned block compression), top-n blocks by the group's "
                "compressed probabilities (overlap-weighted, init + local forced), sliding window; gated sum")
     params_struct = _core.NSAParams
-    extra_defaults = {"weights": None, "rope": None, "gates": (0.5, 0.5, 0.5)}
+    extra_defaults = {"weights": None, "rope": None, "gates": (0.5, 0.5, 0.5), "dense_layers": 0, "layer_plan": None}
     capabilities = Capabilities(noncausal=False, mask_format="row_block", own_output=True, gate_inputs=True)
     reads_outside_mask = True  # the window and the compressed tokens read keys outside the selected blocks
 
     def _check_params(self) -> None:
+        super()._check_params()
         w = self.params.get("weights")
         if w is not None:
             self.params["weights"] = _check_weight_dict(w)
@@ -244,11 +299,12 @@ class NSA(Method):
         self.params["gates"] = tuple(float(x) for x in arr)
 
     # ------------------------------------------------------------------ compression
-    def compress(self, k: np.ndarray, v: Optional[np.ndarray] = None, k_compress: Optional[np.ndarray] = None
-                 ) -> Tuple[np.ndarray, np.ndarray, int]:
+    def compress(self, k: np.ndarray, v: Optional[np.ndarray] = None, k_compress: Optional[np.ndarray] = None,
+                 first: int = 0) -> Tuple[np.ndarray, np.ndarray, int]:
         """Compressed keys (B, Hkv, cap, D) with RoPE applied, values (B, Hkv, cap, Dv) (v None:
         zeros with Dv = 1) and their count C (cap = max(C, 1); rows past C are zero). The keys
-        compressed are `k_compress` (pre-RoPE keys) when given, else `k`."""
+        compressed are `k_compress` (pre-RoPE keys) when given, else `k`. `first`: the index of
+        the first compressed token when k starts at key first * kernel_stride (RoPE positions)."""
         l, d = self.params["kernel_size"], self.params["kernel_stride"]
         src = k if k_compress is None else k_compress
         B, Hkv, Nk, D = src.shape
@@ -282,7 +338,7 @@ class NSA(Method):
                 out[:, :, :C] = res
         if C > 0 and self.params["rope"] is not None:
             rope = self.params["rope"]
-            pos = np.arange(C, dtype=np.int64) * d
+            pos = (first + np.arange(C, dtype=np.int64)) * d
             fn: Callable = rope if callable(rope) else (lambda x, p: rope_rotate_half(x, p, float(rope)))
             rotated = np.asarray(fn(kc[:, :, :C].copy(), pos), np.float32)
             if rotated.shape != (B, Hkv, C, D):
@@ -361,11 +417,27 @@ class NSA(Method):
             return g[:, None].astype(np.float32)
         return np.ascontiguousarray(g.reshape(B, Nq, Hq, 3).transpose(0, 2, 1, 3), dtype=np.float32)
 
-    def __call__(self, q, k, v, *, causal: bool = False, scale: Optional[float] = None, return_lse: bool = False,
-                 q_gate=None, k_gate=None, hidden=None, gates=None):
+    def __call__(self, q, k, v=None, *, layer: Optional[int] = None, causal: bool = False,
+                 scale: Optional[float] = None, return_lse: bool = False, q_gate=None, k_gate=None, hidden=None,
+                 gates=None, gate_cache=None):
         """The gated sum of the compressed, selected and window branches (see the class).
         ``k_gate``: the keys the compression reads (pre-RoPE; default k); ``hidden`` / ``gates``:
-        the gate input or the gate values."""
+        the gate input or the gate values. ``m(q, cache, layer=i)``: one decode step over a
+        :class:`spattn.KVCache` (see the class); ``gate_cache``: a cache of the pre-RoPE keys
+        (values not read) whose keys the compression reads, as ``k_gate`` on arrays; ``q_gate``
+        is not read (as on arrays)."""
+        if isinstance(k, KVCache):
+            if v is not None:
+                raise TypeError("m(q, cache, layer=i) takes no v: the values are the cache's")
+            if return_lse:
+                raise ValueError(f"{self.name}: return_lse is not defined for a gated sum of three attention branches")
+            if gate_cache is not None and not isinstance(gate_cache, KVCache):
+                raise TypeError(f"gate_cache must be a spattn.KVCache, got {type(gate_cache).__name__}")
+            return self._decode_call(q, k, layer, scale, hidden, gates, gate_cache)
+        if layer is not None or gate_cache is not None:
+            raise TypeError("layer and gate_cache apply to a call over a spattn.KVCache, not to arrays")
+        if v is None:
+            raise TypeError("v is required for a call on arrays")
         if return_lse:
             raise ValueError(f"{self.name}: return_lse is not defined for a gated sum of three attention branches")
         br = self.branches(q, k, v, causal=causal, scale=scale, k_gate=k_gate)
@@ -373,6 +445,61 @@ class NSA(Method):
         g = self.gate_values(B, Hq, Nq, hidden, gates)
         out = (g[..., 0:1] * br["cmp"] + g[..., 1:2] * br["slc"] + g[..., 2:3] * br["swa"]).astype(np.float32)
         return np.ascontiguousarray(out)
+
+    # ------------------------------------------------------------------ decode over a KVCache
+    def compressed_cache(self, cache: KVCache, layer: int, gate_cache: Optional[KVCache] = None
+                         ) -> Tuple[np.ndarray, np.ndarray, int]:
+        """(kc, vc, C): this method's compressed keys and values of `layer` (buffers, the first C
+        rows valid), kept on the caches (registered on first use; keyed by this method object,
+        whose weights and RoPE they depend on). The keys compressed are those of `gate_cache`
+        (the pre-RoPE key mirror the transformers backend keeps) when given, else the cache's."""
+        kb, vb, n = cache.buffers(layer)
+        src = cache if gate_cache is None else gate_cache
+        if src.length(layer) != n:
+            raise ValueError(f"gate_cache holds {src.length(layer)} keys on layer {layer}, the cache {n}")
+        ks = src.state(layer, ("nsa-k", id(self)), lambda: NSACompressedCache(self, "k"))
+        vs = cache.state(layer, ("nsa-v", id(self)), lambda: NSACompressedCache(self, "v"))
+        return ks.buffer(kb), vs.buffer(vb), ks.count
+
+    def _select_cache(self, q: np.ndarray, cache: KVCache, layer: int, scale: Optional[float] = None,
+                      gate_cache: Optional[KVCache] = None, q_gate=None) -> TokenIndices:
+        kb, vb, n = cache.buffers(layer)
+        kc, vc, C = self.compressed_cache(cache, layer, gate_cache)
+        blocks, o_cmp, _ = _core.nsa_compressed_attention(q, kc, vc, C, n, scale, self.cparams)
+        self.last_info = {"blocks_per_row": int(blocks.shape[-1]), "compressed_tokens": C}
+        self._decode_cmp = o_cmp  # the compressed branch of this step, for __call__
+        return block_positions(blocks, self.params["block_size"], n, q.shape[1])
+
+    def _decode_call(self, q, cache: KVCache, layer: Optional[int], scale, hidden, gates, gate_cache):
+        layer = check_int(0 if layer is None else layer, "layer")
+        scale = as_scale(scale)
+        q = self._check_cache_query(q, cache, layer)
+        kb, vb, n = cache.buffers(layer)
+        if q.shape[2] != 1:
+            self.last_selection = None
+            return attention(q, kb, vb, kv_len=n, causal=True, scale=scale)
+        self._decode_cmp = None
+        idx = self._plan_step(q, cache, layer, scale=scale, gate_cache=gate_cache)
+        self.last_selection = idx
+        if idx is None:
+            return attention(q, kb, vb, kv_len=n, causal=True, scale=scale)
+        o_cmp = self._decode_cmp
+        if o_cmp is None:  # a reuse layer: its own compressed branch
+            kc, vc, C = self.compressed_cache(cache, layer, gate_cache)
+            _, o_cmp, _ = _core.nsa_compressed_attention(q, kc, vc, C, n, scale, self.cparams)
+        o_slc = token_sparse_attention(q, kb, vb, idx, kv_len=n, scale=scale)
+        w = self.params["window_size"]
+        left = w if self.params["window_inclusive"] else w - 1
+        B, Hq = q.shape[:2]
+        if left >= 0 and n > 0:
+            pos = np.arange(max(0, n - 1 - left), n, dtype=np.int32)
+            win = TokenIndices(np.broadcast_to(pos, (B, Hq, 1, pos.size)), 1, n, assume_sorted=True)
+            o_swa = token_sparse_attention(q, kb, vb, win, kv_len=n, scale=scale)
+        else:
+            o_swa = np.zeros(q.shape[:3] + (vb.shape[3],), np.float32)
+        g = self.gate_values(B, Hq, 1, hidden, gates)
+        out = g[..., 0:1] * o_cmp + g[..., 1:2] * o_slc + g[..., 2:3] * o_swa
+        return np.ascontiguousarray(out, dtype=np.float32)
 
     # ------------------------------------------------------------------ the gradient path (training)
     def initial_weights(self, Hq: int, Hkv: int, D: int, Dv: int, hidden: Optional[int] = None
@@ -537,4 +664,4 @@ class NSA(Method):
         return {k: self.last_info[k] for k in ("blocks_per_row", "compressed_tokens") if k in self.last_info}
 
 
-__all__ = ["NSA", "NSATrainResult", "load_weights", "rope_rotate_half", "WEIGHT_KEYS"]
+__all__ = ["NSA", "NSACompressedCache", "NSATrainResult", "load_weights", "rope_rotate_half", "WEIGHT_KEYS"]

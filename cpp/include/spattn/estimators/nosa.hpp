@@ -51,4 +51,11 @@ struct NOSAParams {
 // (dense path below dense_len: every block up to the query's own, K = nblocks). Causal only.
 std::vector<int32_t> estimate_nosa(const AttnArgs& qk, const float* cis, const NOSAParams& p, int* K_out);
 
+// The same selection for the last q.shape.Nq of kv_len = q.shape.Nk keys from the mean-pooled keys
+// kept beside a decode cache: k1 (B, Hkv, cap1, D) with its first C1 rows the kernel_size /
+// kernel_stride means, and the per-token eviction scores cis (B, Hkv, cis_cap), first Nk read
+// (q.k is not read).
+std::vector<int32_t> estimate_nosa_pooled(const AttnArgs& q, const float* k1, int C1, int cap1, const float* cis,
+                                          int cis_cap, const NOSAParams& p, int* K_out);
+
 }  // namespace spattn
