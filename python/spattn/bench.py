@@ -69,6 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GNA's tile model against measured time: for 1D (N 32768, kernel 2048) and 2D (128x128, "
                         "kernel 32x32) patterns over a sweep of strides, the speedup over dense attention that "
                         "spattn.na_work predicts for spattn's kernel and the one measured, same run")
+    p.add_argument("--nsa-branches", type=int, nargs="*", default=[], metavar="N",
+                   help="time NSA's parts separately at these prefill lengths (compression, compressed branch + "
+                        "selection, selected blocks, window, gated sum) against dense and torch SDPA; the "
+                        "parameters of --set nsa.PARAM=VALUE apply")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
@@ -219,6 +223,51 @@ def _bench_decode_methods(args, torch) -> List[Dict[str, Any]]:
                   f"{sel_s * 1e3:.2f} ms, step {tot_s * 1e3:.2f} ms ({kv_bytes / tot_s / 1e9:.1f} GB/s of attended K/V), append {t_app * 1e3:.2f} ms | dense {dense_s * 1e3:.2f} ms "
                   f"({dense_s / tot_s:.2f}x)" + (f" | torch {torch_s * 1e3:.2f} ms ({torch_s / tot_s:.2f}x)"
                                                   if torch_s is not None else ""))
+    return rows
+
+
+def _bench_nsa_branches(args, torch) -> List[Dict[str, Any]]:
+    """NSA's parts one by one on the synthetic structured workload (B=1, D=128, causal prefill):
+    the compression (numpy projections), the compressed branch with the selection
+    (``_core.nsa_compressed_attention``), the selected blocks (row-block kernel), the window and
+    the gated sum, each timed alone, against the whole call, dense attention and torch SDPA."""
+    import spattn
+    from .methods.nsa import NSA
+    from .synthetic import structured_qkv
+
+    params = parse_method_params(args.set).get("nsa", {})
+    rows: List[Dict[str, Any]] = []
+    print(f"\n== NSA per branch (synthetic structured workload, B=1, Hq={args.hq}, Hkv={args.hkv}, D=128, causal)")
+    for N in args.nsa_branches:
+        w = structured_qkv(B=1, Hq=args.hq, Hkv=args.hkv, N=N, D=128, seed=0)
+        q, k, v = w.q, w.k, w.v
+        m = spattn.methods.get("nsa", **params)
+        assert isinstance(m, NSA)
+        reps = args.repeats
+        t_comp = _best(lambda: m.compress(k, v), reps)
+        kc, vc, C = m.compress(k, v)
+        t_cmp = _best(lambda: spattn._core.nsa_compressed_attention(q, kc, vc, C, N, None, m.cparams), reps)
+        blocks = spattn._core.nsa_compressed_attention(q, kc, vc, C, N, None, m.cparams)[0]
+        sel = spattn.RowBlockIndices(blocks, m.params["block_size"], N, assume_sorted=True)
+        t_slc = _best(lambda: spattn.row_block_sparse_attention(q, k, v, sel, causal=True), reps)
+        left = m.params["window_size"] if m.params["window_inclusive"] else m.params["window_size"] - 1
+        t_swa = _best(lambda: spattn.window_attention(q, k, v, left=left, causal=True), reps)
+        br = m.branches(q, k, v, causal=True)
+        g = m.gate_values(1, args.hq, N)
+        t_sum = _best(lambda: g[..., 0:1] * br["cmp"] + g[..., 1:2] * br["slc"] + g[..., 2:3] * br["swa"], reps)
+        t_all = _best(lambda: m(q, k, v, causal=True), reps)
+        t_dense = _best(lambda: spattn.attention(q, k, v, causal=True), reps)
+        t_torch = _best(torch_sdpa_call(torch, q, k, v, True), reps) if torch is not None else None
+        density = float(np.mean(sel.density(causal=True)))
+        row = {"N": N, "compress_s": t_comp, "compressed_and_selection_s": t_cmp, "selected_s": t_slc,
+               "window_s": t_swa, "gated_sum_s": t_sum, "total_s": t_all, "dense_s": t_dense, "torch_s": t_torch,
+               "compressed_tokens": C, "selection_density": density}
+        rows.append(row)
+        parts = [("compress", t_comp), ("cmp+select", t_cmp), ("selected", t_slc), ("window", t_swa), ("sum", t_sum)]
+        print(f"N={N:>6}: " + ", ".join(f"{n} {t * 1e3:.1f} ms ({t / t_dense:.2f} of dense)" for n, t in parts))
+        print(f"{'':>9}total {t_all * 1e3:.1f} ms = {t_dense / t_all:.2f}x vs dense {t_dense * 1e3:.1f} ms"
+              + (f", {t_torch / t_all:.2f}x vs torch SDPA {t_torch * 1e3:.1f} ms" if t_torch is not None else "")
+              + f"; selection density {density:.3f}")
     return rows
 
 
@@ -485,6 +534,8 @@ def run(args) -> int:
         results["statistics"] = _bench_statistics(args)
     if args.decode_methods:
         results["decode_methods"] = _bench_decode_methods(args, torch)
+    if args.nsa_branches:
+        results["nsa_branches"] = _bench_nsa_branches(args, torch)
     if args.gna:
         results["gna"] = _bench_gna(args)
     if args.natten:
