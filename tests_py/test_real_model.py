@@ -73,3 +73,10 @@ def test_m4le_tasks_on_the_model(smollm2):
     multi = m4le.model_tasks(model, tok, "explicit_multiple", 700, layers=[3])[0]
     assert multi.gold_items == [0, 4, 9]
     assert model.config._attn_implementation != "spattn"  # the capture pass restored the model
+
+
+def test_fit_names_only_evaluated_fittable_methods():
+    with pytest.raises(ValueError, match="not among the evaluated"):
+        model_eval.evaluate_model(None, None, ["streaming"], [1024], fit=["sea"], progress=False)
+    with pytest.raises(ValueError, match="cannot be fitted"):
+        model_eval.evaluate_model(None, None, ["streaming"], [1024], fit=["streaming"], progress=False)

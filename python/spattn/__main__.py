@@ -52,6 +52,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     e.add_argument("--decode-method", default=None)
     e.add_argument("--min-prefill-tokens", type=int, default=1024)
     e.add_argument("--fit-steps", type=int, default=100, help="steps for methods that need fitting")
+    e.add_argument("--fit", nargs="*", default=[], metavar="NAME",
+                   help="also fit these fittable methods per layer before evaluating them (e.g. sea)")
     e.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE")
     e.add_argument("--plots", metavar="DIR", help="write perplexity_density.png and masks.png here")
     e.add_argument("--mask-layer", type=int, default=None, help="layer of the mask picture (default: middle)")
@@ -117,7 +119,7 @@ def _eval(args, params) -> int:
     records = model_eval.evaluate_model(
         model, tok, names, args.n, params=params, depths=args.depths, decode_method=args.decode_method,
         min_prefill_tokens=args.min_prefill_tokens, fit_steps=args.fit_steps, progress=not args.no_progress,
-        skip=args.skip,
+        skip=args.skip, fit=args.fit,
         keep_captured=captured if args.plots else None, keep_methods=kept if args.plots else None,
         keep_gate_inputs=gate_in if args.plots else None, keep_values=values if args.plots else None)
     print(model_eval.format_table(records))

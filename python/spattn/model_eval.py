@@ -43,6 +43,7 @@ class ModelRecord:
     n: int
     params: Dict[str, Any] = field(default_factory=dict)
     skipped: Optional[str] = None
+    fitted: bool = False
     perplexity: Optional[float] = None
     perplexity_dense: Optional[float] = None
     perplexity_sdpa: Optional[float] = None
@@ -153,7 +154,7 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                    params: Optional[Dict[str, Dict[str, Any]]] = None, depths: Sequence[float] = DEPTHS,
                    decode_method: Optional[str] = None, min_prefill_tokens: int = 1024, fit_tokens: int = 2048,
                    fit_steps: int = 100, seed: int = 0, progress: bool = True,
-                   skip: Sequence[str] = (),
+                   skip: Sequence[str] = (), fit: Sequence[str] = (),
                    keep_captured: Optional[Dict[int, Any]] = None,
                    keep_methods: Optional[Dict[str, Any]] = None,
                    keep_gate_inputs: Optional[Dict[int, Any]] = None,
@@ -171,6 +172,9 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
     decode_method : run on decode steps of the passkey generation (default exact).
     min_prefill_tokens : passed to :func:`spattn.integrations.hf.use`.
     fit_tokens, fit_steps : held-out tokens and steps for methods that need fitting.
+    fit : methods that can be fitted (``capabilities.fittable``) but run without, fitted too (e.g.
+        ``["sea"]``: its learned estimator trained per layer on the model's captured q / k / v);
+        their records have ``fitted`` True.
     skip : parts left out: "passkey", "recall" (e.g. both for a timing-only run; perplexity and
         prefill time come from the same forward and always run).
     keep_captured : if a dict, receives {n: {layer: (q, k)}} of the dense runs (for plots).
@@ -195,6 +199,11 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
     names = list(dict.fromkeys(["dense", *method_names]))
     for n in names:
         _methods.lookup(n)  # unknown names fail before any model work
+    for n in fit:
+        if n not in names:
+            raise ValueError(f"fit: {n!r} is not among the evaluated methods {names}")
+        if not _methods.capabilities(n).fittable:
+            raise ValueError(f"fit: {n!r} cannot be fitted (capabilities.fittable is False)")
     text = _models.text_ids(tokenizer, max(lengths))
     records: List[ModelRecord] = []
     fitted: Dict[str, Any] = {}
@@ -235,7 +244,8 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                 if keep_methods is not None:
                     keep_methods[name] = [st.method for st in states]
                 rec.params = states[0].method.describe_params()
-                if caps.needs_fit and name not in fitted:
+                rec.fitted = name in fitted or caps.needs_fit or name in fit
+                if (caps.needs_fit or name in fit) and name not in fitted:
                     fit_ids = _models.text_ids(tokenizer, fit_tokens, held_out=True)
                     hf.fit(model, fit_ids, steps=fit_steps)
                     fitted[name] = [st.method for st in states]
