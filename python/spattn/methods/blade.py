@@ -20,7 +20,8 @@ first):
 2. block scores: q and k (in that order) replicate-padded to a multiple of ``block_size``; in
    every block the same ``sample_num`` positions, one draw per (batch, head), q and k drawn
    apart; on the sampled tokens ``A[I, J] = max_{i in I} exp(max_{j in J} s_ij - max_j s_ij)``
-   (the official kernel's max-pool of max-normalised scores, not a softmax);
+   (the official kernel's max-pool of max-normalised scores, not a softmax; the official
+   ``attn_with_pooling`` then divides each row by its sum, which step 3 does not see);
 3. per row of A, sorted descending: keep the first ``t`` blocks, ``t`` the 0-based index where
    the cumulative sum first reaches ``energy_threshold`` of the total (the crossing block itself
    is dropped, as in the official code), clamped to ``[max(1, int(nb*min_retain_ratio)),
