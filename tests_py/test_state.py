@@ -106,6 +106,7 @@ def _bidirectional_llama(torch, transformers):
 @pytest.mark.parametrize("name, params", [
     ("rettention", dict(sparsity=0.1, full_steps=3, refresh_period=3)),
     ("sparsed", dict(block_size=16, select=0.3, new_generation=32, whole_steps=10, skip=0.2)),  # dense 0..3
+    ("adaspa", dict(block_size=16, search_steps=(3, 5), num_steps=12)),  # dense 0..2, searches 3 and 5
 ])
 def test_stateful_method_under_the_transformers_backend_keeps_per_layer_state(tmp_path, name, params):
     torch = pytest.importorskip("torch")

