@@ -1,7 +1,7 @@
 """Sampled block tokens for the Video-BLADE GPU cross-check (CPU): spattn's Gilbert order and
 seeded sampling on synthetic q, k; writes build/official/blade_inputs.npz (fp16, not committed).
 
-Not run yet (the device machine copies the main checkout). Steps, from the repository root:
+Run on an H100 on 2026-11-26 (result.txt). Steps, from the repository root:
 1. put the official files (ziplab/VIDEO-BLADE ``wanx/train/special_attentions_local/``) in
    build/official/blade_pkg/sal/: TrainRelated/{attn_pooling_kernel,wanx_blocksparseattn}.py,
    utils/gilbert3d.py, empty __init__.py files in sal/, sal/TrainRelated/, sal/utils/, and a
