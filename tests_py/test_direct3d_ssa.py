@@ -204,3 +204,12 @@ def test_bad_inputs_name_the_argument():
     q2, k2, _ = _qkv(rng, 1, 1, 600, 64)  # a 9^3 cube does not fit resolution 8
     with pytest.raises(ValueError, match="default layout"):
         spattn.methods.get("direct3d_ssa", resolution=8).estimate(q2, k2)
+
+
+def test_equal_block_scores_go_to_the_lower_block_id():
+    from spattn.methods.direct3d_ssa import _top_blocks
+
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 3, size=(2, 40, 9)).astype(np.float64)  # many ties
+    for K in (1, 4, 9):
+        np.testing.assert_array_equal(_top_blocks(s, K), np.sort(np.argsort(-s, axis=-1, kind="stable")[..., :K], -1))

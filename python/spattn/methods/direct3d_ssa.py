@@ -27,7 +27,7 @@ from ..masks import ClusteredMask
 from .base import Capabilities, Method, register
 
 WEIGHT_KEYS = ("intra_block_pe", "gate_weight")
-_SCORE_ROWS = 2048  # query rows per probability-map call: bounds the score buffer to rows x cells per head
+_SCORE_FLOATS = 1 << 24  # probabilities per map call (rows x cells x Hq): bounds the score buffers (~64 MiB)
 
 
 def default_coords(n: int) -> np.ndarray:
@@ -76,6 +76,19 @@ def _labels(keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 def _flat(c: np.ndarray, side: int) -> np.ndarray:
     return (c[:, 0] * side + c[:, 1]) * side + c[:, 2]
+
+
+def _top_blocks(scores: np.ndarray, K: int) -> np.ndarray:
+    """Per row of scores (..., n) the K largest, ties to the lower index, as sorted indices (..., K) int32."""
+    n = scores.shape[-1]
+    if K >= n:
+        return np.broadcast_to(np.arange(n, dtype=np.int32), scores.shape[:-1] + (n,)).copy()
+    kth = -np.partition(-scores, K - 1, axis=-1)[..., K - 1:K]  # the K-th largest value per row
+    above = scores > kth
+    tie = scores == kth
+    need = K - above.sum(axis=-1, keepdims=True)
+    keep = above | (tie & (np.cumsum(tie, axis=-1) <= need))
+    return np.nonzero(keep)[-1].reshape(scores.shape[:-1] + (K,)).astype(np.int32)
 
 
 def _check_weights(weights: Any) -> Dict[str, np.ndarray]:
@@ -253,12 +266,12 @@ class Direct3DSSA(Method):
                                  f"{(cb, cb, cb, Hkv * D)}, got {pe.shape}")
             m = c % cb
             kk = kk + pe[m[:, 0], m[:, 1], m[:, 2]].reshape(N, Hkv, D).transpose(1, 0, 2)
-        count = np.bincount(cell_of, minlength=C).astype(np.float64)
+        order = np.argsort(cell_of, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(cell_of[order]) != 0]) if N else np.zeros(0, np.int64)
+        count = np.diff(np.r_[starts, N]).astype(np.float64)
 
-        def pool(x):
-            out = np.zeros((x.shape[0], C, x.shape[2]))
-            np.add.at(out, (slice(None), cell_of), x)
-            return (out / count[None, :, None]).astype(np.float32)
+        def pool(x):  # per-cell means: tokens sorted by cell, summed per run
+            return (np.add.reduceat(x[:, order], starts, axis=1) / count[None, :, None]).astype(np.float32)
 
         return pool(kk), None if v is None else pool(v.astype(np.float64))
 
@@ -273,13 +286,13 @@ class Direct3DSSA(Method):
         starts = np.flatnonzero(np.r_[True, np.diff(block_of_cell[order]) != 0])
         sel = np.empty((Hkv, N, K), np.int32)
         kcc = np.ascontiguousarray(kc[None])
-        for i0 in range(0, N, _SCORE_ROWS):
-            i1 = min(N, i0 + _SCORE_ROWS)
+        rows = max(1, _SCORE_FLOATS // max(1, Hq * C))
+        for i0 in range(0, N, rows):
+            i1 = min(N, i0 + rows)
             prob, _ = _core.block_attention_map(np.ascontiguousarray(q[None, :, i0:i1]), kcc, 1, 1, False, scale, "sum")
             s = prob[0].reshape(Hkv, G, i1 - i0, C).sum(axis=1, dtype=np.float64)
             blk = np.add.reduceat(s[..., order], starts, axis=-1)  # (Hkv, rows, nb), blocks in id order
-            top = np.argsort(-blk, axis=-1, kind="stable")[..., :K]
-            sel[:, i0:i1] = np.sort(top, axis=-1)
+            sel[:, i0:i1] = _top_blocks(blk, K)
         return sel
 
     def _prepare(self, q, k, v, coords, scale, compressed_kv=None):
