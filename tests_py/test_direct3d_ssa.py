@@ -12,7 +12,10 @@ from spattn.methods.direct3d_ssa import default_coords, sort_block
 ATOL = 2e-5
 
 
-def _voxels(rng, M, res):
+def _voxels(rng, M, res, cube=0):
+    if cube:  # M voxels of a filled cube of side `cube` at a random offset: full blocks and windows
+        g = np.indices((cube,) * 3).reshape(3, -1).T[rng.choice(cube ** 3, size=M, replace=False)]
+        return (g + rng.integers(0, res - cube, size=3)).astype(np.int64)
     flat = rng.choice(res ** 3, size=M, replace=False)
     return np.stack([flat // (res * res), (flat // res) % res, flat % res], axis=1).astype(np.int64)
 
@@ -22,6 +25,14 @@ def _softmax_rows(s):
     p = np.exp(s - m)
     l = p.sum(axis=-1, keepdims=True)
     return p / l, (m + np.log(l))[..., 0]
+
+
+def _masked_attention(q, k, v, allowed, scale):
+    """Softmax attention of q (Hq, N, D) over the allowed (Hq, N, N) keys of its kv head (grouped)."""
+    G = q.shape[0] // k.shape[0]
+    s = np.where(allowed, np.einsum("hid,hjd->hij", q, np.repeat(k, G, axis=0)) * scale, -np.inf)
+    p, _ = _softmax_rows(s)
+    return p @ np.repeat(v, G, axis=0)
 
 
 def _reference(q, k, v, coords, *, c=4, b=8, topk=8, w=8, shift=4, res=64, pe=None, kcvc=None, scale=None):
@@ -61,23 +72,14 @@ def _reference(q, k, v, coords, *, c=4, b=8, topk=8, w=8, shift=4, res=64, pe=No
     # selection attention: each query over every token of its selected blocks
     tb = coords // b
     tok_block = np.searchsorted(uniq, tb[:, 0] * block_res ** 2 + tb[:, 1] * block_res + tb[:, 2])
-    slc = np.zeros((Hq, N, v.shape[2]))
-    for h in range(Hq):
-        for i in range(N):
-            keys = np.isin(tok_block, top[h // G, i])
-            pr, _ = _softmax_rows(q[h, i] @ k[h // G, keys].T * scale)
-            slc[h, i] = pr @ v[h // G, keys]
+    allowed = (tok_block[None, None, :, None] == top[:, :, None, :]).any(axis=-1)  # (Hkv, N, N)
+    slc = _masked_attention(q, k, v, np.repeat(allowed, G, axis=0), scale)
     # calc_window_partition + flash attention inside each window
     sh = coords + shift
     nwin = [int(np.ceil((mc + 1) / w)) for mc in sh.max(axis=0)]
     offset = [nwin[1] * nwin[2], nwin[2], 1]
     wid = ((sh // w) * np.array(offset)).sum(axis=1)
-    win = np.zeros_like(slc)
-    for h in range(Hq):
-        for i in range(N):
-            keys = wid == wid[i]
-            pr, _ = _softmax_rows(q[h, i] @ k[h // G, keys].T * scale)
-            win[h, i] = pr @ v[h // G, keys]
+    win = _masked_attention(q, k, v, np.broadcast_to(wid[:, None] == wid[None, :], (Hq, N, N)), scale)
     return cmp, slc, win, top, sb
 
 
@@ -100,14 +102,15 @@ def _qkv(rng, Hq, Hkv, N, D, B=1):
     return q, k, v
 
 
-@pytest.mark.parametrize("D, M, res, c, b, topk, shift", [
-    (64, 301, 32, 4, 8, 5, 4),
-    (80, 257, 32, 4, 4, 6, 0),   # b == c: the cells are the blocks
-    (128, 199, 16, 2, 8, 3, 4),
+@pytest.mark.parametrize("D, M, res, c, b, topk, shift, cube", [
+    (64, 301, 32, 4, 8, 5, 4, 0),
+    (64, 333, 32, 2, 4, 4, 2, 11),  # a dense 11^3 region: blocks and windows full of voxels
+    (80, 257, 32, 4, 4, 6, 0, 0),   # b == c: the cells are the blocks
+    (128, 199, 16, 2, 8, 3, 4, 0),
 ])
-def test_branches_match_the_official_transcription(D, M, res, c, b, topk, shift):
+def test_branches_match_the_official_transcription(D, M, res, c, b, topk, shift, cube):
     rng = np.random.default_rng(D + M)
-    coords = _voxels(rng, M, res)
+    coords = _voxels(rng, M, res, cube)
     q, k, v = _qkv(rng, 4, 2, M, D)
     q *= 2.0  # sharper compressed softmax: fewer near-ties among block scores
     m = spattn.methods.get("direct3d_ssa", compression_block_size=c, selection_block_size=b, topk=topk,
@@ -116,6 +119,7 @@ def test_branches_match_the_official_transcription(D, M, res, c, b, topk, shift)
     cmp, slc, win, top, sb = _reference(q[0], k[0], v[0], coords, c=c, b=b, topk=topk, shift=shift, res=res)
     np.testing.assert_allclose(br["cmp"][0], cmp, atol=ATOL)
     _assert_selection(br["blocks"][0], top, sb)
+    assert sb.shape[-1] > topk and br["mask"].density().max() < 1  # the selection is sparse
     if np.array_equal(br["blocks"][0], top):
         np.testing.assert_allclose(br["slc"][0], slc, atol=ATOL)
     np.testing.assert_allclose(br["win"][0], win, atol=ATOL)

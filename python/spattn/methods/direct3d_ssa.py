@@ -169,6 +169,11 @@ class Direct3DSSA(Method):
 
     Notes
     -----
+    Memory: the score buffers are bounded per call (query rows x cells x Hq <= 2^24 floats); the
+    selection mask is a ClusteredMask map of Hq x (distinct selections, at most N) x (occupied
+    blocks) bytes (the official kernel reads (Hkv, N, topk) ints: a per-row variable-block kernel
+    would bring it there); the window map is Hq x windows^2 bytes. No N x N buffer.
+
     Deviations: float32 (official: bf16/fp16 inputs, fp32 scores); ties of equal block scores go
     to the lower block id (torch.topk on CUDA leaves them unspecified); the compression is the
     mean-pool stand-in above unless ``compressed_kv`` is given. The official selection kernel
@@ -282,16 +287,16 @@ class Direct3DSSA(Method):
         Hkv, C, _ = kc.shape
         G = Hq // Hkv
         K = min(self.params["topk"], nb)
-        order = np.argsort(block_of_cell, kind="stable")
+        order = np.argsort(block_of_cell, kind="stable")  # cells grouped by block: block sums are runs
         starts = np.flatnonzero(np.r_[True, np.diff(block_of_cell[order]) != 0])
         sel = np.empty((Hkv, N, K), np.int32)
-        kcc = np.ascontiguousarray(kc[None])
+        kcc = np.ascontiguousarray(kc[None][:, :, order])
         rows = max(1, _SCORE_FLOATS // max(1, Hq * C))
         for i0 in range(0, N, rows):
             i1 = min(N, i0 + rows)
             prob, _ = _core.block_attention_map(np.ascontiguousarray(q[None, :, i0:i1]), kcc, 1, 1, False, scale, "sum")
             s = prob[0].reshape(Hkv, G, i1 - i0, C).sum(axis=1, dtype=np.float64)
-            blk = np.add.reduceat(s[..., order], starts, axis=-1)  # (Hkv, rows, nb), blocks in id order
+            blk = np.add.reduceat(s, starts, axis=-1)  # (Hkv, rows, nb), blocks in id order
             sel[:, i0:i1] = _top_blocks(blk, K)
         return sel
 
