@@ -125,10 +125,12 @@ class Direct3DSSA(Method):
     s = ``shift_window``, per sample:
 
     1. compression: the cells are the occupied coarse voxels ``coords // c``, sorted by
-       ``(x, y, z)``; K_c = mean over a cell's voxels of ``k + PE[x % c, y % c, z % c]`` and
-       V_c = mean of ``v``: a **stand-in** for the learned ``SparseDownBlock3d_v2`` (GroupNorm,
-       SiLU, mean-downsample, Conv3d...), which spattn does not have. Trained compressed
-       keys/values can be passed instead (``compressed_kv=(kc, vc)``, cells in that order);
+       ``(x, y, z)`` (the order of ``SparseDownsample``: torch.unique of the cell codes);
+       K_c = mean over a cell's voxels of ``k + PE[x % c, y % c, z % c]`` and V_c = mean of ``v``
+       (float64 sums, as ``SparseDownsample``'s mean scatter_reduce): a **stand-in** for the
+       learned ``SparseDownBlock3d_v2`` (GroupNorm, SiLU, that mean-downsample, Conv3d...), i.e.
+       its pooling without the learned layers. Trained compressed keys/values can be passed
+       instead (``compressed_kv=(kc, vc)``, cells in that order);
     2. compressed branch: softmax(q K_c^T scale) V_c over all cells of the sample
        (``flash_attn_varlen_func``, non-causal), and its lse;
     3. block scores (``get_block_score``): s[g, i, j] = sum over the query heads h of kv head g
@@ -180,7 +182,7 @@ class Direct3DSSA(Method):
     needs tokens in ``sort_block`` order; here blocks and windows are labels, so any token
     order gives the same output (permuted), and sorted input gives the official one. The
     official b == c path ranks cells in the order of the compressed tensor; here cells are in
-    sorted-id order, which is that order for the released sparse downsampling.
+    sorted-id order, which is that order for the released ``SparseDownsample``.
     """
 
     name = "direct3d_ssa"
