@@ -86,6 +86,10 @@ class Capabilities:
         its next reuse (sparse) step, where harnesses measure it. Requires ``own_output`` (``last_info["mask"]`` is
         the mask of the call: the full map on dense and search steps). The transformers backend
         copies the method per layer, so the state is per layer.
+    coords_input : bool
+        Tokens carry spatial coordinates (sparse 3D voxels, Direct3D-S2): ``estimate`` / ``__call__``
+        take ``coords=`` (N, 3) or (B, N, 3) ints; without it the method's documented default
+        layout is used, so harnesses may call it on plain (q, k, v).
     """
 
     causal: bool = True
@@ -103,6 +107,7 @@ class Capabilities:
     value_inputs: bool = False
     own_output: bool = False
     stateful: bool = False
+    coords_input: bool = False
 
     def __post_init__(self):
         if not (self.causal or self.noncausal):
