@@ -44,8 +44,8 @@ for name in sorted({k.split("_")[0] for k in d.files}):
         cells = torch.from_numpy(d[f"{name}_cells"]).cuda().int()
         zero_n, zero_c = torch.zeros(N, 1, dtype=torch.int32, device="cuda"), torch.zeros(C, 1, dtype=torch.int32,
                                                                                             device="cuda")
-        qs = types.SimpleNamespace(feats=q, coords=torch.cat([zero_n, coords], 1))
-        ks = types.SimpleNamespace(feats=kc, coords=torch.cat([zero_c, cells], 1))
+        qs = types.SimpleNamespace(feats=q, coords=torch.cat([zero_n, coords], 1), device=q.device)
+        ks = types.SimpleNamespace(feats=kc, coords=torch.cat([zero_c, cells], 1), device=kc.device)
         s = torch.einsum("nhd,chd->hnc", q.float(), kc.float().repeat_interleave(G, 1)) / D ** 0.5
         lse = torch.logsumexp(s, dim=-1)  # (Hq, N), what flash_attn returns
         o_cmp = torch.einsum("hnc,chd->nhd", torch.softmax(s, -1), vc.float().repeat_interleave(G, 1))
