@@ -3,11 +3,18 @@
 score with avg/max pooling, hidden-state saliency on the last screenshot, QR-residual temporal
 redundancy, top (cap - w) plus the last w; then the compacted KVCache and decoding over it."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 import spattn
 from conftest import ATOL, RTOL, make_qkv, ref_attention, ref_probs
+
+DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(DATA))
+from gui_kv_cases import CASES, make_inputs  # noqa: E402
 
 
 def reference_keep(q, k, *, percent=10.0, window=8, alpha=2.0, temperature=3.5, kernel=5, pooling="avgpool",
@@ -102,6 +109,23 @@ def test_saliency_and_temporal_redundancy_keep_the_official_lists():
     assert_same_keep(got0, reference_keep(q, k, percent=20.0, alpha=0.0, hidden=hidden, spans=spans))
     assert not np.isin(got0, np.arange(20, 52)).any() and np.isin(got0, np.arange(52, 80)).any()
     assert np.array_equal(m.evict(q, k, spans=spans), m.evict(q, k))  # spans without hidden states: SnapKV
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kept_lists_equal_the_official_code(name):
+    """gui_kv_official.npz: GUIKVCluster.update_kv's kept_indices on these inputs (CPU torch,
+    make_gui_kv_fixture.py); the official lists exclude the window, which spattn's include."""
+    official = np.load(DATA / "gui_kv_official.npz")[f"{name}/kept"]
+    q, k, _, h, spans, pct = make_inputs(name)
+    m = spattn.methods.get("gui_kv", budget_percent=float(pct))
+    got = m.evict(q, k, hidden_states=None if spans is None else h, spans=spans)
+    L, w = q.shape[2], m.last_info["window"]
+    keep, s, n = reference_keep(q, k, percent=pct, hidden=None if spans is None else h, spans=spans)
+    for (b, hh) in keep:  # the float64 reference agrees with the official lists ...
+        want = set(official[b, hh].tolist()) | set(range(L - w, L))
+        assert_same_keep(np.array([[sorted(want)]]), ({(0, 0): keep[b, hh]}, s[b:b + 1, hh:hh + 1], n))
+        keep[b, hh] = want
+    assert_same_keep(got, (keep, s, n))  # ... and so does spattn
 
 
 def test_small_rank_cap_and_two_spans():
