@@ -3,6 +3,8 @@ numpy reference of the paper algorithm (PAPER ONLY: no official code), and the r
 (``SpAttenKVCache.apply_token_pruning`` of mit-han-lab/spatten-llm) against a reference of it."""
 
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,10 @@ import pytest
 import spattn
 from spattn.methods.spatten import released_keep
 from conftest import ATOL, RTOL, make_qkv, ref_probs
+
+DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(DATA))
+from spatten_cases import CASES, make_scores  # noqa: E402
 
 
 def ref_paper_run(layers, *, dense_layers, token_keep, head_keep, causal):
@@ -88,14 +94,27 @@ def test_decode_query_prunes_by_carried_importance():
         np.testing.assert_array_equal(m.state["token_alive"], alive)
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_released_lists_equal_the_official_code(name):
+    """spatten_official.npz: the positions SpAttenKVCache.apply_token_pruning leaves in a pruned
+    cache (CPU torch, make_spatten_fixture.py), scores = logits summed over batch and queries."""
+    n, H, start, imp, rec, coming = CASES[name]
+    official = np.load(DATA / "spatten_official.npz")[f"{name}/kept"]
+    scores = make_scores(name).astype(np.float64).sum(axis=(0, 2))  # (H, n)
+    got = released_keep(scores, start_size=start, important_size=imp, recent_size=rec, num_coming=coming)
+    np.testing.assert_array_equal(got, official)
+    for h in range(H):
+        assert set(got[h].tolist()) == ref_released(scores, start, imp, rec, coming)[h]
+
+
 def ref_released(scores, start, imp, rec, coming):
     """The official selection on a (H, kv) score, as sets per head."""
     H, n = scores.shape
-    if n <= start + imp + rec:
+    if n + coming <= start + imp + rec:
         return [set(range(n))] * H
     out = []
     for h in range(H):
-        cand = np.arange(start, n - rec + coming)
+        cand = np.arange(start, min(n, n - rec + coming))
         top = cand[np.argsort(-scores[h, cand], kind="stable")[:imp]]
         out.append(set(range(start)) | set(top.tolist()) | set(range(n - rec + coming, n)))
     return out
@@ -140,7 +159,7 @@ def test_released_call_scores_with_its_own_queries():
 def test_bad_parameters_name_themselves():
     for kw, exc, name in [({"variant": "x"}, ValueError, "variant"), ({"token_keep": 0.0}, ValueError, "token_keep"),
                           ({"head_keep": 2}, ValueError, "head_keep"), ({"token_keep": "a"}, TypeError, "token_keep"),
-                          ({"num_coming": 200}, ValueError, "num_coming")]:
+                          ({"num_coming": -1}, ValueError, "num_coming")]:
         with pytest.raises(exc, match=name):
             spattn.methods.get("spatten", **kw)
     with pytest.raises(ValueError, match="scores"):

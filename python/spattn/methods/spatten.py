@@ -26,10 +26,12 @@ generation-time accumulation across decode steps is not modelled (a new shape is
 value pruning and progressive quantization are not implemented.
 
 ``variant="released"`` follows ``spatten_llm/kv_cache_token_pruning.py``
-(``SpAttenKVCache.apply_token_pruning``): when ``Nk > start_size + important_size + recent_size``,
-each head keeps ``[0, start_size)``, the ``important_size`` candidates of
-``[start_size, Nk - recent_size + num_coming)`` with the largest score, and the last
-``recent_size - num_coming`` positions; otherwise every key. The score is the raw pre-softmax,
+(``SpAttenKVCache.apply_token_pruning``): when ``Nk + num_coming > start_size + important_size +
+recent_size``, each head keeps ``[0, start_size)``, the ``important_size`` candidates of
+``[start_size, Nk - recent_size + num_coming)`` (clipped at Nk) with the largest score, and the
+positions ``[Nk - recent_size + num_coming, Nk)`` (empty once num_coming >= recent_size: the
+MT-Bench script passes the next prompt's length + 64); otherwise every key. When there are no
+more candidates than ``important_size`` all are kept (the official ``torch.topk`` would fail). The score is the raw pre-softmax,
 pre-mask logit summed over the queries, per head. Officially it is the *previous* forward call's
 (usually the last decode step's) logits; on arrays spattn scores with the call's own queries, and
 :func:`released_keep` / :meth:`SpAtten.evict_cache` take any score (e.g. a saved decode query's).
@@ -84,15 +86,13 @@ def released_keep(scores, *, start_size: int = 0, important_size: int = 150, rec
     start, imp, rec = (check_int(start_size, "start_size"), check_int(important_size, "important_size"),
                        check_int(recent_size, "recent_size"))
     coming = check_int(num_coming, "num_coming")
-    if coming > rec:
-        raise ValueError(f"num_coming must be <= recent_size={rec}, got {coming}")
     n = s.shape[-1]
-    if n <= start + imp + rec:
+    if n + coming <= start + imp + rec:
         return np.ascontiguousarray(np.broadcast_to(np.arange(n, dtype=np.int32), s.shape))
-    hi = n - rec + coming
+    hi = max(start, min(n, n - rec + coming))  # the recent slice [n - rec + coming, n) is empty past n
     top = start + np.argsort(-s[..., start:hi].astype(np.float64), axis=-1, kind="stable")[..., :imp]
     lead = s.shape[:-1]
-    keep = np.concatenate([np.broadcast_to(np.arange(start), lead + (start,)), top,
+    keep = np.concatenate([np.broadcast_to(np.arange(min(start, n)), lead + (min(start, n),)), top,
                            np.broadcast_to(np.arange(hi, n), lead + (n - hi,))], axis=-1)
     return np.sort(keep, axis=-1).astype(np.int32)
 
@@ -139,8 +139,6 @@ class SpAtten(StatefulMethod):
         _check_share(p["head_keep"], "head_keep")
         for f in ("start_size", "important_size", "recent_size", "num_coming"):
             check_int(p[f], f)
-        if p["num_coming"] > p["recent_size"]:
-            raise ValueError(f"num_coming must be <= recent_size={p['recent_size']}, got {p['num_coming']}")
 
     def schedule(self) -> Schedule:
         return Schedule(dense_steps=int(self.params["dense_layers"]))
