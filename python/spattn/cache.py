@@ -16,6 +16,11 @@ Decode methods register per-layer state on the cache (:meth:`KVCache.state`): an
 (Quest keeps its per-page key min / max this way; only the pages the new rows touch change).
 State is keyed by layer index and a method key, so one cache serves every layer of a model.
 
+KV-eviction methods (GUI-KV, SpAtten's released variant) shrink a layer once with
+:meth:`KVCache.compact`: per-head lists of kept positions, gathered into fresh buffers of
+O(kept) rows. Lists per *query* head (GUI-KV selects after ``repeat_kv``) expand the layer to
+that many heads; later appends of Hkv heads are then repeated to them.
+
 >>> import numpy as np, spattn
 >>> cache = spattn.KVCache()
 >>> cache.append(0, np.ones((1, 2, 5, 8)), np.ones((1, 2, 5, 8)))
@@ -53,6 +58,8 @@ class LayerKV:
     length: int = 0
     reallocations: int = 0
     states: Dict[Hashable, Any] = field(default_factory=dict)
+    #: heads stored per appended kv head (> 1 after a compaction to per-query-head lists)
+    head_repeat: int = 1
 
     @property
     def capacity(self) -> int:
@@ -175,8 +182,12 @@ class KVCache:
             self._layers[layer] = lk
         else:
             kb, vb = lk.k_buffer, lk.v_buffer
+            if lk.head_repeat > 1 and H * lk.head_repeat == kb.shape[1]:  # kv heads of a compacted layer
+                k, v = np.repeat(k, lk.head_repeat, axis=1), np.repeat(v, lk.head_repeat, axis=1)
+                H = kb.shape[1]
             if (B, H, D) != (kb.shape[0], kb.shape[1], kb.shape[3]):
-                raise ValueError(f"k must have shape (B, Hkv, n, D) = ({kb.shape[0]}, {kb.shape[1]}, n, {kb.shape[3]}) "
+                raise ValueError(f"k must have shape (B, Hkv, n, D) = ({kb.shape[0]}, "
+                                 f"{kb.shape[1] // lk.head_repeat}, n, {kb.shape[3]}) "
                                  f"as earlier appends to layer {layer}, got {k.shape}")
             if v.shape[3] != vb.shape[3]:
                 raise ValueError(f"v must have Dv = {vb.shape[3]} as earlier appends to layer {layer}, got shape {v.shape}")
@@ -198,6 +209,52 @@ class KVCache:
             new[:, :, :n] = old[:, :, :n]
             setattr(lk, name, new)
         lk.reallocations += 1
+
+    # ------------------------------------------------------------------ eviction
+    def compact(self, layer: int, keep) -> None:
+        """Keep, per head, only the listed positions of `layer` (one-time KV eviction).
+
+        Parameters
+        ----------
+        layer : int
+        keep : array_like of int, shape (B, H, K)
+            Positions in [0, length) kept by each head, in the order they are stored (attention
+            does not depend on it). H is the layer's head count or a multiple of it: lists per
+            query head (GQA, H = Hq) store each kv head once per query head, and later appends of
+            Hkv heads are repeated to H.
+
+        The kept rows are gathered into new buffers of K + ``initial_capacity`` rows (O(K) memory;
+        the old buffers are released). Method state registered on the layer and selections stored
+        by it refer to old positions, so they are dropped.
+        """
+        lk = self.layer(layer)
+        keep = np.asarray(keep)
+        if not np.issubdtype(keep.dtype, np.integer):
+            raise TypeError(f"keep must be an integer array, got dtype {keep.dtype}")
+        B, Hs = lk.k_buffer.shape[:2]
+        if keep.ndim != 3 or keep.shape[0] != B or keep.shape[1] == 0 or keep.shape[1] % Hs != 0:
+            raise ValueError(f"keep must have shape (B={B}, H (a multiple of the layer's {Hs} heads), K), "
+                             f"got {keep.shape}")
+        if keep.size and (int(keep.min()) < 0 or int(keep.max()) >= lk.length):
+            raise ValueError(f"keep must lie in [0, length={lk.length}), got values in "
+                             f"[{int(keep.min())}, {int(keep.max())}]")
+        H, K = keep.shape[1], keep.shape[2]
+        rep = H // Hs
+        src = np.arange(H) // rep  # head h reads stored head h // rep (grouped GQA)
+        cap = K + self.initial_capacity
+        new = {}
+        for name in ("k_buffer", "v_buffer"):
+            old = getattr(lk, name)
+            buf = np.empty((B, H, cap, old.shape[3]), np.float32)
+            for b in range(B):
+                for h in range(H):
+                    buf[b, h, :K] = old[b, src[h]].take(keep[b, h], axis=0)
+            new[name] = buf
+        lk.k_buffer, lk.v_buffer = new["k_buffer"], new["v_buffer"]
+        lk.length, lk.head_repeat = K, lk.head_repeat * rep
+        lk.states.clear()
+        layer = check_int(layer, "layer")
+        self._selections = {key: item for key, item in self._selections.items() if item[0] != layer}
 
     # ------------------------------------------------------------------ method state
     @staticmethod
