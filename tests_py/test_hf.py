@@ -621,3 +621,29 @@ def test_trainable_sparse_methods_decode_over_the_backends_cache(name, params):
     assert all(s["calls"] == {"dense": 1, "decode_method": 3} for s in st), st
     assert all(s["density"] < 1.0 for s in st), st
     hf.restore(model)
+
+
+def test_spatten_cascade_runs_across_the_layers_of_a_forward_pass():
+    """A cross-layer method (SpAtten) is one instance on every non-dense layer, its state carried
+    from layer to layer and reset at the first of them on each forward: the alive tokens shrink
+    down the stack, and equal a standalone SpAtten run over the layers' captured q / k / v."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(num_hidden_layers=4)).eval()
+    ids = ids_of(1, 96)
+    hf.use(model, method="spatten", min_prefill_tokens=0, dense_layers=[0], token_keep=0.7)
+    st = hf.layers(model)
+    m = st[1].method
+    assert st[2].method is m and st[3].method is m and st[1].pass_start and not st[2].pass_start
+    with hf.capture(model, values=True) as store:
+        first = logits(model, ids)
+    assert m.state.step == 3 and m.last_info["alive_tokens"] < 96
+    alive_hf = m.last_info["alive_tokens"]
+    np.testing.assert_array_equal(logits(model, ids).numpy(), first.numpy())  # reset: the same pass again
+    ref = spattn.methods.get("spatten", token_keep=0.7)
+    for i in (1, 2, 3):
+        q, k, v = store[i][0], store[i][1], store[i][-1]
+        ref(q, k, v, causal=True)
+    assert ref.last_info["alive_tokens"] == alive_hf
+    with pytest.raises(ValueError, match="cross-layer"):
+        hf.use(model, method="spatten", layer_params={1: {"token_keep": 0.5}})
+    hf.restore(model)

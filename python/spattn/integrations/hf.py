@@ -119,6 +119,9 @@ class LayerState:
         Density (share of visible pairs computed, mean over heads and batch) of every sparse call.
     seconds : float
         Wall time spent in this layer's attention (estimate + kernel + conversions).
+    pass_start : bool
+        The first layer of a method shared across layers (``capabilities.cross_layer``): its
+        call resets the method (a new forward pass).
     """
 
     layer_idx: int
@@ -129,6 +132,7 @@ class LayerState:
     calls: Dict[str, int] = field(default_factory=dict)
     densities: List[float] = field(default_factory=list)
     seconds: float = 0.0
+    pass_start: bool = False
     _warned: set = field(default_factory=set, repr=False)
 
     def count(self, path: str) -> None:
@@ -336,6 +340,14 @@ def use(model, method: Union[str, Method, Sequence[Union[str, Method]]] = "flexp
         layers[i] = LayerState(layer_idx=i, method=m, decode_method=dm, dense=i in dense_layers,
                                min_prefill_tokens=int(min_prefill_tokens))
         mod._spattn_layer = layers[i]
+    sparse = sorted(i for i, st in layers.items() if not st.dense)
+    if sparse and any(layers[i].method.capabilities.cross_layer for i in sparse):
+        if isinstance(method, (list, tuple)) or layer_params:
+            raise ValueError("a cross-layer method (capabilities.cross_layer: one instance carries its state "
+                             "from layer to layer) takes no per-layer methods or layer_params")
+        for i in sparse:  # one instance for the whole stack; reset at the first layer of each pass
+            layers[i].method = layers[sparse[0]].method
+        layers[sparse[0]].pass_start = True
     for mod in mods:
         _remove_gate_hooks(mod)
         st = layers[int(mod.layer_idx)]
@@ -754,6 +766,8 @@ def _run(state: LayerState, q: np.ndarray, kv: _KV, causal: bool, scale: Optiona
                           RuntimeWarning, stacklevel=3)
         return _dense_attention(q, *kv.dense_operands(), causal=causal, scale=scale)
     state.count("sparse")
+    if state.pass_start and caps.cross_layer:
+        m.reset()  # a new forward pass of the stack
     return _run_method(state, m, q, *kv.f32(), causal, scale, gate_full)
 
 

@@ -85,7 +85,12 @@ class Capabilities:
         differ from the state's starts one too; ``method.warm_up(q, k, v)`` runs the schedule to
         its next reuse (sparse) step, where harnesses measure it. Requires ``own_output`` (``last_info["mask"]`` is
         the mask of the call: the full map on dense and search steps). The transformers backend
-        copies the method per layer, so the state is per layer.
+        copies the method per layer, so the state is per layer (unless ``cross_layer``).
+    cross_layer : bool
+        Successive calls are successive *layers* of one forward pass (SpAtten's cascade pruning
+        carries token importance from layer to layer). Requires ``stateful``. The transformers
+        backend gives every non-dense layer the same instance and resets it at the first of them
+        on each forward pass.
     coords_input : bool
         Tokens carry spatial coordinates (sparse 3D voxels, Direct3D-S2): ``estimate`` / ``__call__``
         take ``coords=`` (N, 3) or (B, N, 3) ints; without it the method's documented default
@@ -108,6 +113,7 @@ class Capabilities:
     own_output: bool = False
     stateful: bool = False
     coords_input: bool = False
+    cross_layer: bool = False
 
     def __post_init__(self):
         if not (self.causal or self.noncausal):
@@ -123,6 +129,8 @@ class Capabilities:
             raise ValueError("needs_fit requires fittable")
         if self.stateful and not self.own_output:
             raise ValueError("stateful requires own_output (the output of a call depends on the calls before it)")
+        if self.cross_layer and not self.stateful:
+            raise ValueError("cross_layer requires stateful (the state carried from layer to layer)")
 
     def supports(self, *, causal: bool, q_len: int, kv_len: int) -> bool:
         """Whether a call with this causality and these lengths is defined for the method."""

@@ -128,7 +128,7 @@ class SpAtten(StatefulMethod):
                "released: per-head KV eviction (sinks + top logit-sum + recent)")
     extra_defaults = {"variant": "paper", "dense_layers": 1, "token_keep": 0.9, "head_keep": 1.0, "start_size": 0,
                       "important_size": 150, "recent_size": 150, "num_coming": 0}
-    capabilities = Capabilities(chunked=False, mask_format="token", own_output=True, stateful=True)
+    capabilities = Capabilities(chunked=False, mask_format="token", own_output=True, stateful=True, cross_layer=True)
 
     def _check_params(self) -> None:
         p = self.params
