@@ -126,9 +126,13 @@ TEST(Hip, NonCausalScaleUp3D128) {
   check(2, 2, 257, 257, 128, false, prm);
 }
 
-TEST(Hip, RejectsDecodeAndLongerQueries) {
-  Problem p(1, 2, 1, 1, 40, 64, 64, true);
-  EXPECT_THROW(spattn::estimate_hip(p.args(), spattn::HipParams{}), std::invalid_argument);
+TEST(Hip, DecodeRunsThePromptSearch) {
+  spattn::HipParams prm;
+  prm.mask_k = 32; prm.block_size_q = 1;
+  check(4, 2, 1, 299, 64, true, prm);
+}
+
+TEST(Hip, RejectsLongerQueries) {
   Problem p2(1, 2, 1, 50, 40, 64, 64, false);
   EXPECT_THROW(spattn::estimate_hip(p2.args(), spattn::HipParams{}), std::invalid_argument);
   spattn::HipParams bad;

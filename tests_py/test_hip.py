@@ -157,6 +157,7 @@ CASES = [
     (1, 2, 2, 257, 257, 128, False, dict(mask_k=40, block_size_k=1, sliding_window_size=16)),
     (1, 2, 1, 600, 600, 64, True, dict(mask_k=256, dense_queries_exp=0)),  # lower resolution r = 2
     (2, 2, 1, 301, 301, 64, True, dict(mask_k=32, scale_up=3, dense_queries_exp=100, num_sink=3)),
+    (1, 4, 2, 1, 299, 64, True, dict(mask_k=32)),  # decode: bq = 1, the prompt search
 ]
 
 
@@ -204,10 +205,7 @@ def test_defaults_are_the_official_ones_and_small_prompts_run_dense():
     np.testing.assert_array_equal(mask.indices[0, 0, 86, :696], np.arange(696))
 
 
-def test_decode_and_longer_queries_are_refused_and_bad_params_named():
-    q, k, _ = make_qkv(1, 2, 1, 1, 50, 64)
-    with pytest.raises(ValueError, match=r"Nq=1, Nk=50"):
-        spattn.methods.get("hip").estimate(q, k, causal=True)
+def test_longer_queries_are_refused_and_bad_params_named():
     q, k, _ = make_qkv(1, 2, 1, 60, 50, 64)
     with pytest.raises(ValueError, match=r"Nq=60, Nk=50"):
         spattn.methods.get("hip").estimate(q, k, causal=False)

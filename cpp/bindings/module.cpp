@@ -1019,7 +1019,7 @@ void bind_hip(py::module_& m) {
                           adopt(std::move(e.ks), {s.B, s.Hq, e.groups}), e.dense_queries);
   }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("params"),
      "(indices (B, Hq, G, K) int32 -1 padded, group_size, ks (B, Hq, G) int32 selected leaves per group "
-     "(-1: dense prefix), dense_queries) of HiP's hierarchical top-k search; 2 <= Nq <= Nk.");
+     "(-1: dense prefix), dense_queries) of HiP's hierarchical top-k search; Nq <= Nk.");
 }
 
 void bind_dhsa(py::module_& m) {

@@ -241,9 +241,9 @@ HipEstimate estimate_hip(const AttnArgs& qk, const HipParams& p) {
   p.validate();
   const AttnShape& s = qk.shape;
   s.validate();
-  if (s.Nq > s.Nk || s.Nq == 1)
-    throw std::invalid_argument("hip: needs 2 <= Nq <= Nk (prefill or chunked prefill; the official decode path "
-                                "is not ported), got Nq=" + std::to_string(s.Nq) + ", Nk=" + std::to_string(s.Nk));
+  if (s.Nq > s.Nk)
+    throw std::invalid_argument("hip: needs Nq <= Nk (the official code asserts T_DST <= T_SRC), got Nq=" +
+                                std::to_string(s.Nq) + ", Nk=" + std::to_string(s.Nk));
   HipEstimate e;
   if (s.Nq == 0) return e;
   const HipSetup h = hip_setup(s, qk.causal, p);

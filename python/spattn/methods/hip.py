@@ -81,7 +81,9 @@ class Hip(Method):
     official leaves its ``ws``/``ks`` uninitialised). Not ported: SparQ (``enable_sparq``, on by default
     officially only for ``mask_k / bk >= 128`` and ``Nk >= 2048``), the default "random" sampling (the
     deterministic "first" is used), and the grid-strided search of the official short-query path
-    (``Nq <= 32``; here the prompt search runs): decode (Nq == 1) is refused. GQA: query head ``h``
+    (``Nq <= 32``, decode included: 16 interleaved sub-searches; here the prompt search runs, with
+    ``block_size_q = min(bq, next_pow2(Nq))`` as the official). ``Nq > Nk`` is refused, as the official
+    asserts. GQA: query head ``h``
     reads kv head ``h // (Hq / Hkv)``, selection per query head, as the official
     ``KV_REPEAT_INTERLEAVE``.
     """
@@ -92,7 +94,7 @@ class Hip(Method):
              "Hierarchically Pruned Attention (HiP), ICLR 2025")
     pattern = "per 32-query block: tree-searched top-512 keys (2-token leaves) + 32 sink + 128 window; dense prefix"
     params_struct = _core.HipParams
-    capabilities = Capabilities(decode=False, mask_format="token")
+    capabilities = Capabilities(mask_format="token")
 
     def _estimate(self, q, k, causal, scale) -> TokenIndices:
         idx, group_size, ks, dense = _core.estimate_hip(q, k, causal, self.cparams)

@@ -30,7 +30,9 @@
 // remain); float32 dot products (the official fp16 tensor-core products of scaled q and k); the
 // dense prefix is rounded up to a whole query block so the groups stay aligned; a block whose search
 // never iterates (tsrc <= w) keeps all its nodes (the official leaves ws/ks uninitialised there);
-// SparQ (enable_sparq), "random" sampling and the Nq <= 32 grid-strided path are not ported.
+// SparQ (enable_sparq), "random" sampling and the grid-strided search of the official short-query path
+// (Nq <= 32, decode included: grid_src_stride = grid_k_stride = 16) are not ported: such calls run the
+// prompt search above.
 #pragma once
 
 #include <cstdint>
@@ -88,7 +90,7 @@ struct HipEstimate {
   std::vector<int32_t> ks;       // (B, Hq, groups)
 };
 
-// Causal or not; Nq <= Nk with Nq >= 2 (no decode path).
+// Causal or not; Nq <= Nk (decode Nq == 1 runs the prompt search, see above).
 HipEstimate estimate_hip(const AttnArgs& qk, const HipParams& p);
 
 }  // namespace spattn
