@@ -49,7 +49,7 @@ def official_setup(Nq, Nk, causal, p):
         dense = int(max(0, exp_q - Nk + Nq))
         if dense > 0 and exp_q > 0:
             dq = min(dense, Nq)
-    bq = min(p["block_size_q"], next_pow2(Nq - dq))
+    bq = min(p["block_size_q"], next_pow2(Nq - dq if dq < Nq else Nq))  # all dense: no sparse call
     bk = min(p["block_size_k"], next_pow2(Nk))
     w_start, n_patches = math.ceil(K * s), math.ceil(K / s)
     lr = 1 if cdiv(K, bk) <= 64 else p["estimator_lower_resolution"]
@@ -203,6 +203,9 @@ def test_defaults_are_the_official_ones_and_small_prompts_run_dense():
     assert m.last_info["dense_queries"] == 696 and mask.group_size == 8
     assert (m.last_info["ks"][..., :87] == -1).all() and (m.last_info["ks"][..., 87] > 0).all()
     np.testing.assert_array_equal(mask.indices[0, 0, 86, :696], np.arange(696))
+    q, k, _ = make_qkv(1, 1, 1, 1500, 1500, 64, seed=5)
+    mask = m.estimate(q, k, causal=True)  # int((log2(1500/1024) 512 + 512) 3) = 2382: every query dense
+    assert m.last_info["dense_queries"] == 1500 and mask.group_size == 32 and mask.density(causal=True).min() == 1
 
 
 def test_longer_queries_are_refused_and_bad_params_named():

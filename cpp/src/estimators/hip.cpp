@@ -69,7 +69,9 @@ HipSetup hip_setup(const AttnShape& s, bool causal, const HipParams& p) {
     const long long dense = std::max<long long>(0, exp_q - Nk + Nq);
     if (dense > 0 && exp_q > 0) dq = std::min<long long>(dense, Nq);
   }
-  h.bq = int(std::min<long long>(p.block_size_q, next_pow2(std::max<long long>(1, Nq - dq))));
+  // The sparse call's T_DST; when every query is dense (no sparse call) the groups keep min(bq, next_pow2(Nq)).
+  const long long t_dst = dq < Nq ? Nq - dq : Nq;
+  h.bq = int(std::min<long long>(p.block_size_q, next_pow2(std::max<long long>(1, t_dst))));
   h.bk = int(std::min<long long>(p.block_size_k, next_pow2(std::max(1, Nk))));
   h.dense = int(std::min<long long>(Nq, cdiv(dq, h.bq) * h.bq));
   h.s = p.scale_up;

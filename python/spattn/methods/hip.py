@@ -77,7 +77,8 @@ class Hip(Method):
     their largest dot product (the official scores them ``32000 - dot`` in float32 and can select its
     padding slots when too few others remain); float32 dot products (the official: fp16 tensor-core
     products of max-scaled q and k); the dense prefix is rounded up to a whole query block so groups
-    stay aligned; a block whose search never iterates (``tsrc <= w``) keeps all its nodes (the
+    stay aligned (when every query is dense the groups are ``min(block_size_q, next_pow2(Nq))``);
+    ``scale_up`` is an integer (the official float, default 2); a block whose search never iterates (``tsrc <= w``) keeps all its nodes (the
     official leaves its ``ws``/``ks`` uninitialised). Not ported: SparQ (``enable_sparq``, on by default
     officially only for ``mask_k / bk >= 128`` and ``Nk >= 2048``), the default "random" sampling (the
     deterministic "first" is used), and the grid-strided search of the official short-query path

@@ -28,8 +28,9 @@
 // whose every scoring pair is ignored rank after all others, by their largest dot (the official scores
 // them 32000 - dot in float32, and its padding slots can be selected when too few unignored children
 // remain); float32 dot products (the official fp16 tensor-core products of scaled q and k); the
-// dense prefix is rounded up to a whole query block so the groups stay aligned; a block whose search
-// never iterates (tsrc <= w) keeps all its nodes (the official leaves ws/ks uninitialised there);
+// dense prefix is rounded up to a whole query block so the groups stay aligned; scale_up is an integer
+// (the official float, default 2); a block whose search never iterates (tsrc <= w) keeps all its
+// nodes (the official leaves ws/ks uninitialised there);
 // SparQ (enable_sparq), "random" sampling and the grid-strided search of the official short-query path
 // (Nq <= 32, decode included: grid_src_stride = grid_k_stride = 16) are not ported: such calls run the
 // prompt search above.
