@@ -74,8 +74,12 @@ class Hip(Method):
     as the official cumsum slots, the first ``k - 1`` children at or above the k-th largest score in
     position order, and its last slot (written by several children in an unspecified order on the GPU)
     goes to the best of the rest; children whose every scoring pair is ignored rank after all others, by
-    their largest dot product (the official scores them ``32000 - dot`` in float32 and can select its
-    padding slots when too few others remain); float32 dot products (the official: fp16 tensor-core
+    their largest dot product (the official scores them ``32000 - dot`` in float32 against padding
+    slots scored 32000, and with ``reduce_stride > 1`` runs its top-k even when every child is kept: such
+    a child with a negative largest dot then loses its slot to a padding entry of location 0, which the
+    column collision rule turns into the block after the last selected one; spattn keeps the child.
+    These children lie in the ignored band just before the block's end, inside the sliding window);
+    float32 dot products (the official: fp16 tensor-core
     products of max-scaled q and k); the dense prefix is rounded up to a whole query block so groups
     stay aligned (when every query is dense the groups are ``min(block_size_q, next_pow2(Nq))``);
     ``scale_up`` is an integer (the official float, default 2); a block whose search never iterates (``tsrc <= w``) keeps all its nodes (the

@@ -26,8 +26,9 @@
 // float32/float64 locations can move a node or column by one); ties in the top-k go to the lower child
 // positions (the official kth-value threshold fills its last slot in an unspecified order); children
 // whose every scoring pair is ignored rank after all others, by their largest dot (the official scores
-// them 32000 - dot in float32, and its padding slots can be selected when too few unignored children
-// remain); float32 dot products (the official fp16 tensor-core products of scaled q and k); the
+// them 32000 - dot in float32 beside padding slots scored 32000, and with reduce_stride > 1 runs its
+// top-k even when every child is kept, so such a child with a negative dot loses its slot to a padding
+// entry of location 0; here it is kept); float32 dot products (the official fp16 tensor-core products of scaled q and k); the
 // dense prefix is rounded up to a whole query block so the groups stay aligned; scale_up is an integer
 // (the official float, default 2); a block whose search never iterates (tsrc <= w) keeps all its
 // nodes (the official leaves ws/ks uninitialised there);
