@@ -1004,6 +1004,24 @@ void bind_anchor_attention(py::module_& m) {
      "anchors (B, Hq, N) float32) of AnchorAttention; causal prefill only.");
 }
 
+void bind_hip(py::module_& m) {
+  bind_params<HipParams>(m, "HipParams", "hip", "HiP attention parameters (official v1.0 defaults).");
+  m.def("estimate_hip", [](const FArr& q, const FArr& k, bool causal, const HipParams& p) {
+    const AttnArgs a = make_args(q, k, nullptr, causal, std::nullopt);
+    p.validate();
+    HipEstimate e;
+    {
+      py::gil_scoped_release nogil;
+      e = estimate_hip(a, p);
+    }
+    const AttnShape& s = a.shape;
+    return py::make_tuple(adopt(std::move(e.indices), {s.B, s.Hq, e.groups, e.K}), e.group_size,
+                          adopt(std::move(e.ks), {s.B, s.Hq, e.groups}), e.dense_queries);
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("params"),
+     "(indices (B, Hq, G, K) int32 -1 padded, group_size, ks (B, Hq, G) int32 selected leaves per group "
+     "(-1: dense prefix), dense_queries) of HiP's hierarchical top-k search; Nq <= Nk.");
+}
+
 void bind_dhsa(py::module_& m) {
   bind_params<DhsaParams>(m, "DhsaParams", "dhsa", "DHSA parameters (official legacy defaults).");
   m.def("estimate_dhsa", [](const FArr& q, const FArr& k, bool causal, const DhsaParams& p,
@@ -1294,6 +1312,7 @@ PYBIND11_MODULE(_core, m) {
   bind_proxyattn(m);
   bind_anchor_attention(m);
   bind_dhsa(m);
+  bind_hip(m);
   bind_svg2(m);
   bind_flexprefill(m);
   bind_seerattention(m);

@@ -155,6 +155,17 @@ class DhsaParams(_Params):
     instruction_tokens: int
     length_norm: bool
 
+class HipParams(_Params):
+    mask_k: int
+    block_size_q: int
+    block_size_k: int
+    scale_up: int
+    reduce_stride: int
+    sliding_window_size: int
+    num_sink: Optional[int]
+    dense_queries_exp: Optional[int]
+    estimator_lower_resolution: int
+
 class QuestParams(_Params):
     page_size: int
     token_budget: int
@@ -321,6 +332,8 @@ def estimate_anchor_attention(q: np.ndarray, k: np.ndarray, causal: bool, scale:
                               ) -> Tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]: ...
 def estimate_dhsa(q: np.ndarray, k: np.ndarray, causal: bool, params: DhsaParams,
                   boundaries: Optional[np.ndarray] = None) -> Tuple[np.ndarray, int]: ...
+def estimate_hip(q: np.ndarray, k: np.ndarray, causal: bool,
+                 params: HipParams) -> Tuple[np.ndarray, int, np.ndarray, int]: ...
 def estimate_flexprefill(q: np.ndarray, k: np.ndarray, causal: bool,
                          params: FlexPrefillParams) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
 def seer_gate_scores(q: np.ndarray, k: np.ndarray, wq: Optional[np.ndarray], wk: np.ndarray, q_pool: List[str],
