@@ -86,6 +86,14 @@ class Capabilities:
         its next reuse (sparse) step, where harnesses measure it. Requires ``own_output`` (``last_info["mask"]`` is
         the mask of the call: the full map on dense and search steps). The transformers backend
         copies the method per layer, so the state is per layer.
+    geometry : bool
+        The pattern is defined by token geometry, not by q/k: the method reads point coordinates
+        (PointGS: ``params["points"]``, (N, 3) or (B, N, 3)) and, when none are given, uses the
+        documented default layout of its docstring. Harnesses may set ``points`` to their own.
+    channel_attention : bool
+        Not token sparsity: the method mixes feature channels (a D x D map per head over all
+        tokens, DLGSANet's transposed attention), so every key is read (``mask_format`` "none")
+        and the output needs Dv == D. Requires ``own_output``.
     """
 
     causal: bool = True
@@ -103,6 +111,8 @@ class Capabilities:
     value_inputs: bool = False
     own_output: bool = False
     stateful: bool = False
+    geometry: bool = False
+    channel_attention: bool = False
 
     def __post_init__(self):
         if not (self.causal or self.noncausal):
@@ -118,6 +128,8 @@ class Capabilities:
             raise ValueError("needs_fit requires fittable")
         if self.stateful and not self.own_output:
             raise ValueError("stateful requires own_output (the output of a call depends on the calls before it)")
+        if self.channel_attention and not (self.own_output and self.mask_format == "none"):
+            raise ValueError("channel_attention requires own_output and mask_format 'none' (no token is skipped)")
 
     def supports(self, *, causal: bool, q_len: int, kv_len: int) -> bool:
         """Whether a call with this causality and these lengths is defined for the method."""
