@@ -23,7 +23,7 @@ def random_predictor(n, d, seed, std=0.1):
                                    for f, a in p.arrays().items()})
 
 
-def official_mask(pred, q, k, keep_rate=0.25, thr=0.02, coef_topk=8, causal=False):
+def official_mask(pred, q, k, keep_rate=0.25, thr=0.02, coef_topk=8):
     """(B, Hq, N, N) bool: the official MaskPredictor mask (ties to the lower key index)."""
     q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
     B, Hq, N, D = q.shape
@@ -47,28 +47,22 @@ def official_mask(pred, q, k, keep_rate=0.25, thr=0.02, coef_topk=8, causal=Fals
                 row[drop] = 0.0
             approx = coef @ basis
             for i in range(1, N):
-                a = approx[i - 1].copy()
-                if causal:
-                    a[i + 1:] = -np.inf
-                top = np.argsort(-a, kind="stable")[:min(kk, i + 1 if causal else N)]
-                mask[b, h, i, top] = True
-            mask[b, h, 0] = True if not causal else (np.arange(N) == 0)
+                mask[b, h, i, np.argsort(-approx[i - 1], kind="stable")[:kk]] = True
+            mask[b, h, 0] = True                                   # the CLS row attends every key
     return mask
 
 
-@pytest.mark.parametrize("B, Hq, Hkv, N, D, causal", [(1, 4, 2, 197, 64, False), (2, 2, 2, 101, 80, False),
-                                                      (1, 4, 2, 77, 128, True)])
-def test_matches_the_official_eval_path(B, Hq, Hkv, N, D, causal):
+@pytest.mark.parametrize("B, Hq, Hkv, N, D", [(1, 4, 2, 197, 64), (2, 2, 2, 101, 80), (1, 4, 2, 77, 128)])
+def test_matches_the_official_eval_path(B, Hq, Hkv, N, D):
     q, k, v = make_qkv(B, Hq, Hkv, N, N, D, seed=N)
     pred = random_predictor(N, D, seed=D)
     m = spattn.methods.get("sparsifiner", predictor=pred)
-    ref_mask = official_mask(pred, q, k, causal=causal)
-    mask = m.estimate(q, k, causal=causal)
-    np.testing.assert_array_equal(mask.to_dense(N, causal=causal), ref_mask)
-    if not causal:
-        assert (ref_mask[:, :, 1:].sum(-1) == math.ceil(0.25 * N)).all()  # 50 of 197 at the official shape
-    out, lse = m(q, k, v, causal=causal, return_lse=True)
-    ref = ref_attention(q, k, v, causal=causal, allowed=ref_mask)
+    ref_mask = official_mask(pred, q, k)
+    mask = m.estimate(q, k)
+    np.testing.assert_array_equal(mask.to_dense(N), ref_mask)
+    assert (ref_mask[:, :, 1:].sum(-1) == math.ceil(0.25 * N)).all()  # 50 of 197 at the official shape
+    out, lse = m(q, k, v, return_lse=True)
+    ref = ref_attention(q, k, v, allowed=ref_mask)
     np.testing.assert_allclose(out, ref[0], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(lse, ref[1], rtol=1e-5, atol=1e-5)
 
@@ -102,3 +96,5 @@ def test_fit_lowers_the_reconstruction_loss_and_binds_the_length():
         m.estimate(q, k)
     with pytest.raises(ValueError, match="keep_rate"):
         m.set_params(keep_rate=1.5)
+    with pytest.raises(ValueError, match="causal"):
+        m.estimate(w.q, w.k, causal=True)

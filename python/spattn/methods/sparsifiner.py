@@ -124,8 +124,9 @@ class Sparsifiner(Method):
     * The predictor's weights hold N (``proj_n`` is N x r): a fitted predictor runs only at the
       sequence length it was trained at (ValueError otherwise), as in the official code.
     * Ties in the top-k (official ``torch.topk``: unspecified order) go to the lower key index.
-    * ``causal=True`` is a spattn extension (the official model is bidirectional): keys after
-      the query are excluded before the top-k, and row 0 sees key 0 only.
+    * Non-causal only, as the official model (a bidirectional ViT; CLS at index 0). A causal form
+      would be a spattn extension; it is not offered, so causal harnesses (the CLI demo) skip the
+      method rather than fitting an N x N teacher at LM lengths.
     * Prefill only (Nq == Nk: the predictor reads the queries' own token positions).
     * ``estimate`` returns the whole mask as TokenIndices; its CLS row lists every key, so the
       index array is (N, N) int32 like the official 0/1 mask. The call does not build it: it runs
@@ -144,7 +145,7 @@ class Sparsifiner(Method):
     params_struct = None
     extra_defaults = {"keep_rate": 0.25, "reduce_n_factor": 6, "reduce_c_factor": 2, "basis_threshold": 0.02,
                       "coef_topk": 8, "predictor": None, "seed": 0}
-    capabilities = Capabilities(chunked=False, decode=False, needs_fit=True, fittable=True, mask_format="token",
+    capabilities = Capabilities(causal=False, chunked=False, decode=False, needs_fit=True, fittable=True, mask_format="token",
                                 own_output=True)
     learned_param = "predictor"
 
@@ -187,8 +188,8 @@ class Sparsifiner(Method):
         """Keys kept per query: ceil(keep_rate * N) (at least 1)."""
         return max(1, min(n, math.ceil(self.params["keep_rate"] * n - 1e-9)))
 
-    def _select(self, q: np.ndarray, k: np.ndarray, causal: bool) -> np.ndarray:
-        """(B, Hq, N-1, kk) int32: the sorted keys of rows 1..N-1, -1 padded (causal rows see fewer)."""
+    def _select(self, q: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """(B, Hq, N-1, kk) int32: the sorted keys of rows 1..N-1."""
         pred = self._predictor_for(q)
         B, Hq, n = q.shape[:3]
         kk = self.keep(n)
@@ -204,28 +205,17 @@ class Sparsifiner(Method):
             np.put_along_axis(coef, order, 0.0, axis=-1)
         basis = np.abs(pred.proj_back_n.astype(np.float64)).T                  # (r, N)
         basis[basis <= self.params["basis_threshold"]] = 0.0
-        cols = np.arange(n)
         for a in range(0, n - 1, _ROW_CHUNK):
             b = min(n - 1, a + _ROW_CHUNK)
             approx = coef[:, :, a:b] @ basis                                   # (B, Hq, rows, N)
-            rows = np.arange(a + 1, b + 1)
-            if causal:
-                approx = np.where(cols[None, :] <= rows[:, None], approx, -np.inf)
-            top = np.argsort(-approx, axis=-1, kind="stable")[..., :kk]
-            if causal:
-                vis = np.take_along_axis(approx, top, axis=-1) > -np.inf
-                top = np.where(vis, top, np.iinfo(np.int32).max)
-            top = np.sort(top, axis=-1)
-            out[:, :, a:b] = np.where(top == np.iinfo(np.int32).max, -1, top)
+            out[:, :, a:b] = np.sort(np.argsort(-approx, axis=-1, kind="stable")[..., :kk], axis=-1)
         return out
 
     def _estimate(self, q, k, causal, scale) -> TokenIndices:
         B, Hq, n = q.shape[:3]
-        rest = self._select(q, k, causal)
+        rest = self._select(q, k)
         idx = np.full((B, Hq, n, n), -1, dtype=np.int32)
-        idx[:, :, 0] = 0 if causal else np.arange(n, dtype=np.int32)
-        if causal:
-            idx[:, :, 0, 1:] = -1
+        idx[:, :, 0] = np.arange(n, dtype=np.int32)
         idx[:, :, 1:, :rest.shape[-1]] = rest
         return TokenIndices(idx, group_size=1, kv_len=n, assume_sorted=True)
 
@@ -235,15 +225,12 @@ class Sparsifiner(Method):
         _core.check_shapes(q, k, v, scale)
         self.check_call(q, k, causal)
         n = q.shape[2]
-        rest = self._select(q, k, causal)
-        if causal:
-            out0, lse0 = attention(q[:, :, :1], k[:, :, :1], v[:, :, :1], scale=scale, return_lse=True)
-        else:
-            out0, lse0 = attention(q[:, :, :1], k, v, scale=scale, return_lse=True)
+        rest = self._select(q, k)
+        out0, lse0 = attention(q[:, :, :1], k, v, scale=scale, return_lse=True)
         if n > 1:
             ti = TokenIndices(rest, group_size=1, kv_len=n, assume_sorted=True)
-            out1, lse1 = token_sparse_attention(np.ascontiguousarray(q[:, :, 1:]), k, v, ti, causal=causal,
-                                                scale=scale, return_lse=True)
+            out1, lse1 = token_sparse_attention(np.ascontiguousarray(q[:, :, 1:]), k, v, ti, scale=scale,
+                                                return_lse=True)
             out = np.concatenate([out0, out1], axis=2)
             lse = np.concatenate([lse0, lse1], axis=2)
         else:
@@ -265,7 +252,7 @@ class Sparsifiner(Method):
 
     def fit(self, samples: Sequence, *, steps: int = 200, lr: float = 3e-3, warmup_steps: int = 0,
             weight_decay: float = 0.05, max_grad_norm: float = 1.0, loss_weight: float = 0.01,
-            causal: bool = False, scale: Optional[float] = None, progress: bool = True):
+            scale: Optional[float] = None, progress: bool = True):
         """Fit the predictor to the teacher attention of captured (q, k) (official phase 1).
 
         Parameters
@@ -277,8 +264,8 @@ class Sparsifiner(Method):
             step s uses sample s mod len(samples).
         loss_weight : float, default 0.01
             The official weight of the reconstruction loss.
-        causal, scale
-            Of the teacher attention (bidirectional by default, as the official ViT).
+        scale
+            Of the teacher attention (bidirectional, as the official ViT).
 
         Returns
         -------
@@ -288,17 +275,17 @@ class Sparsifiner(Method):
         items = list(samples)
         if not items:
             raise ValueError("samples must hold at least one (q, k) pair")
-        causal, sc = as_causal(causal), as_scale(scale)
+        sc = as_scale(scale)
         prepared = []
         for it in items:
             if len(it) < 2:
                 raise ValueError(f"each sample must be (q, k), got {len(it)} arrays")
             q, k, _ = check_qkv(it[0], it[1])
             _core.check_shapes(q, k, None, sc)
-            self.check_call(q, k, causal)
+            self.check_call(q, k, False)
             if prepared and q.shape[2:] != prepared[0][0].shape[2:]:
                 raise ValueError(f"all samples must share (N, D) {prepared[0][0].shape[2:]}, got {q.shape[2:]}")
-            probs, _ = _core.block_attention_map(q, k, 1, 1, causal, sc, "sum")   # (B, Hq, N, N) teacher
+            probs, _ = _core.block_attention_map(q, k, 1, 1, False, sc, "sum")   # (B, Hq, N, N) teacher
             prepared.append((q, k, np.asarray(probs, dtype=np.float64)[:, :, 1:]))
         q0 = prepared[0][0]
         pred = self.params["predictor"]
