@@ -286,7 +286,7 @@ class Sparsifiner(Method):
             if prepared and q.shape[2:] != prepared[0][0].shape[2:]:
                 raise ValueError(f"all samples must share (N, D) {prepared[0][0].shape[2:]}, got {q.shape[2:]}")
             probs, _ = _core.block_attention_map(q, k, 1, 1, False, sc, "sum")   # (B, Hq, N, N) teacher
-            prepared.append((q, k, np.asarray(probs, dtype=np.float64)[:, :, 1:]))
+            prepared.append((q, k, np.asarray(probs)[:, :, 1:]))  # float32 targets: half the memory
         q0 = prepared[0][0]
         pred = self.params["predictor"]
         if pred is None or pred.n != q0.shape[2] or pred.dim != q0.shape[3]:
