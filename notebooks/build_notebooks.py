@@ -309,7 +309,7 @@ learned_masks = [
     nbf.v4.new_code_cell(
         "untrained = spattn.methods.get('sparsifiner')\n"
         "learned = spattn.methods.get('sparsifiner')\n"
-        "res = learned.fit(spattn.synthetic.held_out_inputs(w, seeds=(1, 2, 3)), steps=400, lr=3e-3, progress=False)\n"
+        "res = learned.fit(spattn.synthetic.held_out_inputs(w, seeds=(1, 2, 3)), steps=200, lr=5e-3, progress=False)\n"
         "print(f'loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f}; predictor bound to N =', "
         "learned.params['predictor'].n)\n"
         "fig, ax = plt.subplots(figsize=(5, 2.5))\nax.plot(res.losses)\nax.set_xlabel('step')\n"
