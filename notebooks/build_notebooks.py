@@ -327,7 +327,7 @@ learned_masks = [
         "for h in range(2):\n"
         "    axes[h, 0].imshow(np.log10(P[0, h] + 1e-6), cmap='magma'); axes[h, 0].set_title(f'teacher h{h} "
         "({w.head_kinds[h]})')\n"
-        "    axes[h, 1].imshow(np.log10(approx[0, h] + 1e-6), cmap='magma'); axes[h, 1].set_title('learned approx')\n"
+        "    axes[h, 1].imshow(np.log10(np.clip(approx[0, h], 1e-6, None)), cmap='magma'); axes[h, 1].set_title('learned approx (clipped > 0)')\n"
         "    for j, (n, m) in enumerate(masks.items()):\n"
         "        axes[h, 2 + j].imshow(m.to_dense(N)[0, h], cmap='Greys', interpolation='nearest')\n"
         "        axes[h, 2 + j].set_title(f'{n} mask, recall {rec[n][h]:.2f}')\n"

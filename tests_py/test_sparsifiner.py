@@ -6,6 +6,7 @@ finite differences; the trained length enforced."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,21 @@ def test_fit_lowers_the_reconstruction_loss_and_binds_the_length():
         m.set_params(keep_rate=1.5)
     with pytest.raises(ValueError, match="causal"):
         m.estimate(w.q, w.k, causal=True)
+
+
+FIXTURE = Path(__file__).parent / "data" / "sparsifiner_official.npz"
+
+
+@pytest.mark.parametrize("case", ["vit_s", "odd"])
+def test_matches_the_official_torch_mask_predictor(case):
+    """The official MaskPredictor run on CPU torch (tests_py/data/make_sparsifiner_fixture.py):
+    the eval mask equals spattn's, and the training approximation equals ``approx_attention``."""
+    z = np.load(FIXTURE)
+    g = {f: z[f"{case}/{f}"] for f in ("wq", "bq", "wk", "bk", "proj_n", "proj_back_n")}
+    q, k = z[f"{case}/q"].astype(np.float32), z[f"{case}/k"].astype(np.float32)
+    N = q.shape[2]
+    m = spattn.methods.get("sparsifiner", predictor=SparsifinerPredictor(**g))
+    mask = np.unpackbits(z[f"{case}/mask"], axis=-1, count=N).astype(bool)
+    np.testing.assert_array_equal(m.estimate(q, k).to_dense(N), mask)
+    approx = z[f"{case}/approx_train"]
+    np.testing.assert_allclose(m.approx_attention(q, k)[:, :, :approx.shape[2]], approx, rtol=1e-4, atol=1e-6)

@@ -133,9 +133,10 @@ class Sparsifiner(Method):
       rows 1..N-1 on the token-sparse kernel with ceil(keep_rate * N) indices each and row 0 on
       the dense kernel (``capabilities.own_output``; the approximate attention is formed
       ``_ROW_CHUNK`` rows at a time).
-    * Training (``fit``) is the official phase 1: the loss 0.01 * sum((coef @ |proj_back_n|^T -
+    * Training (``fit``) is the official phase 1: the loss 0.01 * sum((coef @ proj_back_n^T -
       P)^2) over rows 1..N-1, P the teacher's softmax attention (exact attention of the same q,
-      k), with no top-k and no threshold. Phase 2 (task and distillation losses of the ViT)
+      k), with the signed basis, no threshold and no top-k (the official training branch; only
+      eval takes |basis|). Phase 2 (task and distillation losses of the ViT)
       gives the detached mask no gradient and is not reproduced.
     """
 
@@ -243,12 +244,13 @@ class Sparsifiner(Method):
 
     # ------------------------------------------------------------------ training (official phase 1)
     def approx_attention(self, q, k) -> np.ndarray:
-        """The training-time approximation coef @ |proj_back_n|^T (no top-k, no threshold) of rows
-        1..N-1, (B, Hq, N-1, N) float64: what ``fit`` regresses on the teacher attention."""
+        """The training-time approximation coef @ proj_back_n^T (signed basis, no top-k, no
+        threshold) of rows 1..N-1, (B, Hq, N-1, N) float64: what ``fit`` regresses on the teacher
+        attention (official ``MaskPredictor.forward`` in training with USE_ATTN_RECON)."""
         q, k, _ = check_qkv(q, k)
         pred = self._predictor_for(q)
         _, _, _, logits = _low_rank_logits(pred, q, k)
-        return _softmax(logits[:, :, 1:]) @ np.abs(pred.proj_back_n.astype(np.float64)).T
+        return _softmax(logits[:, :, 1:]) @ pred.proj_back_n.astype(np.float64).T
 
     def fit(self, samples: Sequence, *, steps: int = 200, lr: float = 3e-3, warmup_steps: int = 0,
             weight_decay: float = 0.05, max_grad_norm: float = 1.0, loss_weight: float = 0.01,
@@ -316,7 +318,7 @@ class SparsifinerFitResult:
 
 def predictor_loss_and_grads(w: Dict[str, np.ndarray], q: np.ndarray, k: np.ndarray, target: np.ndarray,
                              loss_weight: float = 0.01):
-    """Phase-1 loss loss_weight * sum((softmax(logits[1:]) @ |proj_back_n|^T - target)^2) and its
+    """Phase-1 loss loss_weight * sum((softmax(logits[1:]) @ proj_back_n^T - target)^2) and its
     exact gradients with respect to every predictor array (float64, summed over batch and heads).
 
     `target` is the teacher attention of rows 1..N-1, (B, Hq, N-1, N)."""
@@ -326,13 +328,12 @@ def predictor_loss_and_grads(w: Dict[str, np.ndarray], q: np.ndarray, k: np.ndar
     s = Hq ** -0.5
     qp, kp, kd, logits = _low_rank_logits(pred, q, k)
     coef = _softmax(logits[:, :, 1:])                                          # (B, Hq, M, r)
-    U = w["proj_back_n"]
-    babs = np.abs(U)                                                           # (N, r)
-    diff = coef @ babs.T - target                                              # (B, Hq, M, N)
+    U = w["proj_back_n"]                                                       # (N, r), signed in training
+    diff = coef @ U.T - target                                                 # (B, Hq, M, N)
     loss = loss_weight * float(np.sum(diff * diff))
     dA = 2.0 * loss_weight * diff
-    dcoef = dA @ babs                                                          # (B, Hq, M, r)
-    dU = np.einsum("bhmn,bhmr->nr", dA, coef) * np.sign(U)
+    dcoef = dA @ U                                                             # (B, Hq, M, r)
+    dU = np.einsum("bhmn,bhmr->nr", dA, coef)
     dl = coef * (dcoef - np.sum(dcoef * coef, axis=-1, keepdims=True))
     dcheap = np.zeros_like(logits)
     dcheap[:, :, 1:] = dl * s
