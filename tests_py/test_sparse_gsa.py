@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -82,3 +84,23 @@ def test_refusals():
     with pytest.raises(ValueError, match="causal"):
         m.estimate(q, k, causal=True)
     assert spattn.methods.capabilities("sparse_gsa").channel_attention
+
+
+@pytest.mark.parametrize("case", ["tlc", "whole"])
+def test_matches_the_official_torch_sparse_attention(case):
+    """The official SparseAttention on CPU torch with identity convolutions
+    (tests_py/data/make_vision_fixture.py): eval with TLC windows, and the training path."""
+    z = np.load(Path(__file__).parent / "data" / "sparse_gsa_official.npz")
+    qkv, ref = z[f"{case}/qkv"].astype(np.float32), z[f"{case}/out"]
+    heads = int(z[f"{case}/heads"])
+    _, C3, H, W = qkv.shape
+    C = C3 // 3
+    c = C // heads
+    # 'b (head c) h w -> b head (h w) c': spattn's (B, H, N, D) with D = the head's channels
+    q, k, v = (np.ascontiguousarray(t.reshape(1, heads, c, H * W).transpose(0, 1, 3, 2)) for t in np.split(qkv, 3, 1))
+    m = spattn.methods.get("sparse_gsa", grid=(H, W), tlc=bool(z[f"{case}/tlc"]), tlc_kernel=int(z[f"{case}/tlc_kernel"]),
+                           temperature=tuple(z[f"{case}/temperature"].tolist()))
+    out = m(q, k, v)
+    np.testing.assert_allclose(out.transpose(0, 1, 3, 2).reshape(1, C, H, W), ref, rtol=1e-4, atol=1e-5)
+    if case == "tlc":
+        assert m.last_info["windows"] > 1

@@ -5,6 +5,8 @@ variant against float64 attention over the same neighbourhood."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,16 @@ def test_max_relative_and_softmax_variant(B, Hq, Hkv, H, W, D):
     np.testing.assert_allclose(soft(q, k, v), ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="grid"):
         spattn.methods.get("svga", grid=(H, W + 1)).estimate(q, k)
+
+
+@pytest.mark.parametrize("case", ["7x7", "odd", "k3"])
+def test_matches_the_official_torch_mrconv4d(case):
+    """x_j recorded inside the official MRConv4d on CPU torch (tests_py/data/make_vision_fixture.py),
+    and the method on the same map laid out as (B, 1, N, C) values."""
+    z = np.load(Path(__file__).parent / "data" / "svga_official.npz")
+    x, xj, K = z[f"{case}/x"].astype(np.float32), z[f"{case}/xj"], int(z[f"{case}/K"])
+    np.testing.assert_allclose(svga_max_relative(x, K), xj, rtol=0, atol=1e-6)
+    B, C, H, W = x.shape
+    v = np.ascontiguousarray(x.reshape(B, 1, C, H * W).transpose(0, 1, 3, 2))
+    out = spattn.methods.get("svga", grid=(H, W), K=K)(v, v, v)
+    np.testing.assert_allclose(out, xj.reshape(B, 1, C, H * W).transpose(0, 1, 3, 2), rtol=0, atol=1e-6)
