@@ -218,7 +218,8 @@ def test_fittable_methods_fit_and_the_others_refuse(name):
     assert json.dumps(m.describe_params())  # a learned object is shown by its type name
     assert f"<{type(m.params[m.learned_param]).__name__}>" in m.describe_params().values()
     w = spattn.synthetic.structured_qkv(B=1, Hq=4, Hkv=2, N=256, D=64, seed=0)
-    m.estimate(w.q, w.k, causal=True, **({"v": w.v} if CAPS[name].value_inputs else {})).check_against(1, 4, 256, 256)
+    m.estimate(w.q, w.k, causal=CAPS[name].causal,  # a fitted non-causal-only method (Sparsifiner) runs too
+               **({"v": w.v} if CAPS[name].value_inputs else {})).check_against(1, 4, 256, 256)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -268,3 +269,45 @@ def test_parameters_and_their_checks_come_from_the_cpp_struct(name):
     with pytest.raises((ValueError, TypeError)):
         m.set_params(**{cls.params_struct.field_names()[0]: "not a number"})
     assert m.params == before
+
+
+GEOMETRY = [n for n in ALL if CAPS[n].geometry]
+CHANNEL = [n for n in ALL if CAPS[n].channel_attention]
+
+
+@pytest.mark.parametrize("name", GEOMETRY)
+def test_geometry_methods_take_points_and_ignore_qk_for_the_pattern(name):
+    """capabilities.geometry: the pattern comes from ``params["points"]`` (a default layout when
+    None), the same for every head and for any q / k."""
+    N = 150
+    q, k, v = make_qkv(1, 4, 2, N, N, 64, seed=7)
+    q2, k2, _ = make_qkv(1, 4, 2, N, N, 64, seed=8)
+    pts = np.random.default_rng(0).random((N, 3)).astype(np.float32)
+    m = spattn.methods.get(name, points=pts)
+    mask = m.estimate(q, k, causal=False)
+    np.testing.assert_array_equal(mask.to_dense(N), m.estimate(q2, k2, causal=False).to_dense(N))
+    dense = mask.to_dense(N)
+    assert (dense == dense[:, :1]).all()
+    assert not np.array_equal(dense, spattn.methods.get(name).estimate(q, k, causal=False).to_dense(N))
+    out = m(q, k, v, causal=False)
+    assert out.shape == q.shape and np.isfinite(out).all()
+    with pytest.raises(ValueError, match="points"):
+        spattn.methods.get(name, points=pts[:-1]).estimate(q, k, causal=False)
+
+
+@pytest.mark.parametrize("name", CHANNEL)
+def test_channel_attention_methods_read_every_key_and_need_dv_equal_d(name):
+    """capabilities.channel_attention: a D x D map over all tokens' q and k (no token skipped,
+    the full mask), applied to each token's v (out is linear in v), refusing Dv != D."""
+    N = 120
+    q, k, v = make_qkv(1, 4, 2, N, N, 64, seed=9)
+    m = spattn.methods.get(name)
+    assert m.estimate(q, k, causal=False).blocks.all()
+    out = m(q, k, v, causal=False)
+    np.testing.assert_allclose(m(q, k, 2 * v, causal=False), 2 * out, rtol=1e-5, atol=1e-6)
+    k2 = k.copy()
+    k2[:, :, -1] += 1.0
+    assert not np.array_equal(m(q, k2, v, causal=False)[:, :, :1], out[:, :, :1])  # the first token reads the last key
+    _, _, v_small = make_qkv(1, 4, 2, N, N, 64, Dv=32, seed=9)
+    with pytest.raises(ValueError, match="Dv"):
+        m(q, k, v_small, causal=False)

@@ -95,6 +95,14 @@ class Capabilities:
         Tokens carry spatial coordinates (sparse 3D voxels, Direct3D-S2): ``estimate`` / ``__call__``
         take ``coords=`` (N, 3) or (B, N, 3) ints; without it the method's documented default
         layout is used, so harnesses may call it on plain (q, k, v).
+    geometry : bool
+        The pattern is defined by token geometry, not by q/k: the method reads point coordinates
+        (PointGS: ``params["points"]``, (N, 3) or (B, N, 3)) and, when none are given, uses the
+        documented default layout of its docstring. Harnesses may set ``points`` to their own.
+    channel_attention : bool
+        Not token sparsity: the method mixes feature channels (a D x D map per head over all
+        tokens, DLGSANet's transposed attention), so every key is read (``mask_format`` "none")
+        and the output needs Dv == D. Requires ``own_output``.
     """
 
     causal: bool = True
@@ -114,6 +122,8 @@ class Capabilities:
     stateful: bool = False
     coords_input: bool = False
     cross_layer: bool = False
+    geometry: bool = False
+    channel_attention: bool = False
 
     def __post_init__(self):
         if not (self.causal or self.noncausal):
@@ -131,6 +141,8 @@ class Capabilities:
             raise ValueError("stateful requires own_output (the output of a call depends on the calls before it)")
         if self.cross_layer and not self.stateful:
             raise ValueError("cross_layer requires stateful (the state carried from layer to layer)")
+        if self.channel_attention and not (self.own_output and self.mask_format == "none"):
+            raise ValueError("channel_attention requires own_output and mask_format 'none' (no token is skipped)")
 
     def supports(self, *, causal: bool, q_len: int, kv_len: int) -> bool:
         """Whether a call with this causality and these lengths is defined for the method."""
