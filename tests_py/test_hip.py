@@ -217,3 +217,19 @@ def test_longer_queries_are_refused_and_bad_params_named():
         with pytest.raises(ValueError, match=field):
             spattn.methods.get("hip", **{field: bad})
     assert spattn.methods.get("hip_attention").name == "hip"
+
+
+@pytest.mark.parametrize("Nq, Nk", [(300, 300), (200, 333), (64, 64)])
+def test_call_runs_the_dense_prefix_with_the_dense_kernel(Nq, Nk):
+    """The call (dense prefix by the dense kernel, no prefix rows in its index table) equals the
+    token-sparse kernel over estimate's whole mask, lse included."""
+    q, k, v = make_qkv(1, 4, 2, Nq, Nk, 64, seed=5)
+    m = spattn.methods.get("hip", mask_k=32, block_size_q=16, sliding_window_size=16, dense_queries_exp=Nk - Nq + 100)
+    mask = m.estimate(q, k, causal=True)
+    assert m.last_info["dense_queries"] > 0
+    out, lse = m(q, k, v, causal=True, return_lse=True)
+    ref, ref_lse = spattn.token_sparse_attention(q, k, v, mask, causal=True, return_lse=True)
+    np.testing.assert_allclose(out, ref, atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(lse, ref_lse, atol=2e-5, rtol=1e-5)
+    idx = spattn._core.estimate_hip(q, k, True, m.cparams, False)[0]
+    assert idx.shape[-1] < mask.indices.shape[-1] or Nq == m.last_info["dense_queries"]

@@ -1006,20 +1006,21 @@ void bind_anchor_attention(py::module_& m) {
 
 void bind_hip(py::module_& m) {
   bind_params<HipParams>(m, "HipParams", "hip", "HiP attention parameters (official v1.0 defaults).");
-  m.def("estimate_hip", [](const FArr& q, const FArr& k, bool causal, const HipParams& p) {
+  m.def("estimate_hip", [](const FArr& q, const FArr& k, bool causal, const HipParams& p, bool prefix_rows) {
     const AttnArgs a = make_args(q, k, nullptr, causal, std::nullopt);
     p.validate();
     HipEstimate e;
     {
       py::gil_scoped_release nogil;
-      e = estimate_hip(a, p);
+      e = estimate_hip(a, p, prefix_rows);
     }
     const AttnShape& s = a.shape;
     return py::make_tuple(adopt(std::move(e.indices), {s.B, s.Hq, e.groups, e.K}), e.group_size,
                           adopt(std::move(e.ks), {s.B, s.Hq, e.groups}), e.dense_queries);
-  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("params"),
+  }, py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("params"), py::arg("prefix_rows") = true,
      "(indices (B, Hq, G, K) int32 -1 padded, group_size, ks (B, Hq, G) int32 selected leaves per group "
-     "(-1: dense prefix), dense_queries) of HiP's hierarchical top-k search; Nq <= Nk.");
+     "(-1: dense prefix), dense_queries) of HiP's hierarchical top-k search; Nq <= Nk. prefix_rows False: the "
+     "dense prefix's groups list no key (run them with the dense kernel).");
 }
 
 void bind_dhsa(py::module_& m) {

@@ -239,7 +239,7 @@ std::vector<long long> search_block(const AttnArgs& a, const HipSetup& h, int b,
 
 }  // namespace
 
-HipEstimate estimate_hip(const AttnArgs& qk, const HipParams& p) {
+HipEstimate estimate_hip(const AttnArgs& qk, const HipParams& p, bool prefix_rows) {
   p.validate();
   const AttnShape& s = qk.shape;
   s.validate();
@@ -269,8 +269,9 @@ HipEstimate estimate_hip(const AttnArgs& qk, const HipParams& p) {
       const int b0 = g * h.bq;
       const long long end = (long long)b0 + h.bq + off;  // the block's key end (official tsrc, unclamped)
       std::vector<int32_t>& out = lists[size_t(it)];
-      if (b0 < h.dense) {
-        for (long long j = 0; j < std::min<long long>(end, Nk); ++j) out.push_back(int32_t(j));
+      if (b0 < h.dense) {  // the dense prefix: its whole causal key range, or nothing (run densely by the caller)
+        if (prefix_rows)
+          for (long long j = 0; j < std::min<long long>(end, Nk); ++j) out.push_back(int32_t(j));
         continue;
       }
       // The search's visible keys (official tsrcs: the block start + max(bq, bk) + Nk - Nq, clamped).

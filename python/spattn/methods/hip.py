@@ -9,11 +9,13 @@ token-sparse kernel.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 
 from .. import _core
+from .._validation import as_causal, as_scale, check_qkv
+from ..kernels import attention, token_sparse_attention
 from ..masks import TokenIndices
 from .base import Capabilities, Method, register
 
@@ -106,6 +108,34 @@ class Hip(Method):
         mask = TokenIndices(idx, group_size, k.shape[2], assume_sorted=True)
         self.last_info = {"mask": mask, "ks": ks, "dense_queries": dense}
         return mask
+
+    def __call__(self, q, k, v, *, causal: bool = False, scale: Optional[float] = None, return_lse: bool = False,
+                 q_gate=None, k_gate=None):
+        """HiP's attention: the dense prefix's queries by the dense kernel (reading their causal key
+        range in place), the others by the token-sparse kernel over their searched keys; equal to
+        the token-sparse kernel over ``estimate``'s mask, without its prefix rows (each as wide as
+        the prefix's key range: O(N^2 / block_size_q) indices at 32k)."""
+        if q_gate is not None or k_gate is not None:
+            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
+                            "capabilities.gate_inputs do")
+        q, k, v = check_qkv(q, k, v)
+        causal, scale = as_causal(causal), as_scale(scale)
+        _core.check_shapes(q, k, v, scale)
+        self.check_call(q, k, causal)
+        idx, group_size, ks, dense = _core.estimate_hip(q, k, causal, self.cparams, False)
+        Nq, Nk = q.shape[2], k.shape[2]
+        self.last_info = {"ks": ks, "dense_queries": dense}
+        if dense == 0:
+            return token_sparse_attention(q, k, v, TokenIndices(idx, group_size, Nk, assume_sorted=True),
+                                          causal=causal, scale=scale, return_lse=return_lse)
+        # the prefix (causal only): rows r < dense see keys [0, r + Nk - Nq], the first dense + Nk - Nq keys in place
+        o1, l1 = attention(q[:, :, :dense], k, v, kv_len=dense + Nk - Nq, causal=True, scale=scale, return_lse=True)
+        if dense == Nq:
+            return (o1, l1) if return_lse else o1
+        rest = TokenIndices(np.ascontiguousarray(idx[:, :, dense // group_size:]), group_size, Nk, assume_sorted=True)
+        o2, l2 = token_sparse_attention(q[:, :, dense:], k, v, rest, causal=True, scale=scale, return_lse=True)
+        out = np.concatenate([o1, o2], axis=2)
+        return (out, np.concatenate([l1, l2], axis=2)) if return_lse else out
 
     def readouts(self) -> Dict[str, Any]:
         if not self.last_info:

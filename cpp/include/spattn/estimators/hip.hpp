@@ -92,7 +92,9 @@ struct HipEstimate {
   std::vector<int32_t> ks;       // (B, Hq, groups)
 };
 
-// Causal or not; Nq <= Nk (decode Nq == 1 runs the prompt search, see above).
-HipEstimate estimate_hip(const AttnArgs& qk, const HipParams& p);
+// Causal or not; Nq <= Nk (decode Nq == 1 runs the prompt search, see above). prefix_rows false:
+// the groups of the dense prefix get empty lists (the caller runs those queries with the dense
+// kernel), so K stays the sparse rows' width instead of the prefix's key count.
+HipEstimate estimate_hip(const AttnArgs& qk, const HipParams& p, bool prefix_rows = true);
 
 }  // namespace spattn
