@@ -51,9 +51,9 @@ TEST(Sale, SinkLocalDenseRulesAndMonotoneInTau) {
   spattn::SaleParams prm;
   prm.dense_len = 0;
   prm.thresholds = {0.004f, 0.05f, 0.3f, 0.f};
-  const auto m = spattn::estimate_sale(p.args(), prm);
+  auto m = spattn::estimate_sale(p.args(), prm);
   prm.thresholds = {0.05f, 0.3f, 1.f, 0.f};
-  const auto m2 = spattn::estimate_sale(p.args(), prm);
+  auto m2 = spattn::estimate_sale(p.args(), prm);
   ASSERT_EQ(m.block_q, 64);
   ASSERT_EQ(m.block_k, 32);
   for (int h = 0; h < 4; ++h)
@@ -71,7 +71,7 @@ TEST(Sale, SinkLocalDenseRulesAndMonotoneInTau) {
     }
   // below dense_len every causal block is kept
   Problem small(1, 2, 1, 700, 700, 80, 0, true, 4);
-  const auto d = spattn::estimate_sale(small.args(), spattn::SaleParams{});
+  auto d = spattn::estimate_sale(small.args(), spattn::SaleParams{});
   for (int qb = 0; qb < d.nqb; ++qb)
     for (int j = 0; j < d.nkb; ++j) EXPECT_EQ(d.row(0, 1, qb)[j], j < std::min(d.nkb, (qb + 1) * 2));
 }
