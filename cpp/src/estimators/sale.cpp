@@ -25,6 +25,13 @@ constexpr int kBlockQ = 64;
 
 int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
+// Round to nearest, ties to even (as rint / CUDA's __half2int_rn) without a libm call, so the scan
+// loop vectorises: below 2^22 in magnitude, adding and subtracting 1.5 * 2^23 rounds exactly.
+inline float round_even(float x) {
+  constexpr float kMagic = 12582912.f;  // 1.5 * 2^23
+  return std::fabs(x) < 4194304.f ? (x + kMagic) - kMagic : std::nearbyint(x);
+}
+
 // Which key blocks of query block m are exact (sink, local) and which are scanned (segments).
 struct Partition {
   int n_max = 0;        // key blocks up to the diagonal
@@ -189,7 +196,7 @@ std::vector<float> qmk_row(const Quantised& qh, const Quantised& kh, int n, int 
   std::vector<float> out(static_cast<size_t>(n), 0.f);
   if (n > 0) simd::kernels().qk_rowmajor(qh.mean.data(), 1, d, kh.smooth.data(), d, n, out.data(), n);
   if (mode == 3)
-    for (int j = 0; j < n; ++j) out[j] *= kh.inv[j];
+    for (int j = 0; j < n; ++j) out[j] *= kh.inv[j];  // float32 (the official multiplies in fp16)
   return out;
 }
 
@@ -277,24 +284,20 @@ BlockMask estimate_sale(const AttnArgs& a, const SaleParams& p) {
       for (int j = 1; j < part.seg_end; ++j) {
         const int c0 = j * bk;
         kern.qk_i4(qq, rows, dq, kh.packed.data() + static_cast<size_t>(j) * block_bytes, ldk, bk, Si.data(), bk);
+        const float* qmk_b = qmk.data() + c0;
+        const float* sk_b = kh.scale.data() + c0;
         bool big = false;
         for (int i = 0; i < rows && !big; ++i) {
-          const float sq = qh.scale[r0 + i], rsq = sq > 0.f ? 1.f / sq : 0.f;
+          const float sq = qh.scale[r0 + i], rsq = sq > 0.f ? 1.f / sq : 0.f, t = T[i];
           const int32_t* si = Si.data() + static_cast<size_t>(i) * bk;
-          for (int c = 0; c < bk; ++c) {
-            const int key = c0 + c;
-            float est;
-            if (p.quant_mode == 3) {
-              const float qmk_int = std::nearbyint(qmk[key] * rsq);
-              est = (static_cast<float>(si[c]) + qmk_int) * (sq * kh.scale[key]);
-            } else {
-              est = kh.scale[key] * sq * static_cast<float>(si[c]) + qmk[key];
-            }
-            if (est > T[i]) {
-              big = true;
-              break;
-            }
+          int hit = 0;
+          if (p.quant_mode == 3) {
+            for (int c = 0; c < bk; ++c)
+              hit |= (static_cast<float>(si[c]) + round_even(qmk_b[c] * rsq)) * (sq * sk_b[c]) > t;
+          } else {
+            for (int c = 0; c < bk; ++c) hit |= sk_b[c] * sq * static_cast<float>(si[c]) + qmk_b[c] > t;
           }
+          big = hit != 0;
         }
         if (big) row[j] = 1;
       }
