@@ -195,3 +195,11 @@ def test_estimate_timer_smoke():
     for int4 in (True, False):
         assert _core.sale_estimate_ms(q, k, _core.SaleParams(), int4, 1) >= 0.0
     assert spattn.build_info()["simd_int4"] in ("avx512-vnni", "avx512", "avx2", "generic")
+
+
+def test_bench_sale_estimate_cli_smoke(capsys):
+    from spattn.__main__ import main
+
+    assert main(["bench", "--sale-estimate", "--n", "1100", "--d", "64", "--hq", "2", "--hkv", "1",
+                 "--repeats", "1", "--no-roofs", "--no-torch"]) == 0
+    assert "fp32/int4" in capsys.readouterr().out
