@@ -64,8 +64,9 @@ class Sale(Method):
     Deviations from the official code: float32 where the official kernel keeps the threshold,
     the query-mean term and the dequantised row maximum in fp16 (and quantises fp16 inputs in
     fp16), so masks can differ at near-ties; only the valid query rows of the last partial query
-    block vote (the official kernel's zero padding rows also vote); int4 values are held one per
-    int8 byte (the official packs two per byte). Causal prefill only (Nq == Nk), as the official
+    block vote (what the official kernel's padding rows contribute there, with ``sq = 0``, was not
+    established); int4 values are held one per byte (the official packs two per byte), and any
+    head dim is accepted (the official Triton quantiser needs a power of two). Causal prefill only (Nq == Nk), as the official
     quantiser asserts.
     """
 

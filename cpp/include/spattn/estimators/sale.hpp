@@ -23,7 +23,8 @@
 // The int4 products run on integer SIMD (simd::Kernels::qk_i4); the exact pass on the float tile
 // product. Deviations: float32 where the official kernel keeps the threshold, the q-mean term and
 // the dequantised maximum in fp16; only the valid query rows of the last (partial) query block vote
-// (the official kernel also lets its zero padding rows vote); int4 values are held one per int8.
+// (what the official padding rows, with sq = 0, contribute was not established); int4 values are
+// held one per byte (the official packs two); any head dim (the official quantiser needs 2^k).
 #pragma once
 
 #include <vector>
