@@ -87,7 +87,18 @@ def official_mask(q, k, thresholds=0.004, bk=32, seg=128, quant_mode=3, scale=No
                     mx = s.max(1)
                     lsum = np.exp(scale * (s - mx[:, None])).sum(1)
                     T = mx + np.log(lsum * tau) / scale
+                    bps = seg // bk
                     for j in range(1, seg_end):
+                        if quant_mode == 2 and j > 1 and (j - 1) % bps == 0:
+                            # is_big_block reads the live row_max / row_sum: fold in the previous
+                            # segment's selected blocks (computed exactly by the kernel)
+                            for jb in range(j - bps, j):
+                                if jb in keep:
+                                    sx = exact[np.ix_(rows, np.arange(jb * bk, jb * bk + bk))]
+                                    mn = np.maximum(mx, sx.max(1))
+                                    lsum = lsum * np.exp(scale * (mx - mn)) + np.exp(scale * (sx - mn[:, None])).sum(1)
+                                    mx = mn
+                            T = mx + np.log(lsum * tau) / scale
                         kk = np.arange(j * bk, j * bk + bk)
                         dot = qq[rows] @ kq[kk].T
                         if quant_mode == 3:

@@ -249,7 +249,9 @@ BlockMask estimate_sale(const AttnArgs& a, const SaleParams& p) {
     const Quantised& kh = prep.keys[static_cast<size_t>(b) * s.Hkv + hk];
     const Quantised qh = quantise(a.q + s.q_index(b, h, 0), N, D, dq, p.quant_mode, false, bk);
     const std::vector<float> qmk = qmk_row(qh, kh, N, D, p.quant_mode);
-    std::vector<float> S, T(kBlockQ);
+    std::vector<float> S, T(kBlockQ), Sx(static_cast<size_t>(kBlockQ) * bk);
+    std::vector<float> M(kBlockQ);
+    std::vector<double> L(kBlockQ);
     std::vector<int32_t> Si(static_cast<size_t>(kBlockQ) * bk);
     for (int m = 0; m < nqb; ++m) {
       uint8_t* row = mask.row(b, h, m);
@@ -277,11 +279,32 @@ BlockMask estimate_sale(const AttnArgs& a, const SaleParams& p) {
         double l = 0.0;
         for (int c = 0; c < ncols; ++c)
           if (key_of(c) <= qi) l += std::exp(static_cast<double>(scale) * (srow[c] - mx));
+        M[i] = mx;
+        L[i] = l;
         T[i] = static_cast<float>(mx + std::log(l * tau) / scale);
       }
       // the segment scan: int4 tile product, one key block at a time
       const uint8_t* qq = qh.qu.data() + static_cast<size_t>(r0) * dq;
+      const int bps = p.block_seg_size / bk;
       for (int j = 1; j < part.seg_end; ++j) {
+        if (p.quant_mode == 2 && j > 1 && (j - 1) % bps == 0) {
+          // per-token mode compares against the live softmax state (is_big_block reads row_max and
+          // row_sum): fold in the previous segment's selected blocks, computed exactly
+          for (int jb = j - bps; jb < j; ++jb) {
+            if (!row[jb]) continue;
+            kern.qk_rowmajor(a.q + s.q_index(b, h, r0), rows, D, kh.smooth.data() + static_cast<size_t>(jb) * bk * D, D,
+                             bk, Sx.data(), bk);
+            for (int i = 0; i < rows; ++i) {
+              const float* sx = Sx.data() + static_cast<size_t>(i) * bk;
+              const float mn = std::max(M[i], kern.max(sx, bk));
+              double l = L[i] * std::exp(static_cast<double>(scale) * (M[i] - mn));
+              for (int c = 0; c < bk; ++c) l += std::exp(static_cast<double>(scale) * (sx[c] - mn));
+              M[i] = mn;
+              L[i] = l;
+            }
+          }
+          for (int i = 0; i < rows; ++i) T[i] = static_cast<float>(M[i] + std::log(L[i] * tau) / scale);
+        }
         const int c0 = j * bk;
         kern.qk_i4(qq, rows, dq, kh.packed.data() + static_cast<size_t>(j) * block_bytes, ldk, bk, Si.data(), bk);
         const float* qmk_b = qmk.data() + c0;

@@ -33,7 +33,9 @@ class Sale(Method):
        blocks between are scanned in segments of ``block_seg_size`` tokens;
     4. the exact pass over local + sink gives each row's max ``m_i`` and sum ``l_i``; with
        ``impl_version=2`` (two-pass, README) the threshold ``T_i = m_i + ln(l_i tau) / scale``
-       is computed once, before the scan;
+       is computed once, before the scan (``quant_mode=3``; with ``quant_mode=2`` the official
+       test reads the live row max and sum, so each segment's selected blocks, computed exactly,
+       raise the bar for the next segment: reproduced);
     5. a segment block is kept iff some row's int4 estimate exceeds ``T_i`` at some key of the
        block, i.e. the Relative Attention Score ``exp(scale (s~ - m_i)) / l_i > tau``;
     6. the block-sparse kernel runs the kept blocks (causal inside the diagonal blocks).

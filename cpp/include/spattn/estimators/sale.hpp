@@ -16,7 +16,10 @@
 // 3. block partition: n_max key blocks up to the diagonal, block 0 the sink, blocks 1.. in
 //    segments of block_seg_size / block_k_size, the last n_local blocks (>= local_window tokens)
 //    exact; tau < 1e-5 or Nq <= dense_len: dense.
-// 4. exact pass over local + sink blocks: row max m_i and sum l_i; T_i = m_i + ln(l_i tau) / scale.
+// 4. exact pass over local + sink blocks: row max m_i and sum l_i; T_i = m_i + ln(l_i tau) / scale,
+//    fixed for the scan in quant_mode 3 (threshold_temp, set once in two-pass mode); in quant_mode 2
+//    (is_big_block reads the live row_max / row_sum) updated after each segment with the segment's
+//    selected blocks, computed exactly.
 // 5. a segment block is kept iff some query row i of the block has an estimated logit
 //    (int dot + qmk) * sq_i * sk_j > T_i for some key j of the block (the Relative Attention Score
 //    exp(scale (s~ - m_i)) / l_i > tau).
