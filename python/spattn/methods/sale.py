@@ -1,6 +1,6 @@
 """SALE: int4-estimated block selection by Relative Attention Score.
 
-Zhang et al., "SALE: Low-bit Estimation for Efficient Sparse Attention in Long-context LLM
+Ji et al., "SALE: Low-bit Estimation for Efficient Sparse Attention in Long-context LLM
 Prefilling", arXiv 2505.24179; the estimator is ``_core.estimate_sale``
 (cpp/src/estimators/sale.cpp) with its parameters in ``_core.SaleParams``.
 """
@@ -73,7 +73,7 @@ class Sale(Method):
     """
 
     name = "sale"
-    paper = "Zhang et al., SALE, 2025"
+    paper = "Ji et al., SALE, 2025"
     pattern = "int4-estimated 64x32 blocks by relative attention score vs local+sink softmax; sink + local exact"
     params_struct = _core.SaleParams
     capabilities = Capabilities(noncausal=False, chunked=False, decode=False)

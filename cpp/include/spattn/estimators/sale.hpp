@@ -1,4 +1,4 @@
-// SALE (Zhang et al., "SALE: Low-bit Estimation for Efficient Sparse Attention in Long-context LLM
+// SALE (Ji et al., "SALE: Low-bit Estimation for Efficient Sparse Attention in Long-context LLM
 // Prefilling", arXiv 2505.24179), following BirdChristopher/SALE (HEAD 39d380c):
 // `int4_quant_sub_k_mean_perwarp_SmoothQ_fullsize_allInOne` / `..._pertoken_SmoothQ_allInOne`
 // (int4_flash_attn/quant_triton.py), `flash_attn_func_int4_skip` (flash_attn_int4_skip.py) and
