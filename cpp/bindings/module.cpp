@@ -1306,6 +1306,19 @@ PYBIND11_MODULE(_core, m) {
                                                     "MInference block-sparse parameters (official defaults).");
   bind_block_estimator<XAttentionParams>(m, "xattention", "XAttentionParams", &estimate_xattention,
                                          "XAttention parameters (official defaults; stride has none there).");
+  bind_block_estimator<SaleParams>(m, "sale", "SaleParams", &estimate_sale,
+                                   "SALE parameters (official README defaults: tau 0.004, 32-key blocks, quant_mode 3).");
+  m.def("sale_estimate_ms",
+        [](const FArr& q, const FArr& k, const SaleParams& p, bool int4, int repeats) {
+          const AttnArgs a = make_args(q, k, nullptr, true, std::nullopt);
+          p.validate();
+          if (repeats < 1) throw py::value_error("repeats must be >= 1, got " + std::to_string(repeats));
+          py::gil_scoped_release nogil;
+          return sale_estimate_ms(a, p, int4, repeats);
+        },
+        py::arg("q"), py::arg("k"), py::arg("params"), py::arg("int4"), py::arg("repeats") = 3,
+        "Milliseconds per pass of SALE's estimate tile products alone over every candidate tile: int4 on "
+        "integer SIMD (int4=True) or float32 products of the same unquantised tiles (int4=False).");
   bind_minference_vertical_slash(m);
   bind_params<MInferenceAShapeParams>(m, "MInferenceAShapeParams", "minference_a_shape",
                                       "MInference A-shape parameters (official a_shape defaults).");
@@ -1333,6 +1346,9 @@ PYBIND11_MODULE(_core, m) {
     for (auto l : simd::available()) avail.append(simd::name(l));
     d["simd_available"] = avail;
     d["simd_choice"] = simd::choice_note();
+    d["simd_int4"] = (simd::kernels().level == simd::Level::AVX512 && simd::avx512_vnni())
+                         ? "avx512-vnni"
+                         : simd::name(simd::kernels().level);
     d["openmp_threads"] = omp_get_max_threads();
 #if defined(__clang__)
     d["compiler"] = "clang " __clang_version__;

@@ -102,6 +102,14 @@ class XAttentionParams(_Params):
     keep_sink: bool
     keep_recent: bool
 
+class SaleParams(_Params):
+    thresholds: Union[float, List[float]]
+    block_k_size: int
+    local_window: int
+    block_seg_size: int
+    quant_mode: int
+    dense_len: int
+
 class MInferenceVerticalSlashParams(_Params):
     vertical_size: Union[int, List[int]]
     slash_size: Union[int, List[int]]
@@ -310,6 +318,9 @@ def estimate_minference_block_sparse(q: np.ndarray, k: np.ndarray, causal: bool,
                                      params: MInferenceBlockSparseParams) -> np.ndarray: ...
 def estimate_xattention(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                         params: XAttentionParams) -> np.ndarray: ...
+def estimate_sale(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
+                  params: SaleParams) -> np.ndarray: ...
+def sale_estimate_ms(q: np.ndarray, k: np.ndarray, params: SaleParams, int4: bool, repeats: int = ...) -> float: ...
 def estimate_minference_vertical_slash(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],
                                        params: MInferenceVerticalSlashParams) -> Pair: ...
 def estimate_pbs_attn(q: np.ndarray, k: np.ndarray, causal: bool, scale: Optional[float],

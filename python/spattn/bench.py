@@ -73,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time NSA's parts separately at these prefill lengths (compression, compressed branch + "
                         "selection, selected blocks, window, gated sum) against dense and torch SDPA; the "
                         "parameters of --set nsa.PARAM=VALUE apply")
+    p.add_argument("--sale-estimate", action="store_true",
+                   help="only SALE's estimate: the int4 tile products on integer SIMD against float32 products "
+                        "of the same candidate tiles (ms per pass, ratio), and the whole estimate call, at --n "
+                        "and --d (B=1, --hq, --hkv, causal)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
@@ -428,8 +432,45 @@ def measure_roofs(torch, threads: int) -> Dict[str, float]:
             "sgemm_by": "torch" if torch is not None else "numpy"}
 
 
+def _bench_sale_estimate(args) -> List[Dict[str, Any]]:
+    """SALE's estimate cost: the int4 products of every candidate (segment) tile on integer SIMD
+    against float32 products of the same tiles (q against the smoothed keys) through the float
+    tile product, each reduced to row maxima; quantisation and the exact pass excluded. Plus the
+    whole ``estimate`` call (quantisation, exact local+sink pass, scan)."""
+    import spattn
+    from spattn import _core
+
+    info = spattn.build_info()
+    print(f"\n== SALE estimate (B=1, Hq={args.hq}, Hkv={args.hkv}, causal; int4 on {info['simd_int4']}, "
+          f"float32 on {info['simd']})")
+    rows: List[Dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    m = spattn.methods.get("sale")
+    reps = max(args.repeats, 1)
+    for D in args.d:
+        for N in args.n:
+            q = rng.standard_normal((1, args.hq, N, D), dtype=np.float32)
+            k = rng.standard_normal((1, args.hkv, N, D), dtype=np.float32)
+            int4_ms = _core.sale_estimate_ms(q, k, m.cparams, True, reps)
+            fp32_ms = _core.sale_estimate_ms(q, k, m.cparams, False, reps)
+            est_s = _best(lambda: m.estimate(q, k, causal=True), reps)
+            row = {"N": N, "D": D, "int4_ms": int4_ms, "fp32_ms": fp32_ms, "fp32_over_int4": fp32_ms / int4_ms,
+                   "estimate_s": est_s, "simd_int4": info["simd_int4"]}
+            rows.append(row)
+            print(f"N={N:>6} D={D:>4}: int4 tiles {int4_ms:9.2f} ms, fp32 tiles {fp32_ms:9.2f} ms, "
+                  f"fp32/int4 {fp32_ms / int4_ms:5.2f}x; whole estimate {est_s * 1e3:9.2f} ms")
+    return rows
+
+
 def run(args) -> int:
     import spattn
+
+    if args.sale_estimate:
+        results = {"sale_estimate": _bench_sale_estimate(args)}
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(results, fh, indent=2)
+        return 0
 
     threads = spattn.num_threads()
     torch = None

@@ -349,8 +349,62 @@ void half_to_float(const uint16_t* src, long n, float* dst, bool bf16) {
   half_to_float_scalar(src + i, n - i, dst + i, bf16);
 }
 
+// int4 x int4 products held in int8 (simd.hpp, qk_i4), K packed in groups of 4 dims (8 columns
+// x 4 dims per 32-byte vector): the queries come biased, q + 8 in [0, 15] (unsigned), so
+// vpmaddubsw takes them against the signed k without saturating (|pair| <= 2 * 15 * 8), vpmaddwd sums the pairs into
+// int32 column lanes, and 8 * sum(k) is subtracted at the end. 4 rows x 16 columns per block.
+template <int R>
+inline void qk_i4_rows(const uint8_t* Q, int nr, int dq, const int8_t* Kp, int ldk, int j0, bool two, __m256i ks0,
+                       __m256i ks1, int rem, int32_t* S, int lds) {
+  const __m256i ones16 = _mm256_set1_epi16(1);
+  const int rows = R > 0 ? R : nr;
+  __m256i acc0[4], acc1[4];
+  for (int r = 0; r < 4; ++r) acc0[r] = acc1[r] = _mm256_setzero_si256();
+  for (int g = 0; g < dq / 4; ++g) {
+    const int8_t* kg = Kp + (static_cast<long>(g) * ldk + j0) * 4;
+    const __m256i k0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kg));
+    const __m256i k1 = two ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kg + 32)) : _mm256_setzero_si256();
+    for (int r = 0; r < rows; ++r) {
+      int32_t w;
+      std::memcpy(&w, Q + static_cast<long>(r) * dq + 4 * g, 4);
+      const __m256i u = _mm256_set1_epi32(w);
+      acc0[r] = _mm256_add_epi32(acc0[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, k0), ones16));
+      if (two) acc1[r] = _mm256_add_epi32(acc1[r], _mm256_madd_epi16(_mm256_maddubs_epi16(u, k1), ones16));
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    alignas(32) int32_t tmp[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), _mm256_sub_epi32(acc0[r], ks0));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 8), _mm256_sub_epi32(acc1[r], ks1));
+    std::memcpy(S + static_cast<long>(r) * lds + j0, tmp, sizeof(int32_t) * static_cast<size_t>(rem < 16 ? rem : 16));
+  }
+}
+
+void qk_i4(const uint8_t* Q, int rows, int dq, const int8_t* Kp, int ldk, int cols, int32_t* S, int lds) {
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  for (int j0 = 0; j0 < cols; j0 += 16) {
+    const int rem = cols - j0;
+    const bool two = rem > 8;
+    __m256i ks0 = _mm256_setzero_si256(), ks1 = _mm256_setzero_si256();
+    for (int g = 0; g < dq / 4; ++g) {
+      const int8_t* kg = Kp + (static_cast<long>(g) * ldk + j0) * 4;
+      ks0 = _mm256_add_epi32(ks0, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kg))), ones16));
+      if (two)
+        ks1 = _mm256_add_epi32(ks1, _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kg + 32))), ones16));
+    }
+    ks0 = _mm256_slli_epi32(ks0, 3);
+    ks1 = _mm256_slli_epi32(ks1, 3);
+    int i = 0;
+    for (; i + 4 <= rows; i += 4)
+      qk_i4_rows<4>(Q + static_cast<long>(i) * dq, 4, dq, Kp, ldk, j0, two, ks0, ks1, rem, S + static_cast<long>(i) * lds, lds);
+    if (i < rows)
+      qk_i4_rows<0>(Q + static_cast<long>(i) * dq, rows - i, dq, Kp, ldk, j0, two, ks0, ks1, rem,
+                    S + static_cast<long>(i) * lds, lds);
+  }
+}
+
 const Kernels kTable{Level::AVX2, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax,
-                     &half_to_float};
+                     &half_to_float, &qk_i4};
 
 }  // namespace
 

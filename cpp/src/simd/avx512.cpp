@@ -257,12 +257,105 @@ void half_to_float(const uint16_t* src, long n, float* dst, bool bf16) {
   half_to_float_scalar(src + i, n - i, dst + i, bf16);
 }
 
+// int4 x int4 products held in int8 (simd.hpp, qk_i4), the VNNI GEMM layout: K packed in groups of
+// 4 dims, so one 64-byte vector holds 4 dims of 16 columns and one vpdpbusd adds 4-dim dot
+// products into 16 column lanes: no horizontal sums. q + 8 is unsigned (1..15 for q in [-7, 7])
+// and k signed, the operand types of vpdpbusd and vpmaddubsw (no saturation: |pair| <= 2 * 15 * 8);
+// 8 * sum(k) is subtracted at the end. 4 rows x 32 columns per block (8 accumulators).
+// STEP(acc, u, k) adds the 4-byte dot products of u and k to the int32 lanes.
+#define SPATTN_DEFINE_QK_I4(NAME, ATTR, STEP)                                                             \
+  template <int R>                                                                                      \
+  ATTR inline void NAME##_rows(const uint8_t* Q, int nr, int dq, const int8_t* Kp, int ldk, int j0, bool two, \
+                               __m512i ks0, __m512i ks1, __mmask16 m0, __mmask16 m1, int32_t* S, int lds) { \
+    const int rows = R > 0 ? R : nr;                                                                    \
+    __m512i acc0[4], acc1[4];                                                                           \
+    for (int r = 0; r < 4; ++r) acc0[r] = acc1[r] = _mm512_setzero_si512();                              \
+    for (int g = 0; g < dq / 4; ++g) {                                                                  \
+      const int8_t* kg = Kp + (static_cast<long>(g) * ldk + j0) * 4;                                    \
+      const __m512i k0 = _mm512_loadu_si512(kg);                                                        \
+      const __m512i k1 = two ? _mm512_loadu_si512(kg + 64) : _mm512_setzero_si512();                    \
+      for (int r = 0; r < rows; ++r) {                                                                  \
+        int32_t w;                                                                                      \
+        std::memcpy(&w, Q + static_cast<long>(r) * dq + 4 * g, 4);                                      \
+        const __m512i u = _mm512_set1_epi32(w);                                                         \
+        acc0[r] = STEP(acc0[r], u, k0);                                                                 \
+        if (two) acc1[r] = STEP(acc1[r], u, k1);                                                        \
+      }                                                                                                 \
+    }                                                                                                   \
+    for (int r = 0; r < rows; ++r) {                                                                    \
+      _mm512_mask_storeu_epi32(S + static_cast<long>(r) * lds + j0, m0, _mm512_sub_epi32(acc0[r], ks0)); \
+      if (two) _mm512_mask_storeu_epi32(S + static_cast<long>(r) * lds + j0 + 16, m1, _mm512_sub_epi32(acc1[r], ks1)); \
+    }                                                                                                   \
+  }                                                                                                     \
+  ATTR void NAME(const uint8_t* Q, int rows, int dq, const int8_t* Kp, int ldk, int cols, int32_t* S, int lds) { \
+    const __m512i ones8 = _mm512_set1_epi8(1);                                                          \
+    for (int j0 = 0; j0 < cols; j0 += 32) {                                                             \
+      const int rem = cols - j0;                                                                        \
+      const bool two = rem > 16;                                                                        \
+      const __mmask16 m0 = rem >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rem) - 1);                  \
+      const __mmask16 m1 = rem >= 32 ? __mmask16(0xFFFF) : two ? __mmask16((1u << (rem - 16)) - 1) : __mmask16(0); \
+      __m512i ks0 = _mm512_setzero_si512(), ks1 = _mm512_setzero_si512();                               \
+      for (int g = 0; g < dq / 4; ++g) {                                                                \
+        const int8_t* kg = Kp + (static_cast<long>(g) * ldk + j0) * 4;                                  \
+        ks0 = STEP(ks0, ones8, _mm512_loadu_si512(kg));                                                 \
+        if (two) ks1 = STEP(ks1, ones8, _mm512_loadu_si512(kg + 64));                                   \
+      }                                                                                                 \
+      ks0 = _mm512_slli_epi32(ks0, 3);                                                                  \
+      ks1 = _mm512_slli_epi32(ks1, 3);                                                                  \
+      int i = 0;                                                                                        \
+      for (; i + 4 <= rows; i += 4)                                                                     \
+        NAME##_rows<4>(Q + static_cast<long>(i) * dq, 4, dq, Kp, ldk, j0, two, ks0, ks1, m0, m1,        \
+                       S + static_cast<long>(i) * lds, lds);                                            \
+      if (i < rows)                                                                                     \
+        NAME##_rows<0>(Q + static_cast<long>(i) * dq, rows - i, dq, Kp, ldk, j0, two, ks0, ks1, m0, m1, \
+                       S + static_cast<long>(i) * lds, lds);                                            \
+    }                                                                                                   \
+  }
+
+#define SPATTN_STEP_MADD(acc, u, k) \
+  _mm512_add_epi32((acc), _mm512_madd_epi16(_mm512_maddubs_epi16((u), (k)), _mm512_set1_epi16(1)))
+
+SPATTN_DEFINE_QK_I4(qk_i4, , SPATTN_STEP_MADD)
+
+#if defined(__GNUC__) && (defined(__clang__) || __GNUC__ >= 9)
+#define SPATTN_HAVE_VNNI_TARGET 1
+#define SPATTN_STEP_VNNI(acc, u, k) _mm512_dpbusd_epi32((acc), (u), (k))
+// Compiled for AVX-512 VNNI by attribute only: called only when the CPU reports avx512vnni.
+SPATTN_DEFINE_QK_I4(qk_i4_vnni, __attribute__((target("avx512vnni"))), SPATTN_STEP_VNNI)
+#endif
+
 const Kernels kTable{Level::AVX512, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax,
-                     &half_to_float};
+                     &half_to_float, &qk_i4};
+#ifdef SPATTN_HAVE_VNNI_TARGET
+const Kernels kTableVnni{Level::AVX512, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax,
+                         &half_to_float, &qk_i4_vnni};
+#endif
+
+bool cpu_vnni() {
+#ifdef SPATTN_HAVE_VNNI_TARGET
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
 
 }  // namespace
 
-const Kernels* avx512_kernels() { return &kTable; }
+bool avx512_vnni() {
+  static const bool v = cpu_vnni();
+  return v;
+}
+
+const Kernels* avx512_kernels() {
+#ifdef SPATTN_HAVE_VNNI_TARGET
+  if (avx512_vnni()) return &kTableVnni;
+#endif
+  return &kTable;
+}
+
+QkI4 avx512_qk_i4_madd() { return &qk_i4; }
+
 
 }  // namespace spattn::simd
 
@@ -270,6 +363,8 @@ const Kernels* avx512_kernels() { return &kTable; }
 
 namespace spattn::simd {
 const Kernels* avx512_kernels() { return nullptr; }
+bool avx512_vnni() { return false; }
+QkI4 avx512_qk_i4_madd() { return nullptr; }
 }  // namespace spattn::simd
 
 #endif

@@ -97,4 +97,17 @@ const Kernels& kernels() { return *choice().k; }
 
 std::string choice_note() { return choice().note; }
 
+std::vector<QkI4Variant> qk_i4_variants() {
+  std::vector<QkI4Variant> out;
+  for (Level l : available()) {
+    if (l == Level::AVX512) {
+      if (avx512_vnni()) out.push_back({"avx512-vnni", table(l)->qk_i4});
+      out.push_back({"avx512", avx512_qk_i4_madd()});
+    } else {
+      out.push_back({name(l), table(l)->qk_i4});
+    }
+  }
+  return out;
+}
+
 }  // namespace spattn::simd

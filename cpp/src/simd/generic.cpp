@@ -52,8 +52,18 @@ void scale_row(float* x, int n, float alpha) { Eigen::Map<Eigen::ArrayXf>(x, n) 
 #include "online_softmax.inl"
 #include "half.inl"
 
+void qk_i4(const uint8_t* Q, int rows, int dq, const int8_t* Kp, int ldk, int cols, int32_t* S, int lds) {
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j) {
+      const uint8_t* q = Q + static_cast<long>(i) * dq;
+      int32_t acc = 0;
+      for (int c = 0; c < dq; ++c) acc += (int32_t(q[c]) - 8) * int32_t(Kp[(static_cast<long>(c / 4) * ldk + j) * 4 + c % 4]);
+      S[static_cast<long>(i) * lds + j] = acc;
+    }
+}
+
 const Kernels kTable{Level::Generic, &gemm_qk, &gemm_qk_rowmajor, &gemm_pv, &exp_shift_sum, &max_of, &online_softmax,
-                     &half_to_float_scalar};
+                     &half_to_float_scalar, &qk_i4};
 
 }  // namespace
 

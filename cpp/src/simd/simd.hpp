@@ -37,7 +37,17 @@ struct Kernels {
   // dst[i] = float(src[i]) for i < n, src holding IEEE fp16 (bf16 = false) or bfloat16 bits
   // (exact): half-precision K/V tiles are widened as they are read.
   void (*half_to_float)(const uint16_t* src, long n, float* dst, bool bf16);
+  // S (rows x cols, int32, row stride lds) = Q K^T, exact, for int4 values held one per byte:
+  // Qu = q + 8 (q in [-8, 7], so Qu in [0, 15], unsigned), rows of dq bytes (row stride dq, dq a
+  // multiple of 4); K signed int8 in [-8, 7], packed in groups of 4
+  // dims, K[j][4g + t] at Kp[(g * ldk + j) * 4 + t], ldk a multiple of 16 and >= cols (the packed
+  // columns up to the next multiple of 16 are read). The integer estimate of low-bit methods
+  // (SALE); AVX-512 uses VNNI (vpdpbusd) when the CPU has it, else vpmaddubsw + vpmaddwd, AVX2
+  // the latter on 256-bit vectors, generic a scalar loop.
+  void (*qk_i4)(const uint8_t* Qu, int rows, int dq, const int8_t* Kp, int ldk, int cols, int32_t* S, int lds);
 };
+
+using QkI4 = void (*)(const uint8_t* Qu, int rows, int dq, const int8_t* Kp, int ldk, int cols, int32_t* S, int lds);
 
 // The kernels chosen at load (CPU detection, SPATTN_SIMD override).
 const Kernels& kernels();
@@ -54,5 +64,17 @@ std::string choice_note();
 const Kernels* avx512_kernels();
 const Kernels* avx2_kernels();
 const Kernels* generic_kernels();
+
+// Every int4 product variant this CPU can run, best first, with its name (e.g. "avx512-vnni",
+// "avx512", "avx2", "generic"): the tests check each against a scalar loop, whatever the choice.
+struct QkI4Variant {
+  const char* name;
+  QkI4 fn;
+};
+std::vector<QkI4Variant> qk_i4_variants();
+// Whether this CPU and build have AVX-512 VNNI (the avx512 table then uses it for qk_i4).
+bool avx512_vnni();
+// The AVX-512 int4 product without VNNI (null when the build cannot target AVX-512).
+QkI4 avx512_qk_i4_madd();
 
 }  // namespace spattn::simd
