@@ -115,6 +115,21 @@ struct RoutingClustersView {
 // is no row log-sum-exp). Memory: the cluster outputs (B, H, C, wq, Dv), the size of out when C * W = N.
 void routing_attention(const AttnArgs& args, const RoutingClustersView& rc);
 
+// Gradients of dense attention (exact, flash-style recomputation by tiles): outputs of the call.
+// dq like q, dk like k, dv like v (packed); d_pair, optional, like args.bias->pair (its gradient:
+// summed over the batch and, for a shared pair bias, over heads). Key and relative biases enter the
+// recomputed logits but get no gradient here.
+struct AttnGrads {
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+  float* d_pair = nullptr;
+};
+
+// Backward of dense_attention with the same args (q, k, v, causality, scale, bias), its outputs
+// args.out and args.lse, and the output gradient `dout` (like out). Float32 packed K/V only.
+void dense_attention_backward(const AttnArgs& args, const float* dout, const AttnGrads& grads);
+
 // Exact merge of two attention states over disjoint key sets:
 // lse = logaddexp(lse_a, lse_b), out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.
 // Rows empty on both sides give out = 0, lse = -inf. `rows` rows of `dv` values each.

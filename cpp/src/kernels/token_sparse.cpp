@@ -120,6 +120,7 @@ void token_sparse_attention(const AttnArgs& a, const TokenIndicesView& ix) {
   const AttnShape& s = a.shape;
   s.validate();
   ix.check_against(s);
+  if (a.bias != nullptr) a.bias->check_against(s);
   if (s.Nq == 0) return;
   TokenVariant var(a, ix);
   if (rows_shared_by_groups(s, ix)) var.stack = s.group();
