@@ -354,15 +354,21 @@ void bind_kernels(py::module_& m) {
   m.def("token_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& idx, int group_size,
                                      int kv_len, bool causal, const OptScale& scale,
                                      const std::optional<FArr>& key_bias, const std::optional<FArr>& bias,
-                                     const std::optional<FArr>& rel_bias) {
+                                     const std::optional<FArr>& rel_bias, const std::string& activation) {
     const TokenIndicesView iv = index_view(idx, group_size, kv_len);
     qkv_shape(q, k, &v);
+    if (activation != "softmax" && activation != "relu2")
+      throw py::value_error("activation must be 'softmax' or 'relu2', got '" + activation + "'");
     const LogitBias lb = logit_bias(q, k, key_bias, bias, rel_bias);
-    return run_attention(q, k, v, causal, scale,
-                         [&](const AttnArgs& a) { token_sparse_attention(with_bias(a, lb), iv); });
+    const bool relu2 = activation == "relu2";
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) {
+      AttnArgs b = with_bias(a, lb);
+      b.relu2 = relu2;
+      token_sparse_attention(b, iv);
+    });
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("indices"), py::arg("group_size"), py::arg("kv_len"),
      py::arg("causal"), py::arg("scale"), py::arg("key_bias") = py::none(), py::arg("bias") = py::none(),
-     py::arg("rel_bias") = py::none());
+     py::arg("rel_bias") = py::none(), py::arg("activation") = "softmax");
 
   m.def("row_block_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& blocks, int block_k,
                                          int kv_len, bool causal, const OptScale& scale,

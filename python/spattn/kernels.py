@@ -157,13 +157,16 @@ def block_sparse_attention(q, k, v, mask: Union[BlockMask, BlockPlan], *, causal
 
 def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = False,
                            scale: Optional[float] = None, return_lse: bool = False,
-                           kv_len: Optional[int] = None, key_bias=None, bias=None, rel_bias=None) -> Result:
+                           kv_len: Optional[int] = None, key_bias=None, bias=None, rel_bias=None,
+                           activation: str = "softmax") -> Result:
     """Attention restricted to the key positions in `indices` (a spattn.TokenIndices).
 
     Each group of `indices.group_size` consecutive queries attends to its own list of keys;
     decode is Nq = 1. With `causal`, listed keys past a query's causal limit are ignored.
     With `kv_len`, k and v are buffers (B, Hkv, capacity, D) whose first `kv_len` rows of axis 2
     are the keys, read in place (see :func:`attention`); `indices.kv_len` must equal it.
+    `activation` "relu2": un-normalised ReLU^2 attention (SMA / SeqBoat), out = sum_j relu(s_j)^2 v_j
+    over the visible listed keys (s_j = q.k_j * scale + biases) and lse = log sum_j relu(s_j)^2.
     """ + _BIAS_DOC + """
     """
     q, k, v = check_qkv(q, k, v)
@@ -171,8 +174,9 @@ def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = Fal
     if not isinstance(indices, TokenIndices):
         raise TypeError(f"indices must be a spattn.TokenIndices, got {type(indices).__name__}")
     if kv_len is not None:
-        if any(x is not None for x in biases):
-            raise ValueError("key_bias / bias / rel_bias are not supported with kv_len (pass packed k and v)")
+        if any(x is not None for x in biases) or activation != "softmax":
+            raise ValueError("key_bias / bias / rel_bias / activation are not supported with kv_len (pass packed k "
+                             "and v)")
         kv_len = check_int(kv_len, "kv_len")
         if indices.kv_len != kv_len:
             raise ValueError(f"indices were made for kv_len={indices.kv_len}, but k has Nk={kv_len}")
@@ -180,7 +184,7 @@ def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = Fal
                                                        indices.group_size, as_causal(causal), as_scale(scale))
         return _finish(out, lse, return_lse)
     out, lse = _core.token_sparse_attention(q, k, v, indices.indices, indices.group_size, indices.kv_len,
-                                            as_causal(causal), as_scale(scale), *biases)
+                                            as_causal(causal), as_scale(scale), *biases, activation)
     return _finish(out, lse, return_lse)
 
 

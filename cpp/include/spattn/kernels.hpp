@@ -26,6 +26,7 @@ void block_sparse_attention(const AttnArgs& args, const BlockPlan& plan);
 void block_sparse_attention(const AttnArgs& args, const BlockMaskView& mask);
 
 // Attention restricted to the key positions listed per query group (decode when Nq = 1).
+// args.relu2: un-normalised ReLU^2 attention over the listed keys instead of softmax.
 void token_sparse_attention(const AttnArgs& args, const TokenIndicesView& indices);
 
 // Attention restricted, per query row, to the key blocks listed for it (RowBlockIndices: InfLLM-V2's

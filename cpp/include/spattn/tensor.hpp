@@ -107,6 +107,10 @@ struct AttnArgs {
   float* out = nullptr;
   float* lse = nullptr;
   const LogitBias* bias = nullptr;  // additive logit biases, or null (no bias: no overhead)
+  // Un-normalised ReLU^2 attention instead of softmax (SMA / SeqBoat's 'relu2'): out = sum_j
+  // relu(s_j)^2 v_j over the visible keys, lse = log sum_j relu(s_j)^2 (-inf when 0). Token-sparse
+  // kernel only.
+  bool relu2 = false;
 
   float effective_scale() const { return scale > 0.f ? scale : 1.f / std::sqrt(float(shape.D)); }
 };

@@ -262,6 +262,7 @@ inline void bias_tile(const LogitBias& lb, const AttnShape& sh, int b, const int
 struct OnlineSoftmax {
   bool lower = false;
   const uint8_t* hide = nullptr;
+  bool relu2 = false;  // P = relu(S)^2 over the visible keys, no softmax (l sums P, m unused)
   bool self_logit = false;
   float self_value = 0.f;
 
@@ -286,7 +287,11 @@ struct OnlineSoftmax {
         }
       }
     }
-    t.simd.online_softmax(S, rows, cols, t.ncols.data(), t.m.data(), t.l.data(), t.acc.data(), t.dv);
+    if (relu2) {
+      relu2_weights(t, rows, cols, low);
+    } else {
+      t.simd.online_softmax(S, rows, cols, t.ncols.data(), t.m.data(), t.l.data(), t.acc.data(), t.dv);
+    }
     if (t.dv == 0) return;
     for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
       if (hide != nullptr && !segment_values_finite_or_seen(t, rows, seg[g], g, nseg)) {
@@ -302,6 +307,22 @@ struct OnlineSoftmax {
         continue;
       }
       t.simd.pv(S + n0, rows, cols, seg[g].v, seg[g].ldv, seg[g].len, t.dv, t.acc.data());
+    }
+  }
+
+  // ReLU^2 weights in place: P = relu(S)^2 on each row's visible keys [nfirst, ncols), 0 elsewhere;
+  // the row sums go to l (the output is the unnormalised sum P V).
+  static void relu2_weights(TileScratch& t, int rows, int cols, bool low) {
+    for (int r = 0; r < rows; ++r) {
+      float* S = t.s.data() + size_t(r) * cols;
+      const int f = low ? t.nfirst[r] : 0, e = t.ncols[r];
+      float sum = 0.f;
+      for (int c = 0; c < cols; ++c) {
+        const float x = (c >= f && c < e) ? std::max(S[c], 0.f) : 0.f;
+        S[c] = x * x;
+        sum += S[c];
+      }
+      t.l[r] += sum;
     }
   }
 
@@ -494,6 +515,12 @@ inline void run_key_span_half(TileScratch& t, int rows, const AttnArgs& a, int b
 // give out = 0 and lse = -inf.
 inline void store_row(const TileScratch& t, int r, const AttnArgs& a, int b, int h, int i) {
   const AttnShape& sh = a.shape;
+  if (a.relu2) {  // unnormalised: out = acc, lse = log of the total weight
+    if (a.out != nullptr && sh.Dv > 0)
+      std::copy_n(t.acc.data() + size_t(r) * t.dv, sh.Dv, a.out + sh.out_index(b, h, i));
+    if (a.lse != nullptr) a.lse[sh.row_index(b, h, i)] = t.l[r] == 0.f ? kNegInf : std::log(t.l[r]);
+    return;
+  }
   const bool empty = t.l[r] == 0.f;  // NaN inputs propagate (NaN out), as in torch; only true emptiness gives 0
   if (a.out != nullptr && sh.Dv > 0) {
     float* o = a.out + sh.out_index(b, h, i);
