@@ -259,3 +259,18 @@ def test_dense_backward_bad_shapes_name_the_argument():
         spattn.dense_attention_backward(q, k, v, o, lse[..., :5], o)
     with pytest.raises(ValueError, match="do must have shape"):
         spattn.dense_attention_backward(q, k, v, o, lse, o[..., :3])
+
+
+def test_split_kv_decode_with_biases_matches_float64():
+    """Few-row calls over long keys run split-KV (parts merged exactly): the biases enter every part."""
+    B, Hq, Hkv, Nq, Nk, D = 1, 4, 2, 1, 4500, 64
+    rng = np.random.default_rng(9)
+    q, k, v = _qkv(rng, B, Hq, Hkv, Nq, Nk, D)
+    kw = _biases(rng, "all", B, Hq, Hkv, Nq, Nk)
+    ref = _reference(q, k, v, causal=True, full_bias=_full_bias((B, Hq, Nq, Nk, Hkv), **kw))
+    _check(*spattn.attention(q, k, v, causal=True, return_lse=True, **kw), ref)
+    idx = np.broadcast_to(np.arange(Nk, dtype=np.int32), (B, Hq, 1, Nk))
+    _check(*spattn.token_sparse_attention(q, k, v, spattn.TokenIndices(idx, 1, Nk), causal=True, return_lse=True,
+                                          **kw), ref)
+    mask = spattn.BlockMask(np.ones((B, Hq, 1, -(-Nk // 64)), bool), 64, 64, Nq, Nk)
+    _check(*spattn.block_sparse_attention(q, k, v, mask, causal=True, return_lse=True, **kw), ref)

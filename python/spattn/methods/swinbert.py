@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from .. import training
-from .._validation import as_causal, as_scale, check_positive_int, check_qkv
+from .._validation import as_causal, as_scale, check_int, check_positive_int, check_qkv
 from ..kernels import attention, dense_attention_backward, token_sparse_attention
 from ..masks import TokenIndices
 from .base import Capabilities, Method, register
@@ -97,7 +97,7 @@ class SwinBERT(Method):
         if isinstance(sw, bool) or not isinstance(sw, (int, float, np.floating)) or not sw >= 0 or not np.isfinite(sw):
             raise ValueError(f"swinbert: sparsity_weight must be a finite float >= 0, got {sw!r}")
         self.params["sparsity_weight"] = float(sw)
-        self.params["init_seed"] = check_positive_int(self.params["init_seed"] + 1, "init_seed") - 1
+        self.params["init_seed"] = check_int(self.params["init_seed"], "init_seed")
 
     @property
     def reads_outside_mask(self) -> bool:
