@@ -274,3 +274,39 @@ def test_split_kv_decode_with_biases_matches_float64():
                                           **kw), ref)
     mask = spattn.BlockMask(np.ones((B, Hq, 1, -(-Nk // 64)), bool), 64, 64, Nq, Nk)
     _check(*spattn.block_sparse_attention(q, k, v, mask, causal=True, return_lse=True, **kw), ref)
+
+
+def _fold_bias_grad(name, ds, bias, Hkv, Nq, Nk):
+    """The float64 gradient of one bias from dS (B, Hq, Nq, Nk): sums over what the bias shares."""
+    B, Hq = ds.shape[:2]
+    if name == "bias":
+        g = ds.sum(0)
+        return g.sum(0) if bias.ndim == 2 else (g.sum(0, keepdims=True) if bias.shape[0] == 1 else g)
+    if name == "key_bias":
+        g = ds.sum(2)  # (B, Hq, Nk)
+        return g if bias.shape[1] == Hq else g.reshape(B, Hkv, Hq // Hkv, Nk).sum(2)
+    R = bias.shape[-1] // 2
+    e = np.clip(np.arange(Nk)[None, :] - (np.arange(Nq)[:, None] + Nk - Nq), -R, R) + R
+    g = np.zeros((Hq, 2 * R + 1))
+    for h in range(Hq):
+        np.add.at(g[h], e.ravel(), ds[:, h].sum(0).ravel())
+    return g.sum(0) if bias.ndim == 1 else (g.sum(0, keepdims=True) if bias.shape[0] == 1 else g)
+
+
+@pytest.mark.parametrize("kind", ["key_hq", "key_hkv", "rel1d", "rel2d", "all"])
+def test_dense_backward_key_and_rel_bias_gradients(kind):
+    B, Hq, Hkv, Nq, Nk, D = 2, 4, 2, 45, 70, 64
+    rng = np.random.default_rng(10)
+    q, k, v = _qkv(rng, B, Hq, Hkv, Nq, Nk, D)
+    do = rng.standard_normal((B, Hq, Nq, D)).astype(np.float32)
+    kw = _biases(rng, kind, B, Hq, Hkv, Nq, Nk)
+    o, lse = spattn.attention(q, k, v, causal=True, return_lse=True, **kw)
+    dq, dk, dv, db = spattn.dense_attention_backward(q, k, v, o, lse, do, causal=True, **kw)
+    rq, rk, rv, ds = _reference_backward(q, k, v, do, causal=True, full_bias=_full_bias((B, Hq, Nq, Nk, Hkv), **kw))
+    for got, want in ((dq, rq), (dk, rk), (dv, rv)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    grads = db if isinstance(db, dict) else {next(iter(kw)): db}
+    assert set(grads) == set(kw)
+    for name, got in grads.items():
+        assert got.shape == kw[name].shape
+        np.testing.assert_allclose(got, _fold_bias_grad(name, ds, kw[name], Hkv, Nq, Nk), rtol=1e-4, atol=1e-4)

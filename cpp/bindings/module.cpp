@@ -250,22 +250,25 @@ void bind_kernels(py::module_& m) {
     g.dq = dq.mutable_data();
     g.dk = dk.mutable_data();
     g.dv = dv.mutable_data();
-    py::object dbias = py::none();
-    if (bias) {
-      FArr db(std::vector<py::ssize_t>(bias->shape(), bias->shape() + bias->ndim()));
-      g.d_pair = db.mutable_data();
-      dbias = db;
-    }
+    // a gradient array shaped as the bias x, its pointer into `dst`; None without x
+    const auto grad_like = [](const std::optional<FArr>& x, float** dst) -> py::object {
+      if (!x) return py::none();
+      FArr d(std::vector<py::ssize_t>(x->shape(), x->shape() + x->ndim()));
+      *dst = d.mutable_data();
+      return std::move(d);
+    };
+    const py::object dbias = grad_like(bias, &g.d_pair), dkey = grad_like(key_bias, &g.d_key),
+                     drel = grad_like(rel_bias, &g.d_rel);
     {
       py::gil_scoped_release nogil;
       dense_attention_backward(a, dout.data(), g);
     }
-    return py::make_tuple(dq, dk, dv, dbias);
+    return py::make_tuple(dq, dk, dv, dbias, dkey, drel);
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("do"), py::arg("causal"),
      py::arg("scale"), py::arg("key_bias") = py::none(), py::arg("bias") = py::none(),
      py::arg("rel_bias") = py::none(),
-     "Gradients (dq, dk, dv, dbias) of dense attention given its output o and lse and the output gradient do; "
-     "dbias is the gradient of `bias` (None without it).");
+     "Gradients (dq, dk, dv, d_bias, d_key_bias, d_rel_bias) of dense attention given its output o and lse and "
+     "the output gradient do; each bias gradient is shaped as its bias, None without it.");
 
   m.def("dense_attention_half", [](const FArr& q, const HArr& k, const HArr& v, bool bf16, bool causal,
                                    const OptScale& scale) {

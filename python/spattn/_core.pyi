@@ -219,7 +219,8 @@ def dense_attention_backward(q: np.ndarray, k: np.ndarray, v: np.ndarray, o: np.
                              do: np.ndarray, causal: bool, scale: Optional[float],
                              key_bias: Optional[np.ndarray] = None, bias: Optional[np.ndarray] = None,
                              rel_bias: Optional[np.ndarray] = None
-                             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]: ...
+                             ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray],
+                                        Optional[np.ndarray], Optional[np.ndarray]]: ...
 def dense_attention_half(q: np.ndarray, k: np.ndarray, v: np.ndarray, bf16: bool, causal: bool,
                          scale: Optional[float]) -> Pair: ...
 def block_sparse_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, plan: BlockPlan, causal: bool,

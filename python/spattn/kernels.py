@@ -207,16 +207,21 @@ def dense_attention_backward(q, k, v, o, lse, do, *, causal: bool = False, scale
     Returns
     -------
     dq, dk, dv, dbias
-        Gradients like q, k, v (float32); dbias like `bias` (summed over the batch and, for a
-        bias shared by the heads, over heads), or None without `bias`. Key and relative biases
-        enter the recomputed logits but get no gradient.
+        Gradients like q, k, v (float32). dbias: None without biases; the gradient of the one bias
+        given, shaped as it; with several, a dict {"bias" | "key_bias" | "rel_bias": gradient}.
+        A bias shared by heads or batch items gets the sum over them (a kv-head key bias over its
+        group; a relative table entry over every pair its clamped offset selects).
 
     Memory: O(N D) beyond dbias; the Nq x Nk probabilities are recomputed in 64 x 64 tiles.
     """
     q, k, v = check_qkv(q, k, v)
     o, lse, do = (as_float_array(x, name) for name, x in (("o", o), ("lse", lse), ("do", do)))
-    return _core.dense_attention_backward(q, k, v, o, lse, do, as_causal(causal), as_scale(scale),
-                                          *_biases(key_bias, bias, rel_bias))
+    biases = _biases(key_bias, bias, rel_bias)
+    dq, dk, dv, d_bias, d_key, d_rel = _core.dense_attention_backward(q, k, v, o, lse, do, as_causal(causal),
+                                                                      as_scale(scale), *biases)
+    grads = {name: d for name, d in (("bias", d_bias), ("key_bias", d_key), ("rel_bias", d_rel)) if d is not None}
+    dbias = None if not grads else (next(iter(grads.values())) if len(grads) == 1 else grads)
+    return dq, dk, dv, dbias
 
 
 def _window_args(sinks, left, right):

@@ -117,14 +117,17 @@ struct RoutingClustersView {
 void routing_attention(const AttnArgs& args, const RoutingClustersView& rc);
 
 // Gradients of dense attention (exact, flash-style recomputation by tiles): outputs of the call.
-// dq like q, dk like k, dv like v (packed); d_pair, optional, like args.bias->pair (its gradient:
-// summed over the batch and, for a shared pair bias, over heads). Key and relative biases enter the
-// recomputed logits but get no gradient here.
+// dq like q, dk like k, dv like v (packed); optional bias gradients shaped as the biases of
+// args.bias: d_pair (summed over the batch and, for a shared pair bias, over heads), d_key (summed
+// over the query rows and, for kv-head rows, over the group's heads), d_rel (summed over every
+// (query, key) pair whose clamped offset selects the entry, over the batch and shared heads).
 struct AttnGrads {
   float* dq = nullptr;
   float* dk = nullptr;
   float* dv = nullptr;
   float* d_pair = nullptr;
+  float* d_key = nullptr;
+  float* d_rel = nullptr;
 };
 
 // Backward of dense_attention with the same args (q, k, v, causality, scale, bias), its outputs

@@ -22,6 +22,7 @@ constexpr int kBwdTile = 64;
 struct BwdScratch {
   detail::AlignedFloats q, dout, s, dp, tr;
   std::vector<int> heads, qpos, pos;
+  std::vector<double> d_rel;  // this thread's share of the relative-bias gradient
   BwdScratch(int d, int dv)
       : q(size_t(kBwdTile) * d), dout(size_t(kBwdTile) * dv), s(size_t(kBwdTile) * kBwdTile),
         dp(size_t(kBwdTile) * kBwdTile), tr(size_t(kBwdTile) * kBwdTile), heads(kBwdTile), qpos(kBwdTile),
@@ -82,6 +83,12 @@ struct Backward {
     float* dv = s.Dv > 0 ? g.dv + s.v_index(b, hk, j0) : nullptr;
     std::fill_n(dk, size_t(cols) * s.D, 0.f);
     if (dv) std::fill_n(dv, size_t(cols) * s.Dv, 0.f);
+    const LogitBias* lb = a.bias;
+    const bool key = g.d_key != nullptr && lb != nullptr && lb->key != nullptr;
+    if (key)
+      for (int h = 0; h < lb->key_heads; ++h)
+        if (lb->key_heads == s.Hq ? h / s.group() == hk : h == hk)
+          std::fill_n(g.d_key + (size_t(b) * lb->key_heads + h) * s.Nk + j0, cols, 0.f);
     for (int h = hk * s.group(); h < (hk + 1) * s.group(); ++h)
       for (int i0 = 0; i0 < s.Nq; i0 += kBwdTile) {
         const int i1 = std::min(s.Nq, i0 + kBwdTile), rows = i1 - i0;
@@ -92,6 +99,15 @@ struct Backward {
         }
         transpose(t.dp.data(), rows, cols, t.tr.data());  // dK += dS^T (scale Q)
         simd.pv(t.tr.data(), cols, rows, t.q.data(), s.D, rows, s.D, dk);
+        if (key) {  // d key bias = column sums of dS
+          float* dkb = g.d_key + (size_t(b) * lb->key_heads + (lb->key_heads == s.Hq ? h : hk)) * s.Nk + j0;
+          for (int c = 0; c < cols; ++c) {
+            const float* row = t.tr.data() + size_t(c) * rows;
+            double acc = 0.0;
+            for (int r = 0; r < rows; ++r) acc += row[r];
+            dkb[c] += float(acc);
+          }
+        }
       }
   }
 
@@ -102,6 +118,7 @@ struct Backward {
     const auto& simd = simd::kernels();
     const LogitBias* lb = a.bias;
     const bool pair = g.d_pair != nullptr && lb != nullptr && lb->pair != nullptr;
+    const bool rel = g.d_rel != nullptr && lb != nullptr && lb->rel != nullptr;
     if (pair)
       for (int ph = 0; ph < lb->pair_heads; ++ph)
         std::fill_n(g.d_pair + (size_t(ph) * s.Nq + i0) * s.Nk, size_t(rows) * s.Nk, 0.f);
@@ -114,6 +131,13 @@ struct Backward {
           const int j1 = std::min(s.Nk, j0 + kBwdTile), cols = j1 - j0;
           if (!tile(t, b, h, i0, i1, j0, j1)) break;
           simd.pv(t.dp.data(), rows, cols, a.k + s.k_index(b, hk, j0), s.D, cols, s.D, dq);
+          if (rel) {
+            const int R = lb->rel_radius, off = s.causal_offset();
+            double* dr = t.d_rel.data() + size_t(lb->rel_heads == 1 ? 0 : h) * (2 * R + 1) + R;
+            for (int r = 0; r < rows; ++r)
+              for (int c = 0; c < cols; ++c)
+                dr[std::clamp(j0 + c - (i0 + r + off), -R, R)] += t.dp[size_t(r) * cols + c];
+          }
           if (pair) {
             float* db = g.d_pair + ((size_t(lb->pair_heads == 1 ? 0 : h) * s.Nq + i0) * s.Nk) + j0;
             for (int r = 0; r < rows; ++r)
@@ -152,6 +176,8 @@ void dense_attention_backward(const AttnArgs& a, const float* dout, const AttnGr
   }
   const Backward bw{a, dout, delta.data(), g, scale};
   const int nkt = ceil_div(s.Nk, kBwdTile), nqt = ceil_div(s.Nq, kBwdTile);
+  std::vector<double> rel_sum(a.bias != nullptr && a.bias->rel != nullptr
+                                  ? size_t(a.bias->rel_heads) * (2 * a.bias->rel_radius + 1) : 0, 0.0);
 #pragma omp parallel
   {
     BwdScratch t(s.D, s.Dv);
@@ -160,9 +186,17 @@ void dense_attention_backward(const AttnArgs& a, const float* dout, const AttnGr
       const int kt = int(it % nkt), hk = int((it / nkt) % s.Hkv), b = int(it / ((long long)nkt * s.Hkv));
       bw.key_pass(t, b, hk, kt * kBwdTile, std::min(s.Nk, (kt + 1) * kBwdTile));
     }
+    const bool rel = g.d_rel != nullptr && a.bias != nullptr && a.bias->rel != nullptr;
+    if (rel) t.d_rel.assign(size_t(a.bias->rel_heads) * (2 * a.bias->rel_radius + 1), 0.0);
 #pragma omp for schedule(dynamic, 1)
     for (int qt = 0; qt < nqt; ++qt) bw.query_pass(t, qt * kBwdTile, std::min(s.Nq, (qt + 1) * kBwdTile));
+    if (rel) {
+#pragma omp critical(spattn_backward_rel)
+      for (size_t c = 0; c < t.d_rel.size(); ++c) rel_sum[c] += t.d_rel[c];
+    }
   }
+  if (g.d_rel != nullptr && a.bias != nullptr && a.bias->rel != nullptr)
+    for (size_t c = 0; c < rel_sum.size(); ++c) g.d_rel[c] = float(rel_sum[c]);
 }
 
 }  // namespace spattn
