@@ -19,6 +19,7 @@ struct Problem {
   AttnShape s;
   std::vector<float> q, k, v, out, lse;
   bool causal = false;
+  const LogitBias* bias = nullptr;  // set on args() (and so seen by the reference) when not null
 
   Problem(int B, int Hq, int Hkv, int Nq, int Nk, int D, int Dv, bool causal_, unsigned seed = 1)
       : causal(causal_) {
@@ -37,7 +38,7 @@ struct Problem {
   AttnArgs args() {
     AttnArgs a;
     a.q = q.data(); a.k = k.data(); a.v = v.data(); a.shape = s; a.causal = causal;
-    a.out = out.data(); a.lse = lse.data();
+    a.out = out.data(); a.lse = lse.data(); a.bias = bias;
     return a;
   }
   // Compare out/lse with the reference under an extra visibility predicate.

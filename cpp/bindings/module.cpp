@@ -132,6 +132,67 @@ void bind_block_estimator(py::module_& m, const char* method, const char* cls, B
         py::arg("q"), py::arg("k"), py::arg("causal"), py::arg("scale"), py::arg("params"));
 }
 
+// Every value of a bias array finite, else ValueError naming it.
+void need_finite(const FArr& x, const char* name) {
+  const float* p = x.data();
+  for (py::ssize_t c = 0; c < x.size(); ++c)
+    if (!std::isfinite(p[c]))
+      throw py::value_error(std::string(name) + " must be finite, got " + std::to_string(p[c]) + " at flat index " +
+                            std::to_string(c));
+}
+
+// The optional additive logit biases of a kernel call (spattn::LogitBias), checked against q and k:
+// key_bias (B, Hq or Hkv, Nk); bias (Nq, Nk) or (1 or Hq, Nq, Nk); rel_bias (2R+1,) or (1 or Hq, 2R+1).
+LogitBias logit_bias(const FArr& q, const FArr& k, const std::optional<FArr>& key_bias,
+                     const std::optional<FArr>& pair_bias, const std::optional<FArr>& rel_bias) {
+  LogitBias lb;
+  const py::ssize_t B = q.shape(0), Hq = q.shape(1), Nq = q.shape(2), Hkv = k.shape(1), Nk = k.shape(2);
+  if (key_bias) {
+    need_ndim(*key_bias, 3, "key_bias");
+    const auto& x = *key_bias;
+    if (x.shape(0) != B || (x.shape(1) != Hq && x.shape(1) != Hkv) || x.shape(2) != Nk)
+      throw py::value_error("key_bias must have shape (B, Hq or Hkv, Nk) = (" + std::to_string(B) + ", " +
+                            std::to_string(Hq) + " or " + std::to_string(Hkv) + ", " + std::to_string(Nk) + "), got " +
+                            shape_str(x));
+    need_finite(x, "key_bias");
+    lb.key = x.data();
+    lb.key_heads = int(x.shape(1));
+  }
+  if (pair_bias) {
+    const auto& x = *pair_bias;
+    if (x.ndim() != 2 && x.ndim() != 3)
+      throw py::value_error("bias must have shape (Nq, Nk) or (H, Nq, Nk), got " + shape_str(x));
+    const py::ssize_t h = x.ndim() == 3 ? x.shape(0) : 1;
+    if ((h != 1 && h != Hq) || x.shape(x.ndim() - 2) != Nq || x.shape(x.ndim() - 1) != Nk)
+      throw py::value_error("bias must have shape (Nq, Nk) = (" + std::to_string(Nq) + ", " + std::to_string(Nk) +
+                            ") or (1 or Hq=" + std::to_string(Hq) + ", Nq, Nk), got " + shape_str(x));
+    need_finite(x, "bias");
+    lb.pair = x.data();
+    lb.pair_heads = int(h);
+  }
+  if (rel_bias) {
+    const auto& x = *rel_bias;
+    if (x.ndim() != 1 && x.ndim() != 2)
+      throw py::value_error("rel_bias must have shape (2R+1,) or (H, 2R+1), got " + shape_str(x));
+    const py::ssize_t h = x.ndim() == 2 ? x.shape(0) : 1, len = x.shape(x.ndim() - 1);
+    if ((h != 1 && h != Hq) || len % 2 != 1)
+      throw py::value_error("rel_bias must have shape (2R+1,) or (1 or Hq=" + std::to_string(Hq) +
+                            ", 2R+1) with an odd last axis, got " + shape_str(x));
+    need_finite(x, "rel_bias");
+    lb.rel = x.data();
+    lb.rel_heads = int(h);
+    lb.rel_radius = int(len / 2);
+  }
+  return lb;
+}
+
+// `args` with the biases attached when there are any.
+AttnArgs with_bias(const AttnArgs& args, const LogitBias& lb) {
+  AttnArgs a = args;
+  a.bias = lb.any() ? &lb : nullptr;
+  return a;
+}
+
 std::vector<PoolKind> pool_kinds(const std::vector<std::string>& names, const char* arg) {
   std::vector<PoolKind> out;
   for (const auto& n : names) {
@@ -152,9 +213,62 @@ void bind_kernels(py::module_& m) {
      "Raise ValueError naming the argument unless q (B, Hq, Nq, D), k (B, Hkv, Nk, D), v (B, Hkv, Nk, Dv) "
      "and scale fit together (the checks every kernel runs).");
 
-  m.def("dense_attention", [](const FArr& q, const FArr& k, const FArr& v, bool causal, const OptScale& scale) {
-    return run_attention(q, k, v, causal, scale, [](const AttnArgs& a) { dense_attention(a); });
-  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("scale"));
+  m.def("dense_attention", [](const FArr& q, const FArr& k, const FArr& v, bool causal, const OptScale& scale,
+                              const std::optional<FArr>& key_bias, const std::optional<FArr>& bias,
+                              const std::optional<FArr>& rel_bias) {
+    qkv_shape(q, k, &v);
+    const LogitBias lb = logit_bias(q, k, key_bias, bias, rel_bias);
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { dense_attention(with_bias(a, lb)); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("scale"), py::arg("key_bias") = py::none(),
+     py::arg("bias") = py::none(), py::arg("rel_bias") = py::none());
+
+  m.def("dense_attention_backward", [](const FArr& q, const FArr& k, const FArr& v, const FArr& out, const FArr& lse,
+                                       const FArr& dout, bool causal, const OptScale& scale,
+                                       const std::optional<FArr>& key_bias, const std::optional<FArr>& bias,
+                                       const std::optional<FArr>& rel_bias) {
+    AttnArgs a = make_args(q, k, &v, causal, scale);
+    const AttnShape& s = a.shape;
+    const std::vector<py::ssize_t> oshape{s.B, s.Hq, s.Nq, s.Dv}, lshape{s.B, s.Hq, s.Nq};
+    const auto same = [](const FArr& x, const std::vector<py::ssize_t>& want, const char* name) {
+      bool ok = x.ndim() == py::ssize_t(want.size());
+      for (size_t c = 0; ok && c < want.size(); ++c) ok = x.shape(c) == want[c];
+      if (!ok) {
+        std::string w = "(";
+        for (size_t c = 0; c < want.size(); ++c) w += (c ? ", " : "") + std::to_string(want[c]);
+        throw py::value_error(std::string(name) + " must have shape " + w + "), got " + shape_str(x));
+      }
+    };
+    same(out, oshape, "o");
+    same(lse, lshape, "lse");
+    same(dout, oshape, "do");
+    const LogitBias lb = logit_bias(q, k, key_bias, bias, rel_bias);
+    a = with_bias(a, lb);
+    a.out = const_cast<float*>(out.data());  // read only by the backward
+    a.lse = const_cast<float*>(lse.data());
+    FArr dq({s.B, s.Hq, s.Nq, s.D}), dk({s.B, s.Hkv, s.Nk, s.D}), dv({s.B, s.Hkv, s.Nk, s.Dv});
+    AttnGrads g;
+    g.dq = dq.mutable_data();
+    g.dk = dk.mutable_data();
+    g.dv = dv.mutable_data();
+    // a gradient array shaped as the bias x, its pointer into `dst`; None without x
+    const auto grad_like = [](const std::optional<FArr>& x, float** dst) -> py::object {
+      if (!x) return py::none();
+      FArr d(std::vector<py::ssize_t>(x->shape(), x->shape() + x->ndim()));
+      *dst = d.mutable_data();
+      return std::move(d);
+    };
+    const py::object dbias = grad_like(bias, &g.d_pair), dkey = grad_like(key_bias, &g.d_key),
+                     drel = grad_like(rel_bias, &g.d_rel);
+    {
+      py::gil_scoped_release nogil;
+      dense_attention_backward(a, dout.data(), g);
+    }
+    return py::make_tuple(dq, dk, dv, dbias, dkey, drel);
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("o"), py::arg("lse"), py::arg("do"), py::arg("causal"),
+     py::arg("scale"), py::arg("key_bias") = py::none(), py::arg("bias") = py::none(),
+     py::arg("rel_bias") = py::none(),
+     "Gradients (dq, dk, dv, d_bias, d_key_bias, d_rel_bias) of dense attention given its output o and lse and "
+     "the output gradient do; each bias gradient is shaped as its bias, None without it.");
 
   m.def("dense_attention_half", [](const FArr& q, const HArr& k, const HArr& v, bool bf16, bool causal,
                                    const OptScale& scale) {
@@ -217,24 +331,47 @@ void bind_kernels(py::module_& m) {
      py::arg("Hq"), py::arg("causal"));
 
   m.def("block_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const BlockPlan& plan, bool causal,
-                                     const OptScale& scale) {
-    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { block_sparse_attention(a, plan); });
-  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("plan"), py::arg("causal"), py::arg("scale"));
+                                     const OptScale& scale, const std::optional<FArr>& key_bias,
+                                     const std::optional<FArr>& bias, const std::optional<FArr>& rel_bias) {
+    qkv_shape(q, k, &v);
+    const LogitBias lb = logit_bias(q, k, key_bias, bias, rel_bias);
+    return run_attention(q, k, v, causal, scale,
+                         [&](const AttnArgs& a) { block_sparse_attention(with_bias(a, lb), plan); });
+  }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("plan"), py::arg("causal"), py::arg("scale"),
+     py::arg("key_bias") = py::none(), py::arg("bias") = py::none(), py::arg("rel_bias") = py::none());
 
   m.def("block_sparse_attention_mask", [](const FArr& q, const FArr& k, const FArr& v, const BArr& blocks, int block_q,
-                                          int block_k, int q_len, int kv_len, bool causal, const OptScale& scale) {
+                                          int block_k, int q_len, int kv_len, bool causal, const OptScale& scale,
+                                          const std::optional<FArr>& key_bias, const std::optional<FArr>& bias,
+                                          const std::optional<FArr>& rel_bias) {
     const BlockMaskView mv = mask_view(blocks, block_q, block_k, q_len, kv_len);
-    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { block_sparse_attention(a, mv); });
+    qkv_shape(q, k, &v);
+    const LogitBias lb = logit_bias(q, k, key_bias, bias, rel_bias);
+    return run_attention(q, k, v, causal, scale,
+                         [&](const AttnArgs& a) { block_sparse_attention(with_bias(a, lb), mv); });
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("blocks"), py::arg("block_q"), py::arg("block_k"),
-     py::arg("q_len"), py::arg("kv_len"), py::arg("causal"), py::arg("scale"),
+     py::arg("q_len"), py::arg("kv_len"), py::arg("causal"), py::arg("scale"), py::arg("key_bias") = py::none(),
+     py::arg("bias") = py::none(), py::arg("rel_bias") = py::none(),
      "Block-sparse attention compiling the mask into a plan for this one call.");
 
   m.def("token_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& idx, int group_size,
-                                     int kv_len, bool causal, const OptScale& scale) {
+                                     int kv_len, bool causal, const OptScale& scale,
+                                     const std::optional<FArr>& key_bias, const std::optional<FArr>& bias,
+                                     const std::optional<FArr>& rel_bias, const std::string& activation) {
     const TokenIndicesView iv = index_view(idx, group_size, kv_len);
-    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) { token_sparse_attention(a, iv); });
+    qkv_shape(q, k, &v);
+    if (activation != "softmax" && activation != "relu2")
+      throw py::value_error("activation must be 'softmax' or 'relu2', got '" + activation + "'");
+    const LogitBias lb = logit_bias(q, k, key_bias, bias, rel_bias);
+    const bool relu2 = activation == "relu2";
+    return run_attention(q, k, v, causal, scale, [&](const AttnArgs& a) {
+      AttnArgs b = with_bias(a, lb);
+      b.relu2 = relu2;
+      token_sparse_attention(b, iv);
+    });
   }, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("indices"), py::arg("group_size"), py::arg("kv_len"),
-     py::arg("causal"), py::arg("scale"));
+     py::arg("causal"), py::arg("scale"), py::arg("key_bias") = py::none(), py::arg("bias") = py::none(),
+     py::arg("rel_bias") = py::none(), py::arg("activation") = "softmax");
 
   m.def("row_block_sparse_attention", [](const FArr& q, const FArr& k, const FArr& v, const IArr& blocks, int block_k,
                                          int kv_len, bool causal, const OptScale& scale,

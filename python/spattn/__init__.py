@@ -16,7 +16,8 @@ numpy; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D/Dv); causal masks are bottom-right a
 from . import _core, integrations, linear, methods, metrics, models, state, synthetic, training
 from .cache import KVCache
 from .evaluate import Record, evaluate
-from .kernels import (BlockPlan, attention, block_sparse_attention, cluster_block_attention, merge_states,
+from .kernels import (BlockPlan, attention, block_sparse_attention, cluster_block_attention,
+                      dense_attention_backward, merge_states,
                       permuted_block_attention, plan, row_block_sparse_attention, sparse_attention,
                       token_sparse_attention, vertical_slash_attention, window_attention)
 from .layer_plan import LayerPlan
@@ -48,7 +49,7 @@ def num_threads() -> int:
 
 
 __all__ = [
-    "attention", "block_sparse_attention", "token_sparse_attention", "window_attention", "vertical_slash_attention",
+    "attention", "dense_attention_backward", "block_sparse_attention", "token_sparse_attention", "window_attention", "vertical_slash_attention",
     "permuted_block_attention", "cluster_block_attention", "row_block_sparse_attention", "sparse_attention",
     "merge_states", "plan", "BlockPlan",
     "na1d", "na2d", "na3d", "na_mask", "gna_tile_stats", "na_work", "sse_attention",

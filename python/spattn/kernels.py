@@ -26,8 +26,31 @@ def _finish(out: np.ndarray, lse: np.ndarray, return_lse: bool) -> Result:
     return (out, lse) if return_lse else out
 
 
+_BIAS_DOC = """
+    key_bias : array_like, optional
+        (B, Hq or Hkv, Nk): an additive logit bias per key (Dynamic Mask Attention's value-derived
+        bias); a kv-head row serves every query head of its group.
+    bias : array_like, optional
+        (Nq, Nk) or (1 or Hq, Nq, Nk): an additive bias per (query, key) pair, shared by the batch
+        (SwinBERT's learned mask; the only Nq x Nk buffer is the bias itself).
+    rel_bias : array_like, optional
+        (2R+1,) or (1 or Hq, 2R+1): a relative-position bias per head, entry
+        ``rel_bias[h, clip(j - p, -R, R) + R]`` for key j and query position p = i + Nk - Nq
+        (bottom-right aligned as the causal rule; offsets beyond R take the end entries).
+
+    Biases enter the scaled logits inside the kernel's tiles before the softmax,
+    softmax(q.k * scale + bias); every value must be finite."""
+
+
+def _biases(key_bias, bias, rel_bias):
+    """The optional bias arrays as C-contiguous float32 (shapes are checked in the core)."""
+    return tuple(None if x is None else as_float_array(x, name)
+                 for name, x in (("key_bias", key_bias), ("bias", bias), ("rel_bias", rel_bias)))
+
+
 def attention(q, k, v, *, causal: bool = False, scale: Optional[float] = None,
-              return_lse: bool = False, kv_len: Optional[int] = None) -> Result:
+              return_lse: bool = False, kv_len: Optional[int] = None, key_bias=None, bias=None,
+              rel_bias=None) -> Result:
     """Exact (dense) attention, tiled flash-style; never builds an Nq x Nk buffer.
 
     Parameters
@@ -48,7 +71,15 @@ def attention(q, k, v, *, causal: bool = False, scale: Optional[float] = None,
     they are read as stored, accumulating in float32: calls of few query rows (decode) widen each
     key tile as they read it, reading half the bytes; other calls widen K and V once in C++. The
     result equals attention on the float32 conversion of k and v (the conversion is exact).
+    """ + _BIAS_DOC + """
     """
+    biases = _biases(key_bias, bias, rel_bias)
+    if any(x is not None for x in biases):
+        if kv_len is not None:
+            raise ValueError("key_bias / bias / rel_bias are not supported with kv_len (pass packed k and v)")
+        q, k, v = check_qkv(q, k, v)
+        out, lse = _core.dense_attention(q, k, v, as_causal(causal), as_scale(scale), *biases)
+        return _finish(out, lse, return_lse)
     if kv_len is not None:
         q, k, v = check_qkv(q, k, v)
         out, lse = _core.dense_attention_prefix(q, k, v, check_int(kv_len, "kv_len"), as_causal(causal),
@@ -102,19 +133,23 @@ def plan(mask: BlockMask, q_shape: Sequence[int], k_shape: Sequence[int], *, cau
 
 
 def block_sparse_attention(q, k, v, mask: Union[BlockMask, BlockPlan], *, causal: bool = False,
-                           scale: Optional[float] = None, return_lse: bool = False) -> Result:
+                           scale: Optional[float] = None, return_lse: bool = False, key_bias=None, bias=None,
+                           rel_bias=None) -> Result:
     """Attention restricted to the blocks selected by `mask` (H = Hq or 1), or by a compiled plan.
 
     When `causal`, the causal rule applies element-wise inside the selected blocks. Rows whose
     blocks hold no visible key get out = 0, lse = -inf. A BlockMask is compiled into a plan for
     this one call; pass ``spattn.plan(mask, q.shape, k.shape, causal=...)`` to reuse one.
+    """ + _BIAS_DOC + """
     """
     q, k, v = check_qkv(q, k, v)
+    biases = _biases(key_bias, bias, rel_bias)
     if isinstance(mask, BlockMask):
         out, lse = _core.block_sparse_attention_mask(q, k, v, mask.blocks.view(np.uint8), mask.block_q, mask.block_k,
-                                                     mask.q_len, mask.kv_len, as_causal(causal), as_scale(scale))
+                                                     mask.q_len, mask.kv_len, as_causal(causal), as_scale(scale),
+                                                     *biases)
     elif isinstance(mask, BlockPlan):
-        out, lse = _core.block_sparse_attention(q, k, v, mask, as_causal(causal), as_scale(scale))
+        out, lse = _core.block_sparse_attention(q, k, v, mask, as_causal(causal), as_scale(scale), *biases)
     else:
         raise TypeError(f"mask must be a spattn.BlockMask or a plan from spattn.plan, got {type(mask).__name__}")
     return _finish(out, lse, return_lse)
@@ -122,18 +157,26 @@ def block_sparse_attention(q, k, v, mask: Union[BlockMask, BlockPlan], *, causal
 
 def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = False,
                            scale: Optional[float] = None, return_lse: bool = False,
-                           kv_len: Optional[int] = None) -> Result:
+                           kv_len: Optional[int] = None, key_bias=None, bias=None, rel_bias=None,
+                           activation: str = "softmax") -> Result:
     """Attention restricted to the key positions in `indices` (a spattn.TokenIndices).
 
     Each group of `indices.group_size` consecutive queries attends to its own list of keys;
     decode is Nq = 1. With `causal`, listed keys past a query's causal limit are ignored.
     With `kv_len`, k and v are buffers (B, Hkv, capacity, D) whose first `kv_len` rows of axis 2
     are the keys, read in place (see :func:`attention`); `indices.kv_len` must equal it.
+    `activation` "relu2": un-normalised ReLU^2 attention (SMA / SeqBoat), out = sum_j relu(s_j)^2 v_j
+    over the visible listed keys (s_j = q.k_j * scale + biases) and lse = log sum_j relu(s_j)^2.
+    """ + _BIAS_DOC + """
     """
     q, k, v = check_qkv(q, k, v)
+    biases = _biases(key_bias, bias, rel_bias)
     if not isinstance(indices, TokenIndices):
         raise TypeError(f"indices must be a spattn.TokenIndices, got {type(indices).__name__}")
     if kv_len is not None:
+        if any(x is not None for x in biases) or activation != "softmax":
+            raise ValueError("key_bias / bias / rel_bias / activation are not supported with kv_len (pass packed k "
+                             "and v)")
         kv_len = check_int(kv_len, "kv_len")
         if indices.kv_len != kv_len:
             raise ValueError(f"indices were made for kv_len={indices.kv_len}, but k has Nk={kv_len}")
@@ -141,8 +184,44 @@ def token_sparse_attention(q, k, v, indices: TokenIndices, *, causal: bool = Fal
                                                        indices.group_size, as_causal(causal), as_scale(scale))
         return _finish(out, lse, return_lse)
     out, lse = _core.token_sparse_attention(q, k, v, indices.indices, indices.group_size, indices.kv_len,
-                                            as_causal(causal), as_scale(scale))
+                                            as_causal(causal), as_scale(scale), *biases, activation)
     return _finish(out, lse, return_lse)
+
+
+def dense_attention_backward(q, k, v, o, lse, do, *, causal: bool = False, scale: Optional[float] = None,
+                             key_bias=None, bias=None, rel_bias=None):
+    """Gradients of dense attention :func:`attention` (exact; flash-style recomputation by tiles).
+
+    Parameters
+    ----------
+    q, k, v : array_like
+        The forward's inputs, shapes (B, Hq, Nq, D), (B, Hkv, Nk, D), (B, Hkv, Nk, Dv).
+    o, lse : array_like
+        The forward's output (B, Hq, Nq, Dv) and row log-sum-exp (B, Hq, Nq)
+        (``attention(..., return_lse=True)`` with the same arguments).
+    do : array_like
+        Gradient of the loss with respect to o, (B, Hq, Nq, Dv).
+    causal, scale, key_bias, bias, rel_bias
+        As in the forward call.
+
+    Returns
+    -------
+    dq, dk, dv, dbias
+        Gradients like q, k, v (float32). dbias: None without biases; the gradient of the one bias
+        given, shaped as it; with several, a dict {"bias" | "key_bias" | "rel_bias": gradient}.
+        A bias shared by heads or batch items gets the sum over them (a kv-head key bias over its
+        group; a relative table entry over every pair its clamped offset selects).
+
+    Memory: O(N D) beyond dbias; the Nq x Nk probabilities are recomputed in 64 x 64 tiles.
+    """
+    q, k, v = check_qkv(q, k, v)
+    o, lse, do = (as_float_array(x, name) for name, x in (("o", o), ("lse", lse), ("do", do)))
+    biases = _biases(key_bias, bias, rel_bias)
+    dq, dk, dv, d_bias, d_key, d_rel = _core.dense_attention_backward(q, k, v, o, lse, do, as_causal(causal),
+                                                                      as_scale(scale), *biases)
+    grads = {name: d for name, d in (("bias", d_bias), ("key_bias", d_key), ("rel_bias", d_rel)) if d is not None}
+    dbias = None if not grads else (next(iter(grads.values())) if len(grads) == 1 else grads)
+    return dq, dk, dv, dbias
 
 
 def _window_args(sinks, left, right):

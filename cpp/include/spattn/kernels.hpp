@@ -26,6 +26,7 @@ void block_sparse_attention(const AttnArgs& args, const BlockPlan& plan);
 void block_sparse_attention(const AttnArgs& args, const BlockMaskView& mask);
 
 // Attention restricted to the key positions listed per query group (decode when Nq = 1).
+// args.relu2: un-normalised ReLU^2 attention over the listed keys instead of softmax.
 void token_sparse_attention(const AttnArgs& args, const TokenIndicesView& indices);
 
 // Attention restricted, per query row, to the key blocks listed for it (RowBlockIndices: InfLLM-V2's
@@ -114,6 +115,24 @@ struct RoutingClustersView {
 // contributes 0 but still counts. Writes args.out only (the output is a mean of softmaxes: there
 // is no row log-sum-exp). Memory: the cluster outputs (B, H, C, wq, Dv), the size of out when C * W = N.
 void routing_attention(const AttnArgs& args, const RoutingClustersView& rc);
+
+// Gradients of dense attention (exact, flash-style recomputation by tiles): outputs of the call.
+// dq like q, dk like k, dv like v (packed); optional bias gradients shaped as the biases of
+// args.bias: d_pair (summed over the batch and, for a shared pair bias, over heads), d_key (summed
+// over the query rows and, for kv-head rows, over the group's heads), d_rel (summed over every
+// (query, key) pair whose clamped offset selects the entry, over the batch and shared heads).
+struct AttnGrads {
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+  float* d_pair = nullptr;
+  float* d_key = nullptr;
+  float* d_rel = nullptr;
+};
+
+// Backward of dense_attention with the same args (q, k, v, causality, scale, bias), its outputs
+// args.out and args.lse, and the output gradient `dout` (like out). Float32 packed K/V only.
+void dense_attention_backward(const AttnArgs& args, const float* dout, const AttnGrads& grads);
 
 // Exact merge of two attention states over disjoint key sets:
 // lse = logaddexp(lse_a, lse_b), out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.

@@ -15,6 +15,22 @@ namespace spattn::reference {
 // allowed(b, h, i, j): extra restriction on top of causal visibility (nullptr = all keys).
 using Allowed = std::function<bool(int, int, int, int)>;
 
+// The additive logit bias of a.bias (spattn::LogitBias) for query (b, h, i) and key j, 0 without.
+inline double bias_value(const AttnArgs& a, int b, int h, int i, int j) {
+  if (a.bias == nullptr) return 0.0;
+  const LogitBias& lb = *a.bias;
+  const AttnShape& s = a.shape;
+  double x = 0.0;
+  if (lb.key != nullptr)
+    x += lb.key[(size_t(b) * lb.key_heads + (lb.key_heads == s.Hq ? h : h / s.group())) * s.Nk + j];
+  if (lb.pair != nullptr) x += lb.pair[(size_t(lb.pair_heads == 1 ? 0 : h) * s.Nq + i) * s.Nk + j];
+  if (lb.rel != nullptr) {
+    const int R = lb.rel_radius, d = j - (i + s.causal_offset());
+    x += lb.rel[size_t(lb.rel_heads == 1 ? 0 : h) * (2 * R + 1) + (d < -R ? -R : d > R ? R : d) + R];
+  }
+  return x;
+}
+
 inline void attention(const AttnArgs& a, const Allowed& allowed, std::vector<double>& out,
                       std::vector<double>& lse) {
   const AttnShape& s = a.shape;
@@ -34,7 +50,7 @@ inline void attention(const AttnArgs& a, const Allowed& allowed, std::vector<dou
           double dot = 0.0;
           for (int c = 0; c < s.D; ++c)
             dot += double(a.q[s.q_index(b, h, i) + c]) * double(a.k[s.k_index(b, hk, j) + c]);
-          sc[j] = dot * scale;
+          sc[j] = dot * scale + bias_value(a, b, h, i, j);
           mx = std::max(mx, sc[j]);
         }
         if (mx == -std::numeric_limits<double>::infinity()) continue;

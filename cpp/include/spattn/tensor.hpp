@@ -60,6 +60,40 @@ struct AttnShape {
 // bfloat16 bits; dense attention only, which widens each tile as it reads it).
 enum class KVStorage : int { F32 = 0, F16 = 1, BF16 = 2 };
 
+// Additive logit biases of one attention call, softmax(q.k scale + bias), any combination (each
+// pointer null when absent). They enter the S tile of the tile engine before the online softmax;
+// no Nq x Nk buffer exists beyond `pair` itself. Bias values must be finite.
+//  - key  (B, key_heads, Nk): per key, key_heads = Hq (row of query head h) or Hkv (row of kv
+//    head h / group) (Dynamic Mask Attention's value-derived bias, NOSA's eviction bias);
+//  - pair (pair_heads, Nq, Nk): per (query, key), pair_heads = 1 (shared) or Hq, shared by the
+//    batch (SwinBERT's learned M x M mask, which is that size by definition);
+//  - rel  (rel_heads, 2 rel_radius + 1): per head a table indexed by the key - query offset
+//    d = j - (i + Nk - Nq) (positions bottom-right aligned like the causal rule), clamped to
+//    [-rel_radius, rel_radius]: bias rel[h][clamp(d) + rel_radius]; rel_heads = 1 or Hq (SMA's
+//    relative position bias).
+struct LogitBias {
+  const float* key = nullptr;
+  int key_heads = 0;
+  const float* pair = nullptr;
+  int pair_heads = 0;
+  const float* rel = nullptr;
+  int rel_heads = 0, rel_radius = 0;
+
+  bool any() const { return key != nullptr || pair != nullptr || rel != nullptr; }
+  // Throws std::invalid_argument naming the field unless the head counts fit `s`.
+  void check_against(const AttnShape& s) const {
+    const auto fail = [](const std::string& m) { throw std::invalid_argument("spattn: " + m); };
+    if (key != nullptr && key_heads != s.Hq && key_heads != s.Hkv)
+      fail("key bias heads must be Hq (" + std::to_string(s.Hq) + ") or Hkv (" + std::to_string(s.Hkv) + "), got " +
+           std::to_string(key_heads));
+    if (pair != nullptr && pair_heads != 1 && pair_heads != s.Hq)
+      fail("pair bias heads must be 1 or Hq (" + std::to_string(s.Hq) + "), got " + std::to_string(pair_heads));
+    if (rel != nullptr && ((rel_heads != 1 && rel_heads != s.Hq) || rel_radius < 0))
+      fail("rel bias must have 1 or Hq (" + std::to_string(s.Hq) + ") heads and radius >= 0, got " +
+           std::to_string(rel_heads) + " heads, radius " + std::to_string(rel_radius));
+  }
+};
+
 struct AttnArgs {
   const float* q = nullptr;
   const float* k = nullptr;
@@ -72,6 +106,11 @@ struct AttnArgs {
   bool causal = false;
   float* out = nullptr;
   float* lse = nullptr;
+  const LogitBias* bias = nullptr;  // additive logit biases, or null (no bias: no overhead)
+  // Un-normalised ReLU^2 attention instead of softmax (SMA / SeqBoat's 'relu2'): out = sum_j
+  // relu(s_j)^2 v_j over the visible keys, lse = log sum_j relu(s_j)^2 (-inf when 0). Token-sparse
+  // kernel only.
+  bool relu2 = false;
 
   float effective_scale() const { return scale > 0.f ? scale : 1.f / std::sqrt(float(shape.D)); }
 };

@@ -73,6 +73,7 @@ void block_sparse_attention(const AttnArgs& a, const BlockPlan& plan) {
   const AttnShape& s = a.shape;
   s.validate();
   plan.check_against(s, a.causal);
+  if (a.bias != nullptr) a.bias->check_against(s);
   if (s.Nq == 0) return;
   const bool shared = plan.H == 1;
   const int stack = shared ? s.group() : 1;

@@ -99,6 +99,7 @@ static void dense_attention_widened(const AttnArgs& a) {
 void dense_attention(const AttnArgs& a) {
   const AttnShape& s = a.shape;
   s.validate();
+  if (a.bias != nullptr) a.bias->check_against(s);
   if (s.Nq == 0) return;
   const int G = s.group();
   const int bq = query_tile_rows(G);

@@ -50,6 +50,10 @@ void run_tiles(const AttnArgs& a, const Variant& var, int max_rows, int dv) {
 #pragma omp parallel
   {
     TileScratch t(max_rows, a.shape.D, dv, kKeyTile);
+    if (a.bias != nullptr && a.bias->any()) {
+      t.bias = a.bias;
+      t.shape = &a.shape;
+    }
     auto local = var.local();
 #pragma omp for schedule(dynamic, 1)
     for (long long it = 0; it < n_items; ++it) {
@@ -121,6 +125,7 @@ inline AttnArgs statistics_args(const AttnArgs& a) {
   s.out = nullptr;
   s.lse = nullptr;
   s.shape.Dv = 0;
+  s.bias = nullptr;  // statistics passes see plain logits
   return s;
 }
 

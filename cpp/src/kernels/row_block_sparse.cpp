@@ -25,7 +25,6 @@ struct RowBlockVariant {
   const AttnArgs& a;
   const RowBlockIndicesView& ix;
   const detail::TransposedK& kt;
-  const float* key_bias = nullptr;  // (B, Hkv, Nk) or null
   int stack = 1;   // query heads per item: the group when it shares its lists, else 1
   int nq_tile = 1; // consecutive query rows per item
   int ntiles = 1, nunits = 1;
@@ -96,7 +95,6 @@ struct RowBlockVariant {
         std::copy_n(l.hide.begin(), size_t(n) * nseg, l.hide.begin() + size_t(h) * n * nseg);
       detail::OnlineSoftmax step;
       step.hide = l.hide.data();
-      if (key_bias != nullptr) step.key_bias = key_bias + (size_t(w.b) * s.Hkv + w.hk) * s.Nk;
       step(t, rows, l.segs.data(), nseg, masked);
       l.segs.clear();
       l.seg_unit.clear();
@@ -127,7 +125,15 @@ struct RowBlockVariant {
 
 }  // namespace
 
-void row_block_sparse_attention(const AttnArgs& a, const RowBlockIndicesView& ix, const float* key_bias) {
+void row_block_sparse_attention(const AttnArgs& args, const RowBlockIndicesView& ix, const float* key_bias) {
+  // The per-key bias is a LogitBias of the call (kv-head rows), added in the tile step.
+  LogitBias lb = args.bias != nullptr ? *args.bias : LogitBias{};
+  AttnArgs a = args;
+  if (key_bias != nullptr) {
+    lb.key = key_bias;
+    lb.key_heads = a.shape.Hkv;
+    a.bias = &lb;
+  }
   const AttnShape& s = a.shape;
   s.validate();
   ix.check_against(s);
@@ -138,7 +144,7 @@ void row_block_sparse_attention(const AttnArgs& a, const RowBlockIndicesView& ix
   const int rows = stack * nq_tile;
   const bool few_rows = !detail::use_transposed_k(rows);
   const detail::TransposedK kt(a, !few_rows);
-  RowBlockVariant var{a, ix, kt, key_bias, stack, nq_tile};
+  RowBlockVariant var{a, ix, kt, stack, nq_tile};
   var.ntiles = ceil_div(s.Nq, nq_tile);
   var.nunits = s.Hq / stack;
   const long long keys_per_item = (long long)ix.K * ix.block_k;

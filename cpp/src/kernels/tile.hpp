@@ -51,13 +51,17 @@ struct TileScratch {
   std::vector<int> pos;   // key position of each column of the current tile (ProbabilitySweep)
   std::vector<int> ncols; // visible keys of each row in the current tile (OnlineSoftmax)
   std::vector<int> nfirst; // keys hidden below qlo at the start of the current tile (OnlineSoftmax::lower)
-  std::vector<int> qpos;  // own position of each row (OnlineSoftmax::self_logit; set by load_query_rows)
+  std::vector<int> qpos;  // own (query index) position of each row (set by load_queries / load_query_rows)
+  std::vector<int> qhead; // query head of each row (logit biases)
+  int qbatch = 0;         // batch of the item's rows
+  const LogitBias* bias = nullptr;  // the call's additive logit biases (run_tiles sets it), or null
+  const AttnShape* shape = nullptr; // the call's shape, when bias is set
 
   TileScratch(int max_rows_, int d_, int dv_, int bk_)
       : max_rows(max_rows_), d(d_), dv(dv_), bk(bk_),
         q(size_t(max_rows_) * d_), s(size_t(max_rows_) * bk_), acc(size_t(max_rows_) * dv_),
         m(max_rows_), l(max_rows_), qlim(max_rows_), qlo(max_rows_), pos(bk_), ncols(max_rows_),
-        nfirst(max_rows_), qpos(max_rows_) {}
+        nfirst(max_rows_), qpos(max_rows_), qhead(max_rows_) {}
 
   void reset(int rows) {
     std::fill(m.begin(), m.begin() + rows, kNegInf);
@@ -74,7 +78,12 @@ struct TileScratch {
     const size_t n = size_t(i1 - i0) * d;
     for (size_t t = 0; t < n; ++t) dst[t] = src[t] * scale;
     const int off = sh.causal_offset();
-    for (int i = i0; i < i1; ++i) qlim[r0 + i - i0] = i + off;
+    for (int i = i0; i < i1; ++i) {
+      qlim[r0 + i - i0] = i + off;
+      qpos[r0 + i - i0] = i;
+      qhead[r0 + i - i0] = h;
+    }
+    qbatch = b;
   }
 
   // Copy the rows idx[0 .. n) of query head h (gathered, any order), times `scale`, to stacked
@@ -88,7 +97,9 @@ struct TileScratch {
       for (int p = 0; p < d; ++p) dst[p] = src[p] * scale;
       qlim[r] = idx[r] + off;
       qpos[r] = idx[r];
+      qhead[r] = h;
     }
+    qbatch = b;
   }
 };
 
@@ -209,6 +220,32 @@ inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nse
   }
 }
 
+// S[r][c] (row stride lds) += the biases of `lb` (spattn::LogitBias) for the query of row r (batch
+// b, head heads[r], query index qpos[r]) and key position pos[c]; shared by the forward tile step
+// and the dense backward.
+inline void bias_tile(const LogitBias& lb, const AttnShape& sh, int b, const int* heads, const int* qpos, int rows,
+                      const int* pos, int cols, float* S0, int lds) {
+  const int G = sh.group(), off = sh.causal_offset();
+  for (int r = 0; r < rows; ++r) {
+    float* S = S0 + size_t(r) * lds;
+    const int h = heads[r];
+    if (lb.key != nullptr) {
+      const int kh = lb.key_heads == sh.Hq ? h : h / G;
+      const float* kb = lb.key + (size_t(b) * lb.key_heads + kh) * sh.Nk;
+      for (int c = 0; c < cols; ++c) S[c] += kb[pos[c]];
+    }
+    if (lb.pair != nullptr) {
+      const float* pb = lb.pair + (size_t(lb.pair_heads == 1 ? 0 : h) * sh.Nq + qpos[r]) * sh.Nk;
+      for (int c = 0; c < cols; ++c) S[c] += pb[pos[c]];
+    }
+    if (lb.rel != nullptr) {
+      const int R = lb.rel_radius, p = qpos[r] + off;
+      const float* rb = lb.rel + size_t(lb.rel_heads == 1 ? 0 : h) * (2 * R + 1) + R;
+      for (int c = 0; c < cols; ++c) S[c] += rb[std::clamp(pos[c] - p, -R, R)];
+    }
+  }
+}
+
 // Output step of attention: the online-softmax update of the running max, sum and accumulator
 // with the tile's keys. When `masked`, keys past a row's causal limit qlim[r] are hidden from it.
 // When `lower` (window kernels), keys below a row's lowest visible position qlo[r] are hidden too:
@@ -217,15 +254,15 @@ inline void tile_scores(TileScratch& t, int rows, const KeySegment* seg, int nse
 // When `hide` is set (row-block kernel), hide[r * nseg + g] != 0 hides segment g from row r: its
 // logits become -inf too, and value rows of such segments that are not finite are multiplied only
 // into the rows that see them.
-// When `key_bias` is set, key_bias[j] is added to the (scaled) logit of key position j of every
-// row (NOSA's per-key eviction bias): softmax(q.k scale + bias).
+// When the call has logit biases (t.bias, spattn::LogitBias: per key, per (query, key) pair,
+// relative position), they are added to the scaled logits of the tile before anything else.
 // When `self_logit` (Routing Transformer's shared-QK rule), the logit of the key at a row's own
 // position qpos[r] is replaced by `self_value` (after scaling, before the softmax; the key stays
 // visible).
 struct OnlineSoftmax {
   bool lower = false;
   const uint8_t* hide = nullptr;
-  const float* key_bias = nullptr;
+  bool relu2 = false;  // P = relu(S)^2 over the visible keys, no softmax (l sums P, m unused)
   bool self_logit = false;
   float self_value = 0.f;
 
@@ -234,7 +271,7 @@ struct OnlineSoftmax {
     if (cols == 0) return;
     tile_scores(t, rows, seg, nseg, cols);
     float* S = t.s.data();
-    if (key_bias != nullptr) add_key_bias(t, rows, seg, nseg, cols);
+    if (t.bias != nullptr) add_logit_bias(t, rows, seg, nseg, cols);
     if (self_logit) set_self_logits(t, rows, seg, nseg, cols, self_value);
     for (int r = 0; r < rows; ++r) t.ncols[r] = masked ? visible_prefix(seg, nseg, t.qlim[r]) : cols;
     if (hide != nullptr) hide_segments(t, rows, seg, nseg, cols);
@@ -250,7 +287,11 @@ struct OnlineSoftmax {
         }
       }
     }
-    t.simd.online_softmax(S, rows, cols, t.ncols.data(), t.m.data(), t.l.data(), t.acc.data(), t.dv);
+    if (relu2) {
+      relu2_weights(t, rows, cols, low);
+    } else {
+      t.simd.online_softmax(S, rows, cols, t.ncols.data(), t.m.data(), t.l.data(), t.acc.data(), t.dv);
+    }
     if (t.dv == 0) return;
     for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g) {
       if (hide != nullptr && !segment_values_finite_or_seen(t, rows, seg[g], g, nseg)) {
@@ -269,13 +310,29 @@ struct OnlineSoftmax {
     }
   }
 
-  void add_key_bias(TileScratch& t, int rows, const KeySegment* seg, int nseg, int cols) const {
-    float* S = t.s.data();
-    for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g)
-      for (int c = 0; c < seg[g].len; ++c) {
-        const float bias = key_bias[seg[g].pos ? seg[g].pos[c] : seg[g].k0 + c];
-        for (int r = 0; r < rows; ++r) S[size_t(r) * cols + n0 + c] += bias;
+  // ReLU^2 weights in place: P = relu(S)^2 on each row's visible keys [nfirst, ncols), 0 elsewhere;
+  // the row sums go to l (the output is the unnormalised sum P V).
+  static void relu2_weights(TileScratch& t, int rows, int cols, bool low) {
+    for (int r = 0; r < rows; ++r) {
+      float* S = t.s.data() + size_t(r) * cols;
+      const int f = low ? t.nfirst[r] : 0, e = t.ncols[r];
+      float sum = 0.f;
+      for (int c = 0; c < cols; ++c) {
+        const float x = (c >= f && c < e) ? std::max(S[c], 0.f) : 0.f;
+        S[c] = x * x;
+        sum += S[c];
       }
+      t.l[r] += sum;
+    }
+  }
+
+  // S[r][c] += the call's biases for row r (batch t.qbatch, head t.qhead[r], query t.qpos[r]) and
+  // the key position of column c.
+  static void add_logit_bias(TileScratch& t, int rows, const KeySegment* seg, int nseg, int cols) {
+    int* pos = t.pos.data();
+    for (int g = 0, n0 = 0; g < nseg; n0 += seg[g].len, ++g)
+      for (int c = 0; c < seg[g].len; ++c) pos[n0 + c] = seg[g].pos ? seg[g].pos[c] : seg[g].k0 + c;
+    bias_tile(*t.bias, *t.shape, t.qbatch, t.qhead.data(), t.qpos.data(), rows, pos, cols, t.s.data(), cols);
   }
 
   // Logits of the segments hidden from a row become -inf; a row left without a visible key in the
@@ -458,6 +515,12 @@ inline void run_key_span_half(TileScratch& t, int rows, const AttnArgs& a, int b
 // give out = 0 and lse = -inf.
 inline void store_row(const TileScratch& t, int r, const AttnArgs& a, int b, int h, int i) {
   const AttnShape& sh = a.shape;
+  if (a.relu2) {  // unnormalised: out = acc, lse = log of the total weight
+    if (a.out != nullptr && sh.Dv > 0)
+      std::copy_n(t.acc.data() + size_t(r) * t.dv, sh.Dv, a.out + sh.out_index(b, h, i));
+    if (a.lse != nullptr) a.lse[sh.row_index(b, h, i)] = t.l[r] == 0.f ? kNegInf : std::log(t.l[r]);
+    return;
+  }
   const bool empty = t.l[r] == 0.f;  // NaN inputs propagate (NaN out), as in torch; only true emptiness gives 0
   if (a.out != nullptr && sh.Dv > 0) {
     float* o = a.out + sh.out_index(b, h, i);

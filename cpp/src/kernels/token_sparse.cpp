@@ -70,6 +70,11 @@ struct TokenVariant : detail::TokenItems {
     return w;
   }
   int rows() const { return stack * std::min(ix.group_size, s.Nq); }
+  detail::OnlineSoftmax step() const {
+    detail::OnlineSoftmax st;
+    st.relu2 = a.relu2;
+    return st;
+  }
   Local local() const { return Local(ix.K, s.D, s.Dv, rows()); }
   // The listed keys of the item's part, gathered and run a few key tiles at a time, so the gathered
   // K/V stay in cache between the copy and the products.
@@ -98,14 +103,14 @@ struct TokenVariant : detail::TokenItems {
           cols += len;
           c += len;
         }
-        if (cols > 0) detail::OnlineSoftmax{}(t, w.rows(), gk.segs.data(), int(gk.segs.size()), a.causal);
+        if (cols > 0) step()(t, w.rows(), gk.segs.data(), int(gk.segs.size()), a.causal);
       }
       return;
     }
     const int chunk = 4 * t.bk;
     for (int c = int(lo); c < int(hi); c += chunk) {
       const int n = gather(gk, a, w, c, std::min(int(hi), c + chunk));
-      if (n > 0) gk.run(t, w.rows(), n, s.Dv, a.causal, detail::OnlineSoftmax{});
+      if (n > 0) gk.run(t, w.rows(), n, s.Dv, a.causal, step());
     }
   }
   void finish(const detail::TileScratch& t, const detail::WorkItem& w, Local&) const {
@@ -120,11 +125,13 @@ void token_sparse_attention(const AttnArgs& a, const TokenIndicesView& ix) {
   const AttnShape& s = a.shape;
   s.validate();
   ix.check_against(s);
+  if (a.bias != nullptr) a.bias->check_against(s);
   if (s.Nq == 0) return;
   TokenVariant var(a, ix);
   if (rows_shared_by_groups(s, ix)) var.stack = s.group();
   const int rows = var.rows();
-  const int splits = detail::use_transposed_k(rows) ? 1 : detail::kv_splits(var.items(), ix.K);
+  // ReLU^2 rows are sums, not softmax states: never split (merge_split_states normalises)
+  const int splits = detail::use_transposed_k(rows) || a.relu2 ? 1 : detail::kv_splits(var.items(), ix.K);
   if (splits == 1) {
     detail::run_tiles(a, var, rows, s.Dv);
     return;
