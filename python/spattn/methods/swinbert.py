@@ -70,16 +70,16 @@ class SwinBERT(Method):
     proxy, the mean squared error of the masked attention output against dense attention on
     captured inputs (not in the paper) plus the official L1 term. Samples without values get
     seeded standard normal probe values (the output error is then an unbiased estimate of the
-    attention-map error times Dv). Causal calls apply the causal rule on top of the mask (the
-    official video block is bidirectional).
+    attention-map error times Dv). Non-causal only: the learned mask is the official model's
+    video-token block, which is bidirectional (a causal call is refused by the capabilities).
     """
 
     name = "swinbert"
     paper = "Lin et al., SwinBERT, CVPR 2022"
     pattern = "learned static M x M mask sigmoid(W), diagonal forced, added as -10000 (1 - A); L1 sparsity"
     extra_defaults = {"mask_logits": None, "hard": False, "sparsity_weight": 0.5, "init_seed": 0}
-    capabilities = Capabilities(chunked=False, decode=False, needs_fit=True, fittable=True, mask_format="token",
-                                own_output=True)
+    capabilities = Capabilities(causal=False, chunked=False, decode=False, needs_fit=True, fittable=True,
+                                mask_format="token", own_output=True)
     learned_param = "mask_logits"
 
     def _check_params(self) -> None:
