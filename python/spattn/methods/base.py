@@ -261,6 +261,12 @@ class Method:
         return f"spattn.methods.get({self.name!r}{', ' if args else ''}{args})"
 
     # ------------------------------------------------------------------ estimate and run
+    def _refuse_gate_inputs(self, q_gate, k_gate) -> None:
+        """TypeError when gate inputs reach a method without ``capabilities.gate_inputs``."""
+        if q_gate is not None or k_gate is not None:
+            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
+                            "capabilities.gate_inputs do")
+
     def check_call(self, q: np.ndarray, k: np.ndarray, causal: bool) -> None:
         """Raise ValueError when the capabilities exclude this causality or these lengths."""
         caps = self.capabilities
@@ -297,14 +303,10 @@ class Method:
         _core.check_shapes(q, k, v, scale)
         self.check_call(q, k, causal)
         if self.capabilities.value_inputs:
-            if q_gate is not None or k_gate is not None:
-                raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                                "capabilities.gate_inputs do")
+            self._refuse_gate_inputs(q_gate, k_gate)
             return self._estimate(q, k, causal, scale, v=v)
         if not self.capabilities.gate_inputs:
-            if q_gate is not None or k_gate is not None:
-                raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                                "capabilities.gate_inputs do")
+            self._refuse_gate_inputs(q_gate, k_gate)
             return self._estimate(q, k, causal, scale)
         q_gate = q if q_gate is None else _check_gate_input(q_gate, q.shape, "q_gate")
         k_gate = k if k_gate is None else _check_gate_input(k_gate, k.shape, "k_gate")

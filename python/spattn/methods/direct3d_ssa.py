@@ -363,9 +363,7 @@ class Direct3DSSA(Method):
         """The selected blocks as a ClusteredMask (see the class); ``coords`` (N, 3) or (B, N, 3)."""
         if v is not None:
             raise TypeError(f"{self.name} takes no v in estimate; only methods with capabilities.value_inputs do")
-        if q_gate is not None or k_gate is not None:
-            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                            "capabilities.gate_inputs do")
+        self._refuse_gate_inputs(q_gate, k_gate)
         q, k, _ = check_qkv(q, k, None)
         causal, scale = as_causal(causal), as_scale(scale)
         _core.check_shapes(q, k, None, scale)
@@ -415,9 +413,7 @@ class Direct3DSSA(Method):
     def __call__(self, q, k, v, *, causal: bool = False, scale: Optional[float] = None, return_lse: bool = False,
                  q_gate=None, k_gate=None, coords=None, compressed_kv=None, hidden=None, gates=None):
         """The gated sum of the compressed, selected and window branches (see the class)."""
-        if q_gate is not None or k_gate is not None:
-            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                            "capabilities.gate_inputs do")
+        self._refuse_gate_inputs(q_gate, k_gate)
         if return_lse:
             raise ValueError(f"{self.name}: return_lse is not defined for a gated sum of three attention branches")
         br = self.branches(q, k, v, causal=causal, scale=scale, coords=coords, compressed_kv=compressed_kv)

@@ -147,9 +147,7 @@ class DMA(Method):
     def __call__(self, q, k, v, *, causal: bool = False, scale: Optional[float] = None,
                  return_lse: bool = False, q_gate=None, k_gate=None):
         """Bias from v, top-w selection, then softmax(q.k scale + bias) over the kept keys."""
-        if q_gate is not None or k_gate is not None:
-            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                            "capabilities.gate_inputs do")
+        self._refuse_gate_inputs(q_gate, k_gate)
         q, k, v = check_qkv(q, k, v)
         causal = as_causal(causal)
         mask = self.estimate(q, k, causal=causal, scale=scale, v=v)

@@ -242,9 +242,7 @@ class GuiKV(Method):
         :meth:`evict` for `hidden_states` and `spans`)."""
         if v is not None:
             raise TypeError(f"{self.name} takes no v in estimate; only methods with capabilities.value_inputs do")
-        if q_gate is not None or k_gate is not None:
-            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                            "capabilities.gate_inputs do")
+        self._refuse_gate_inputs(q_gate, k_gate)
         q, k, causal, scale, hs, spans = self._inputs(q, k, causal, scale, hidden_states, spans)
         keep = self._evict(q, k, scale, hs, spans)
         return TokenIndices(keep[:, :, None, :], max(q.shape[2], 1), k.shape[2], assume_sorted=True)

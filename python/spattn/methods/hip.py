@@ -115,9 +115,7 @@ class Hip(Method):
         range in place), the others by the token-sparse kernel over their searched keys; equal to
         the token-sparse kernel over ``estimate``'s mask, without its prefix rows (each as wide as
         the prefix's key range: O(N^2 / block_size_q) indices at 32k)."""
-        if q_gate is not None or k_gate is not None:
-            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                            "capabilities.gate_inputs do")
+        self._refuse_gate_inputs(q_gate, k_gate)
         q, k, v = check_qkv(q, k, v)
         causal, scale = as_causal(causal), as_scale(scale)
         _core.check_shapes(q, k, v, scale)

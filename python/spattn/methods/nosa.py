@@ -188,9 +188,7 @@ class NOSA(CacheDecode, Method):
             return CacheDecode.__call__(self, q, k, v, layer=layer, causal=causal, scale=scale, return_lse=return_lse)
         if layer is not None:
             raise TypeError("layer applies to a call over a spattn.KVCache, not to arrays")
-        if q_gate is not None or k_gate is not None:
-            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                            "capabilities.gate_inputs do")
+        self._refuse_gate_inputs(q_gate, k_gate)
         q, k, v = check_qkv(q, k, v)
         mask = self.estimate(q, k, causal=as_causal(causal), scale=scale, v=v)
         bias = self.eviction_scores(v) if q.shape[2] > 1 and self.params["A"] is not None else None

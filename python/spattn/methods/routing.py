@@ -259,9 +259,7 @@ class Routing(Method):
         """Route (q, k), then run every cluster and average each query's cluster outputs
         (see the class docstring). ``return_lse=True`` raises ValueError: the output is a mean of
         softmaxes and has no single log-sum-exp."""
-        if q_gate is not None or k_gate is not None:
-            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                            "capabilities.gate_inputs do")
+        self._refuse_gate_inputs(q_gate, k_gate)
         if return_lse:
             raise ValueError("routing: return_lse=True is not available; the output is a mean of per-cluster "
                              "softmaxes, with no single log-sum-exp")

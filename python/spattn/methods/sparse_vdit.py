@@ -198,9 +198,7 @@ class SparseVDiT(Method):
                  return_lse: bool = False, q_gate=None, k_gate=None):
         """Run every head's pattern (see the class docstring); with ``return_lse`` SKIP heads give
         lse = -inf."""
-        if q_gate is not None or k_gate is not None:
-            raise TypeError(f"{self.name} takes no gate inputs (q_gate, k_gate); only methods with "
-                            "capabilities.gate_inputs do")
+        self._refuse_gate_inputs(q_gate, k_gate)
         q, k, v = check_qkv(q, k, v)
         causal, scale = as_causal(causal), as_scale(scale)
         _core.check_shapes(q, k, v, scale)
