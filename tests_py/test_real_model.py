@@ -80,3 +80,18 @@ def test_fit_names_only_evaluated_fittable_methods():
         model_eval.evaluate_model(None, None, ["streaming"], [1024], fit=["sea"], progress=False)
     with pytest.raises(ValueError, match="cannot be fitted"):
         model_eval.evaluate_model(None, None, ["streaming"], [1024], fit=["streaming"], progress=False)
+
+
+def test_fit_sea_evaluates_beyond_the_fit_length(smollm2):
+    # SEA's learned positional table has one row per key position: fitted on 256 held-out
+    # tokens, it must still run at 512 (the table is sized to the longest evaluated length)
+    model, tok = smollm2
+    kept = {}
+    recs = model_eval.evaluate_model(model, tok, ["sea"], [512], fit=["sea"], fit_tokens=256, fit_steps=1,
+                                     min_prefill_tokens=0, skip=["passkey"], progress=False,
+                                     params={"sea": {"compressed_width": 16, "k": 4}}, keep_methods=kept)
+    s = {r.method: r for r in recs}["sea"]
+    assert s.fitted and s.perplexity is not None and np.isfinite(s.perplexity)
+    assert 0 < s.density < 1 and len(s.recall_per_layer) == 30
+    w = kept["sea"][0].params["weights"]
+    assert w is not None and w["pos"].shape[0] == 512

@@ -22,6 +22,8 @@ whose capabilities exclude causal prefill are skipped with the reason in the rec
 
 from __future__ import annotations
 
+import inspect
+
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -247,7 +249,12 @@ def evaluate_model(model, tokenizer, method_names: Sequence[str], lengths: Seque
                 rec.fitted = name in fitted or caps.needs_fit or name in fit
                 if (caps.needs_fit or name in fit) and name not in fitted:
                     fit_ids = _models.text_ids(tokenizer, fit_tokens, held_out=True)
-                    hf.fit(model, fit_ids, steps=fit_steps)
+                    fit_kw: Dict[str, Any] = {"steps": fit_steps}
+                    if "max_positions" in inspect.signature(states[0].method.fit).parameters:
+                        # a learned positional table (SEA) must cover the longest evaluated length,
+                        # not only the held-out fit text
+                        fit_kw["max_positions"] = max(max(lengths), fit_tokens)
+                    hf.fit(model, fit_ids, **fit_kw)
                     fitted[name] = [st.method for st in states]
                     rec.params = states[0].method.describe_params()
                 if name == "dense" and "recall" not in skip:

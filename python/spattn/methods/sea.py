@@ -826,6 +826,9 @@ def train(data: Iterable, weights: Optional[Mapping[str, np.ndarray]] = None, *,
         w = init_weights(q0.shape[1], q0.shape[3], width=width, max_positions=P, nb_features=nb_features, seed=seed)
     else:
         w = {n: np.array(a, np.float64) for n, a in check_weights(weights).items()}
+        if max_positions is not None and w["pos"].shape[0] < max_positions:
+            raise ValueError(f"max_positions={max_positions} but the given weights' positional table has "
+                             f"{w['pos'].shape[0]} rows; start from fresh weights (weights=None)")
     if w["ln2_w"].shape[0] != width:
         raise ValueError(f"weights have width {w['ln2_w'].shape[0]}, but width={width}")
     rng = np.random.default_rng(seed)
@@ -949,11 +952,16 @@ class SEA(Method):
             out = mix_output(out.astype(np.float64), mean, gates.astype(np.float64)).astype(np.float32)
         return (out, lse) if return_lse else out
 
-    def fit(self, samples: Sequence, **kwargs: Any) -> TrainResult:
+    def fit(self, samples: Sequence, *, max_positions: Optional[int] = None, **kwargs: Any) -> TrainResult:
         """Train the learned estimator on captured (q, k, v) triples (:func:`train` with this
         method's k, width and expansion; starts from the current weights when set) and keep it
-        as ``params["weights"]``."""
+        as ``params["weights"]``.
+
+        ``max_positions`` sizes the learned positional table of fresh weights (default: the
+        longest fit sample); the fitted method then runs on Nk up to it. Set it to the longest
+        length the method will see (``evaluate_model`` passes its longest evaluated length)."""
         p = self.params
-        res = train(samples, p["weights"], k=p["k"], width=p["compressed_width"], expansion=p["expansion"], **kwargs)
+        res = train(samples, p["weights"], k=p["k"], width=p["compressed_width"], expansion=p["expansion"],
+                    max_positions=max_positions, **kwargs)
         self.set_params(weights=res.weights)
         return res
