@@ -35,6 +35,20 @@ def test_compare_and_bench_small(tmp_path):
     assert data["env"]["threads"] == spattn.num_threads()
 
 
+def test_bench_cap_isa_reruns_every_library_at_avx2(tmp_path):
+    import pytest
+
+    if "avx2" not in spattn.build_info()["simd_available"]:
+        pytest.skip("this CPU has no AVX2")
+    torch = pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    res = run("bench", "--cap-isa", "avx2", "--n", "128", "--d", "64", "--densities", "--no-roofs",
+              "--repeats", "1", "--json", str(out))
+    env = json.loads(out.read_text())["env"]
+    assert env["simd"] == "avx2" and env["capped_isa"] == "avx2" and "capped at avx2" in res.stdout
+    assert env["torch_simd"] in ("AVX2", "DEFAULT") and env["torch"] == torch.__version__
+
+
 def test_bench_methods_renders_evaluate_records(tmp_path):
     out = tmp_path / "methods.json"
     res = run("bench", "--n", "128", "--d", "64", "--densities", "--no-torch", "--repeats", "1",

@@ -79,6 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     e.add_argument("--json")
     e.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # bench --cap-isa reruns it
 
     try:
         params = parse_method_params(args.set) if args.cmd in ("compare", "bench", "eval", "steps") else {}

@@ -77,6 +77,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only SALE's estimate: the int4 tile products on integer SIMD against float32 products "
                         "of the same candidate tiles (ms per pass, ratio), and the whole estimate call, at --n "
                         "and --d (B=1, --hq, --hkv, causal)")
+    p.add_argument("--cap-isa", choices=["avx2"], default=None,
+                   help="rerun the whole bench in a child process with every library capped at this "
+                        "instruction set: spattn (SPATTN_SIMD), torch (ATEN_CPU_CAPABILITY), MKL "
+                        "(MKL_ENABLE_INSTRUCTIONS), oneDNN (ONEDNN_MAX_CPU_ISA) and OpenBLAS "
+                        "(OPENBLAS_CORETYPE): an AVX-512 machine standing in for an AVX2-only CPU")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", help="write machine-readable results here")
 
@@ -462,9 +467,35 @@ def _bench_sale_estimate(args) -> List[Dict[str, Any]]:
     return rows
 
 
+# Environment that caps spattn, torch and the BLAS libraries at one instruction set (--cap-isa).
+ISA_CAPS = {"avx2": {"SPATTN_SIMD": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                     "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}}
+
+
+def capped_env(isa: str, base: Dict[str, str]) -> Dict[str, str]:
+    """``base`` with the variables of ISA_CAPS[isa] set (they must be set before the libraries load)."""
+    env = dict(base)
+    env.update(ISA_CAPS[isa])
+    env["SPATTN_BENCH_CAPPED"] = isa
+    return env
+
+
+def _run_capped(args) -> int:
+    import os
+
+    argv = list(getattr(args, "argv", None) or sys.argv[1:])
+    if "bench" not in argv:
+        raise ValueError("--cap-isa needs the bench command line (python -m spattn bench ...)")
+    return subprocess.call([sys.executable, "-m", "spattn", *argv], env=capped_env(args.cap_isa, os.environ))
+
+
 def run(args) -> int:
+    import os
+
     import spattn
 
+    if getattr(args, "cap_isa", None) and os.environ.get("SPATTN_BENCH_CAPPED") != args.cap_isa:
+        return _run_capped(args)
     if args.sale_estimate:
         results = {"sale_estimate": _bench_sale_estimate(args)}
         if args.json:
@@ -485,9 +516,13 @@ def run(args) -> int:
     info = spattn.build_info()
     env = {"threads": threads, "machine": platform.processor() or platform.machine(), "cpu": cpu_model(),
            "simd": info["simd"], "simd_available": info["simd_available"], "native": info["native"],
-           "torch": getattr(torch, "__version__", None), "spattn": spattn.__version__}
+           "torch": getattr(torch, "__version__", None), "spattn": spattn.__version__,
+           "torch_simd": torch.backends.cpu.get_cpu_capability() if torch is not None else None,
+           "capped_isa": os.environ.get("SPATTN_BENCH_CAPPED")}
     print(f"cpu: {env['cpu']}; simd={info['simd']} (available {', '.join(info['simd_available'])}); "
-          f"threads={threads} torch={env['torch']}")
+          f"threads={threads} torch={env['torch']}"
+          + (f" (torch simd {env['torch_simd']})" if torch is not None else "")
+          + (f"; every library capped at {env['capped_isa']} (--cap-isa)" if env["capped_isa"] else ""))
     if not args.no_roofs:
         env.update(measure_roofs(torch, threads))
         print(f"roofs: sgemm 4096^3 {env['sgemm_gflops']:.1f} GFLOP/s ({env['sgemm_by']}), "
