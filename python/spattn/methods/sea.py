@@ -270,8 +270,11 @@ OFFICIAL_NAMES: Dict[str, str] = {
 def from_official_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> Dict[str, np.ndarray]:
     """SEA weights (float64) from one official ``PerlinAttention`` state dict (tensors or arrays).
 
-    Keys are ``prefix + name`` with the names of :data:`OFFICIAL_NAMES` (read from the official
-    code; not checked against a released checkpoint). The causal convs keep the three live rows
+    Keys are ``prefix + name`` with the names of :data:`OFFICIAL_NAMES`, checked against the state
+    dict of the official module itself (notebooks/data/sea_official_crosscheck, fixture test); in
+    an official OPT model the prefix of layer i is
+    ``model.decoder.layers.{i}.self_attn.perlin_self_attention.attention.`` (no released checkpoint
+    was tried). The causal convs keep the three live rows
     of their (out, in, 5, 3) kernels (rows 3, 4 are masked to zero by ``CausalConv2d``), the 1x1
     conv its (out, in) matrix, ``v_eye_learned_causal`` its (P, D) table. Other keys are ignored.
     """
