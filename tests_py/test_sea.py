@@ -7,6 +7,7 @@ its gradients, the .npz round trip, the training-free option and bad inputs.
 Tolerances: float32 paths against float64 references, atol 2e-5 / rtol 1e-4 unless stated."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -142,8 +143,8 @@ def test_selection_matches_official_transcription(dims, speed, causal):
 # ----------------------------------------------------------------------------- learned estimator
 def torch_reference(weights, q, k, v, causal, scale):
     """Float64 torch transcription of PerlinAttention.forward's estimator (mlp predictor):
-    performer_pytorch FastAttention (generalized_kernel + causal_linear_attention_noncuda, or
-    softmax_kernel + linear_attention), attention_predictor_enc, dec_row + ChannelSplit(2),
+    performer_pytorch 1.1.4 FastAttention (generalized_kernel + causal_linear_attention_noncuda with
+    its 1e-6 on the key cumsum, or softmax_kernel with one key stabiliser per (b, h) + linear_attention), attention_predictor_enc, dec_row + ChannelSplit(2),
     attention_predictor_cnn (CausalConv2d with its 5x3 masked kernel and padding ((k-1) d, p),
     UpsampleFP32 nearest, KeepRes area interpolate), attention_predictor_dec_scaler."""
     F_ = torch.nn.functional
@@ -167,10 +168,13 @@ def torch_reference(weights, q, k, v, causal, scale):
         def sk(x, is_query):
             dd = (D ** -0.25 * x) @ proj.T
             diag = (x ** 2).sum(-1, keepdim=True) / 2 * D ** -0.5
-            m = dd.amax(-1, keepdim=True) if is_query else dd.max()
+            m = dd.amax(-1, keepdim=True) if is_query else dd.amax((-1, -2), keepdim=True)  # per (b, h)
             return proj.shape[0] ** -0.5 * (torch.exp(dd - diag - m) + 1e-4)
         A = torch.einsum("bhif,bhjf->bhij", sk(q, True), sk(k, False))
-    perf = (A @ vals) / A.sum(-1, keepdim=True)
+    den = A.sum(-1, keepdim=True)
+    if causal:  # causal_linear_attention_noncuda: D_inv = 1 / (fq . (k_cumsum + 1e-6))
+        den = den + 1e-6 * fq.sum(-1, keepdim=True)
+    perf = (A @ vals) / den
     x = torch.cat([perf, v[:, :, Nk - Nq:]], -1)
     e = F_.gelu(F_.layer_norm(x @ t["enc_w"].T + t["enc_b"], (2 * D,), t["enc_ln_w"], t["enc_ln_b"]))
     gates = e @ t["gate_w"].T + t["gate_b"]
@@ -485,3 +489,36 @@ def test_bad_parameters_name_the_argument():
         sea_mod.select(np.zeros((1, 1, 1, 4), np.float32), 4, k=1, causal=True, expansion="x")
     with pytest.raises(TypeError, match="q, k, v"):
         sea_mod.train([(1, 2)], steps=1, progress=False)
+
+
+def test_matches_the_official_perlin_attention_on_identical_inputs():
+    """tests_py/data/sea_official.npz: the OFFICIAL PerlinAttention.forward (gmlwns2000/sea-attention
+    @ 5609413, causal OPT configuration, k_flatten_dim 'causal_batch', benchmarking=False = accuracy
+    path, performer_pytorch 1.1.4, CPU torch float32, eval) run by
+    notebooks/data/sea_official_crosscheck/crosscheck.py on float16-exact q (pre-scaled), k, v with
+    its own randomly initialised state dict (LayerNorms off identity), stored in the official layouts
+    and loaded here through from_official_state_dict. H=2, D=64, W=16, k=4, T=77.
+
+    Tolerances: both sides are float32 with different summation orders; measured max |diff| is
+    5e-7 (probabilities), 3e-7 (gate logits, output), so atol 5e-6. The official top-k margin at the
+    budget is 1.6e-4, far above that error, so the kept columns and keys must be identical."""
+    f = np.load(os.path.join(os.path.dirname(__file__), "data", "sea_official.npz"))
+    H, D, W, k, T = (int(x) for x in f["meta"])
+    w = sea_mod.from_official_state_dict({n[3:]: f[n].astype(np.float32) for n in f.files if n.startswith("sd.")})
+    q, kk, v = (f[n].astype(np.float32) for n in ("q", "k", "v"))
+    m = spattn.methods.get("sea", k=k, compressed_width=W, weights=w)
+    out = m(q, kk, v, causal=True, scale=1.0)  # q is pre-scaled: the official scores are q . k
+    np.testing.assert_allclose(m.last_info["estimate"], f["off_probs"], rtol=0, atol=5e-6)
+    np.testing.assert_allclose(m.last_info["gates"], f["off_gates"], rtol=0, atol=5e-6)
+    keys = np.unpackbits(f["off_keys"])[:H * T * T].reshape(1, H, T, T).astype(bool)
+    np.testing.assert_array_equal(m.last_info["mask"].to_dense(T), keys)
+    # kept (head, column) set: spattn's ranking of its own estimate reproduces the official one
+    kept = np.unpackbits(f["off_kept_cols"])[:H * T * W].reshape(H, T, W).astype(bool)
+    for i in range(T):
+        L = i + 1
+        n = max(1, min(H * W, round(H * k * W / L)))
+        top = np.argsort(-m.last_info["estimate"][0, :, i].reshape(-1), kind="stable")[:n]
+        ours = np.zeros(H * W, bool)
+        ours[top] = True
+        np.testing.assert_array_equal(ours.reshape(H, W), kept[:, i])
+    np.testing.assert_allclose(out, f["off_out"], rtol=0, atol=5e-6)

@@ -14,7 +14,9 @@ Estimator, per layer, with learned weights (a dict of numpy arrays, see :data:`W
    generalized ReLU features ``ReLU(D^-1/4 x P^T) + 1e-3`` with the model's query pre-scaled by
    ``scale`` (OPT scales q before attention); non-causal: softmax-kernel features
    ``F^-1/2 (exp(D^-1/4 x P^T - |x|^2 D^-1/2 / 2 - stab) + 1e-4)``, per-row stabiliser for q,
-   one global stabiliser for k. ``P`` (``projection``, F x D) are orthogonal random features
+   one stabiliser per (batch row, key head) for k (performer_pytorch 1.1.4 ``amax(dim=(-1, -2))``);
+   causal denominators add 1e-6 to every entry of the key running sum (``causal_linear_attention``).
+   ``P`` (``projection``, F x D) are orthogonal random features
    (QR blocks, chi norms), F = int(D ln D / 8) (OPT runs: nbf = 8).
 2. Encoder (``attention_predictor_enc``): ``[performer || V] (3D) -> Linear(3D, 2D) ->
    LayerNorm -> GELU`` per head; ``dec_row``: ``Linear(2D, 2 W/4)`` and ``ChannelSplit(2)`` to
@@ -32,6 +34,12 @@ column expands on the per-query grid of the query's L visible keys: ``expansion=
 (key j in column floor((j + 0.5) / L W - 1e-4)); ``expansion="speed"`` (``scan_col``) at most k
 keys spread evenly over [round(c L / W), round((c+1) L / W)) (half up), key
 ``v_end - 1 - floor(i n / k')``. Both grids are computed in float32 as the official code does.
+Speed-path deviation: the official Triton kernel (``__scan_col_4_compute``) evaluates
+``floor(i n / k')`` as ``(i * (n / k')).to(int32)`` with the GPU's approximate float32 division;
+measured on an H200 (Triton 3.6) for n <= 600, k <= 256, 2.2% of the keys come out one later
+(none for columns of fewer than 30 keys), and some columns then repeat key v_end - 1 and miss
+their first key (e.g. n = k' = 33). spattn uses the exact integer formula (the paper's settings,
+W = 128 or 256 with L <= 2048, have columns of at most 16 keys, where both agree).
 
 Output (``partial_attention_scaler``, ``context_output_method='mix'``):
 ``out = sigmoid(s1) * sigmoid(s0) * sparse + (1 - sigmoid(s1)) * mean``, ``sparse`` the softmax
@@ -81,6 +89,7 @@ _GELU_C = 1.0 / math.sqrt(2.0)
 _LN_EPS = 1e-5              # torch.nn.LayerNorm default
 _GEN_EPS = 1e-3             # performer generalized_kernel kernel_epsilon
 _SOFTMAX_EPS = 1e-4         # performer softmax_kernel eps
+_CAUSAL_DEN_EPS = 1e-6      # performer causal_linear_attention(_noncuda) eps on the key cumsum
 _LOG_TINY32 = math.log(np.finfo(np.float32).tiny)
 
 # name -> shape in terms of H (heads), D (head dim), W (width), F (features), P (positions);
@@ -261,8 +270,11 @@ OFFICIAL_NAMES: Dict[str, str] = {
 def from_official_state_dict(state_dict: Mapping[str, Any], prefix: str = "") -> Dict[str, np.ndarray]:
     """SEA weights (float64) from one official ``PerlinAttention`` state dict (tensors or arrays).
 
-    Keys are ``prefix + name`` with the names of :data:`OFFICIAL_NAMES` (read from the official
-    code; not checked against a released checkpoint). The causal convs keep the three live rows
+    Keys are ``prefix + name`` with the names of :data:`OFFICIAL_NAMES`, checked against the state
+    dict of the official module itself (notebooks/data/sea_official_crosscheck, fixture test); in
+    an official OPT model the prefix of layer i is
+    ``model.decoder.layers.{i}.self_attn.perlin_self_attention.attention.`` (no released checkpoint
+    was tried). The causal convs keep the three live rows
     of their (out, in, 5, 3) kernels (rows 3, 4 are masked to zero by ``CausalConv2d``), the 1x1
     conv its (out, in) matrix, ``v_eye_learned_causal`` its (P, D) table. Other keys are ignored.
     """
@@ -410,7 +422,7 @@ def area_matrix(n_in: int, n_out: int) -> np.ndarray:
 def performer_features(x: np.ndarray, proj: np.ndarray, causal: bool, is_query: bool,
                        stab: Optional[float] = None) -> np.ndarray:
     """performer_pytorch kernels on rows of x (n x D): causal ``generalized_kernel`` (ReLU),
-    non-causal ``softmax_kernel`` (q: per-row stabiliser; k: the given global ``stab``)."""
+    non-causal ``softmax_kernel`` (q: per-row stabiliser; k: the given per-(b, head) ``stab``)."""
     D = x.shape[-1]
     xn = x * D ** -0.25
     dd = xn @ proj.T
@@ -422,9 +434,11 @@ def performer_features(x: np.ndarray, proj: np.ndarray, causal: bool, is_query: 
 
 
 def _softmax_key_stab(k: np.ndarray, proj: np.ndarray) -> float:
-    """The global max of the key projections (softmax_kernel, ``torch.max(data_dash)``)."""
+    """The max of one (b, head)'s key projections (k: n x D): performer_pytorch 1.1.4
+    ``softmax_kernel`` stabilises keys with ``torch.amax(data_dash, dim=(-1, -2))``, one value per
+    batch row and head (not one over the whole tensor); it does not cancel because of the +1e-4."""
     D = k.shape[-1]
-    return float(max(np.max((k[b, h] * D ** -0.25) @ proj.T) for b in range(k.shape[0]) for h in range(k.shape[1])))
+    return float(np.max((k * D ** -0.25) @ proj.T)) if k.shape[0] else 0.0
 
 
 def _causal_product(fq, fk, vals, offset, chunk=256):
@@ -475,10 +489,10 @@ def performer_pass(q, k, vals, proj, *, causal: bool, scale: float):
     dt = vals.dtype
     out = np.zeros((B, Hq, Nq, vals.shape[-1]), dt)
     cache = {}
-    stab = None if causal else _softmax_key_stab(k.astype(dt), proj)
     offset = Nk - Nq if causal else None
     for b in range(B):
         for hk in range(Hkv):
+            stab = None if causal else _softmax_key_stab(k[b, hk].astype(dt), proj)
             fk = performer_features(k[b, hk].astype(dt), proj, causal, False, stab)
             vv = vals[b, min(hk, vals.shape[1] - 1)]
             for h in range(hk * g, (hk + 1) * g):
@@ -487,6 +501,9 @@ def performer_pass(q, k, vals, proj, *, causal: bool, scale: float):
                 fq = performer_features(qx, proj, causal, True)
                 if causal:
                     num, den = _causal_product(fq, fk, vv, offset)
+                    # causal_linear_attention(_noncuda) adds eps = 1e-6 to every entry of the key
+                    # running sum: den = fq . (sum_j fk_j + 1e-6)
+                    den = den + _CAUSAL_DEN_EPS * fq.sum(-1)
                 else:
                     num, den = fq @ (fk.T @ vv), fq @ fk.sum(0)
                 ok = den > 0
