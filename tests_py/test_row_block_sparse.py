@@ -109,3 +109,25 @@ def test_row_overlap_is_the_share_of_blocks_kept_from_the_previous_row():
             prev = set(b[0, h, i - 1][b[0, h, i - 1] >= 0].tolist())
             ref[0, h] += len(cur & prev) / len(cur) if cur else 1.0
     np.testing.assert_allclose(m.row_overlap(), ref / 1499)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("causal", [False, True])
+def test_tall_and_single_row_items_both_match(shared, causal):
+    # The kernel picks the query positions per work item from the selections: runs of rows
+    # with one shared list go in tall items (up to 64 rows, unions stay small); rows that all
+    # select differently go one position per item. Both must equal the reference, with Nq
+    # over several items and not a multiple of any item height, GQA stacked and D 80.
+    B, Hq, Hkv, Nq, Nk, D, bs = 1, 4, 2, 203, 300, 80, 16
+    nkb = -(-Nk // bs)
+    if shared:
+        base = random_blocks(B, Hkv, 1, nkb, 4, seed=7)
+        idx = np.repeat(base, Nq, axis=2)
+    else:
+        idx = random_blocks(B, Hkv, Nq, nkb, 6, seed=8)
+    m = spattn.RowBlockIndices(idx, bs, Nk)
+    q, k, v = make_qkv(B, Hq, Hkv, Nq, Nk, D, seed=4)
+    out, lse = spattn.row_block_sparse_attention(q, k, v, m, causal=causal, return_lse=True)
+    allowed = np.repeat(loop_mask(m.blocks, Nq, Nk, bs, False), Hq // Hkv, axis=1)
+    ref_out, ref_lse = ref_attention(q, k, v, causal=causal, allowed=allowed)
+    assert_matches(out, lse, ref_out, ref_lse)

@@ -17,9 +17,54 @@ namespace spattn {
 
 namespace {
 
-// Query rows per work item (all stacked heads together): rows of one item share most of their
-// blocks (neighbouring tokens select alike), so the union stays close to one row's K.
+// Most query rows per work item (all stacked heads together). How many consecutive query
+// positions an item takes is chosen per call (rows_per_item): an item computes every row against
+// the union of its rows' blocks, so tall items pay off only when neighbouring tokens select alike.
 constexpr int kRowBlockRows = 64;
+
+// Consecutive query positions per work item, from 1 to kRowBlockRows / stack (powers of two):
+// the one with the least estimated work per query position, union size U(n) of n consecutive
+// rows' blocks (mean over up to 64 sampled items) over the tile products' row efficiency (the
+// micro-kernels take 6 rows at a time: r rows run at r / (6 ceil(r / 6)) of their rate, at least
+// 2/3). A smaller n must win by 5%. NSA's per-token selections on the synthetic workload: 15
+// blocks per row, 53 in the union of 16 consecutive rows, so n = 1 there (2.8x faster than 16).
+int rows_per_item(const AttnShape& s, const RowBlockIndicesView& ix, int stack) {
+  const int nmax = std::max(1, std::min(s.Nq, kRowBlockRows / stack));
+  if (nmax == 1) return 1;
+  const int units = s.Hq / stack;
+  std::vector<int32_t> uni;
+  int best = nmax;
+  double best_cost = 0.0;
+  std::vector<int> candidates{nmax};  // nmax, then the powers of two below it
+  for (int p = 1; p < nmax; p *= 2) candidates.insert(candidates.begin() + 1, p);
+  for (const int n : candidates) {
+    const int ntiles = ceil_div(s.Nq, n);
+    const long long items = (long long)ntiles * units * s.B;
+    const int samples = int(std::min<long long>(64, items));
+    double total = 0.0;
+    for (int t = 0; t < samples; ++t) {
+      const long long it = t * items / samples;
+      const int qt = int(it % ntiles), u = int((it / ntiles) % units), b = int(it / ((long long)ntiles * units));
+      const int rh = ix.row_head(s, u * stack), i0 = qt * n, i1 = std::min(s.Nq, i0 + n);
+      uni.clear();
+      for (int i = i0; i < i1; ++i) {
+        const int32_t* row = ix.row(b, rh, i);
+        for (int c = 0; c < ix.K; ++c)
+          if (row[c] >= 0) uni.push_back(row[c]);
+      }
+      std::sort(uni.begin(), uni.end());
+      total += double(std::unique(uni.begin(), uni.end()) - uni.begin());
+    }
+    const int r = stack * n;
+    const double eff = std::max(2.0 / 3.0, double(r) / (6.0 * ceil_div(r, 6)));
+    const double cost = total / std::max(samples, 1) / eff;
+    if (n == nmax || cost < 0.95 * best_cost) {
+      best = n;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
 
 struct RowBlockVariant {
   const AttnArgs& a;
@@ -140,9 +185,10 @@ void row_block_sparse_attention(const AttnArgs& args, const RowBlockIndicesView&
   if (s.Nq == 0) return;
   // Stack the group when its heads read one list (H = Hkv or 1 with Hq > H).
   const int stack = ix.H == s.Hq ? 1 : s.group();
-  const int nq_tile = std::max(1, std::min(s.Nq, kRowBlockRows / stack));
+  const int nq_tile = rows_per_item(s, ix, stack);
   const int rows = stack * nq_tile;
-  const bool few_rows = !detail::use_transposed_k(rows);
+  // K^T once per call pays off whenever the call has many query rows, even in short items
+  const bool few_rows = !detail::use_transposed_k(std::max(rows, s.Nq * stack));
   const detail::TransposedK kt(a, !few_rows);
   RowBlockVariant var{a, ix, kt, stack, nq_tile};
   var.ntiles = ceil_div(s.Nq, nq_tile);
