@@ -443,7 +443,13 @@ class NSA(CacheDecode, Method):
         br = self.branches(q, k, v, causal=causal, scale=scale, k_gate=k_gate)
         B, Hq, Nq = br["cmp"].shape[:3]
         g = self.gate_values(B, Hq, Nq, hidden, gates)
-        out = (g[..., 0:1] * br["cmp"] + g[..., 1:2] * br["slc"] + g[..., 2:3] * br["swa"]).astype(np.float32)
+        if g.dtype == np.float32 and all(br[n].dtype == np.float32 for n in ("cmp", "slc", "swa")):
+            # the same float32 sum, in place: one temporary instead of five
+            out = np.multiply(br["cmp"], g[..., 0:1])
+            out += np.multiply(br["slc"], g[..., 1:2])
+            out += np.multiply(br["swa"], g[..., 2:3])
+        else:
+            out = (g[..., 0:1] * br["cmp"] + g[..., 1:2] * br["slc"] + g[..., 2:3] * br["swa"]).astype(np.float32)
         return np.ascontiguousarray(out)
 
     # ------------------------------------------------------------------ decode over a KVCache
