@@ -22,6 +22,18 @@ namespace {
 // the union of its rows' blocks, so tall items pay off only when neighbouring tokens select alike.
 constexpr int kRowBlockRows = 64;
 
+// The sorted union of the block ids of query rows [i0, i1) of row head rh in `uni` (cleared first).
+void row_union(const RowBlockIndicesView& ix, int b, int rh, int i0, int i1, std::vector<int>& uni) {
+  uni.clear();
+  for (int i = i0; i < i1; ++i) {
+    const int32_t* row = ix.row(b, rh, i);
+    for (int c = 0; c < ix.K; ++c)
+      if (row[c] >= 0) uni.push_back(row[c]);
+  }
+  std::sort(uni.begin(), uni.end());
+  uni.erase(std::unique(uni.begin(), uni.end()), uni.end());
+}
+
 // Consecutive query positions per work item, from 1 to kRowBlockRows / stack (powers of two):
 // the one with the least estimated work per query position, union size U(n) of n consecutive
 // rows' blocks (mean over up to 64 sampled items) over the tile products' row efficiency (the
@@ -32,7 +44,7 @@ int rows_per_item(const AttnShape& s, const RowBlockIndicesView& ix, int stack) 
   const int nmax = std::max(1, std::min(s.Nq, kRowBlockRows / stack));
   if (nmax == 1) return 1;
   const int units = s.Hq / stack;
-  std::vector<int32_t> uni;
+  std::vector<int> uni;
   int best = nmax;
   double best_cost = 0.0;
   std::vector<int> candidates{nmax};  // nmax, then the powers of two below it
@@ -46,14 +58,8 @@ int rows_per_item(const AttnShape& s, const RowBlockIndicesView& ix, int stack) 
       const long long it = t * items / samples;
       const int qt = int(it % ntiles), u = int((it / ntiles) % units), b = int(it / ((long long)ntiles * units));
       const int rh = ix.row_head(s, u * stack), i0 = qt * n, i1 = std::min(s.Nq, i0 + n);
-      uni.clear();
-      for (int i = i0; i < i1; ++i) {
-        const int32_t* row = ix.row(b, rh, i);
-        for (int c = 0; c < ix.K; ++c)
-          if (row[c] >= 0) uni.push_back(row[c]);
-      }
-      std::sort(uni.begin(), uni.end());
-      total += double(std::unique(uni.begin(), uni.end()) - uni.begin());
+      row_union(ix, b, rh, i0, i1, uni);
+      total += double(uni.size());
     }
     const int r = stack * n;
     const double eff = std::max(2.0 / 3.0, double(r) / (6.0 * ceil_div(r, 6)));
@@ -105,14 +111,7 @@ struct RowBlockVariant {
   void keys(detail::TileScratch& t, const detail::WorkItem& w, Local& l) const {
     const AttnShape& s = a.shape;
     const int rh = ix.row_head(s, w.h0), n = w.n();
-    l.uni.clear();
-    for (int i = w.i0; i < w.i1; ++i) {
-      const int32_t* row = ix.row(w.b, rh, i);
-      for (int c = 0; c < ix.K; ++c)
-        if (row[c] >= 0) l.uni.push_back(row[c]);
-    }
-    std::sort(l.uni.begin(), l.uni.end());
-    l.uni.erase(std::unique(l.uni.begin(), l.uni.end()), l.uni.end());
+    row_union(ix, w.b, rh, w.i0, w.i1, l.uni);
     const int kend = detail::key_end(a, w);
     while (!l.uni.empty() && l.uni.back() * ix.block_k >= kend) l.uni.pop_back();  // past every row's limit
     const int U = int(l.uni.size());

@@ -22,8 +22,9 @@ pruning layer (the paper tunes it per layer; its GPT-2 workload shrinks 993 -> 9
 307 keys) and is a share of the tokens still alive, rounded up; ties go to the lower position;
 queries are not removed from the call (pruned tokens' rows still attend the alive keys: the paper
 drops them from Q too, which only removes rows) but only alive queries add to the importance;
-generation-time accumulation across decode steps is not modelled (a new shape is a new pass); local
-value pruning and progressive quantization are not implemented.
+generation-time accumulation across decode steps is not modelled (a new shape is a new pass). Out of
+scope: local value pruning and progressive quantization, the accelerator's DRAM-traffic savings (they
+change which bits are fetched, not which tokens are attended).
 
 ``variant="released"`` follows ``spatten_llm/kv_cache_token_pruning.py``
 (``SpAttenKVCache.apply_token_pruning``): when ``Nk + num_coming > start_size + important_size +
